@@ -1,0 +1,1 @@
+"""warmstart: autoscaling for ML inference fleets with fast, verified image pulls."""
