@@ -1,1 +1,26 @@
 """warmstart: autoscaling for ML inference fleets with fast, verified image pulls."""
+
+from warmstart import errors
+from warmstart._native import (
+    BlobInfo,
+    Descriptor,
+    GcReport,
+    ImportReport,
+    Problem,
+    Usage,
+    VerifyReport,
+)
+from warmstart._native import __version__ as __version__
+from warmstart.store import LayerStore
+
+__all__ = [
+    "BlobInfo",
+    "Descriptor",
+    "GcReport",
+    "ImportReport",
+    "LayerStore",
+    "Problem",
+    "Usage",
+    "VerifyReport",
+    "errors",
+]

@@ -61,7 +61,10 @@ impl Store {
         // The second pass copies configs and layers into the store, keyed by their path.
         let wanted: BTreeSet<&str> = images
             .iter()
-            .flat_map(|image| std::iter::once(image.config.as_str()).chain(image.layers.iter().map(String::as_str)))
+            .flat_map(|image| {
+                std::iter::once(image.config.as_str())
+                    .chain(image.layers.iter().map(String::as_str))
+            })
             .collect();
         let mut report = ImportReport::default();
         let stored = self.copy_entries(archive, &wanted, &mut report)?;
@@ -78,7 +81,9 @@ impl Store {
             }
             for tag in tags {
                 let mut tagged = descriptor.clone();
-                tagged.annotations.insert(manifest::REF_NAME.into(), Value::String(tag));
+                tagged
+                    .annotations
+                    .insert(manifest::REF_NAME.into(), Value::String(tag));
                 self.tag_descriptor(tagged.clone())?;
                 report.images.push(tagged);
             }
@@ -95,7 +100,9 @@ impl Store {
         let mut stored = BTreeMap::new();
         let file = File::open(archive).map_err(StoreError::io("open", archive))?;
         let mut entries_reader = tar::Archive::new(file);
-        let entries = entries_reader.entries().map_err(StoreError::io("read archive", archive))?;
+        let entries = entries_reader
+            .entries()
+            .map_err(StoreError::io("read archive", archive))?;
         for entry in entries {
             let mut entry = entry.map_err(StoreError::io("read archive", archive))?;
             let name = entry_name(&entry, archive)?;
@@ -103,9 +110,15 @@ impl Store {
                 continue;
             }
             let mut magic = [0u8; 4];
-            let head = read_head(&mut entry, &mut magic).map_err(StoreError::io("read archive", archive))?;
-            let expected = digest_in_name(&name).map(Expected::digest).unwrap_or_default();
-            let outcome = self.put_reader(std::io::Cursor::new(magic[..head].to_vec()).chain(entry), expected)?;
+            let head = read_head(&mut entry, &mut magic)
+                .map_err(StoreError::io("read archive", archive))?;
+            let expected = digest_in_name(&name)
+                .map(Expected::digest)
+                .unwrap_or_default();
+            let outcome = self.put_reader(
+                std::io::Cursor::new(magic[..head].to_vec()).chain(entry),
+                expected,
+            )?;
             if outcome.created {
                 report.blobs_added += 1;
                 report.bytes_added += outcome.size;
@@ -126,10 +139,11 @@ impl Store {
     ) -> Result<Descriptor> {
         let (config, _) = &stored[&image.config];
         let config_bytes = self.read_range(&config.digest, 0, None)?;
-        let config_json: Value = serde_json::from_slice(&config_bytes).map_err(|source| StoreError::InvalidJson {
-            what: format!("config {} in {}", image.config, archive.display()),
-            source,
-        })?;
+        let config_json: Value =
+            serde_json::from_slice(&config_bytes).map_err(|source| StoreError::InvalidJson {
+                what: format!("config {} in {}", image.config, archive.display()),
+                source,
+            })?;
         let diff_ids: Vec<&str> = config_json
             .pointer("/rootfs/diff_ids")
             .and_then(Value::as_array)
@@ -139,10 +153,18 @@ impl Store {
         let mut layers = Vec::new();
         for (position, path) in image.layers.iter().enumerate() {
             let (outcome, magic) = &stored[path];
-            let source = diff_ids.get(position).and_then(|id| image.layer_sources.get(*id));
+            let source = diff_ids
+                .get(position)
+                .and_then(|id| image.layer_sources.get(*id));
             let descriptor = match source {
-                Some(source) if source.digest == outcome.digest && source.size == outcome.size => source.clone(),
-                _ => Descriptor::new(layer_media_type(magic), outcome.digest.clone(), outcome.size),
+                Some(source) if source.digest == outcome.digest && source.size == outcome.size => {
+                    source.clone()
+                }
+                _ => Descriptor::new(
+                    layer_media_type(magic),
+                    outcome.digest.clone(),
+                    outcome.size,
+                ),
             };
             layers.push(descriptor);
         }
@@ -158,7 +180,11 @@ impl Store {
             report.blobs_added += 1;
             report.bytes_added += outcome.size;
         }
-        Ok(Descriptor::new(manifest::OCI_MANIFEST, outcome.digest, outcome.size))
+        Ok(Descriptor::new(
+            manifest::OCI_MANIFEST,
+            outcome.digest,
+            outcome.size,
+        ))
     }
 }
 
@@ -169,14 +195,19 @@ fn read_manifest_json(archive: &Path) -> Result<(Vec<ArchiveImage>, BTreeSet<Str
     if (&file).read_exact(&mut head).is_ok() && head == [0x1f, 0x8b] {
         return Err(StoreError::InvalidLayout {
             path: archive.to_owned(),
-            reason: "the archive is gzip-compressed; decompress it first (gunzip) and import the .tar".into(),
+            reason:
+                "the archive is gzip-compressed; decompress it first (gunzip) and import the .tar"
+                    .into(),
         });
     }
     let file = File::open(archive).map_err(StoreError::io("open", archive))?;
     let mut reader = tar::Archive::new(file);
     let mut names = BTreeSet::new();
     let mut manifest_json = None;
-    for entry in reader.entries().map_err(StoreError::io("read archive", archive))? {
+    for entry in reader
+        .entries()
+        .map_err(StoreError::io("read archive", archive))?
+    {
         let mut entry = entry.map_err(StoreError::io("read archive", archive))?;
         if !entry.header().entry_type().is_file() {
             continue;
@@ -196,15 +227,20 @@ fn read_manifest_json(archive: &Path) -> Result<(Vec<ArchiveImage>, BTreeSet<Str
         path: archive.to_owned(),
         reason: "no manifest.json; expected an archive written by `docker save`".into(),
     })?;
-    let images: Vec<ArchiveImage> = serde_json::from_slice(&bytes).map_err(|source| StoreError::InvalidJson {
-        what: format!("manifest.json in {}", archive.display()),
-        source,
-    })?;
+    let images: Vec<ArchiveImage> =
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::InvalidJson {
+            what: format!("manifest.json in {}", archive.display()),
+            source,
+        })?;
     Ok((images, names))
 }
 
 /// Fails before anything is written when a config or layer named by `manifest.json` is absent.
-fn check_layers_present(archive: &Path, images: &[ArchiveImage], names: &BTreeSet<String>) -> Result<()> {
+fn check_layers_present(
+    archive: &Path,
+    images: &[ArchiveImage],
+    names: &BTreeSet<String>,
+) -> Result<()> {
     for image in images {
         let referenced_by = format!("manifest.json in {}", archive.display());
         for path in std::iter::once(&image.config).chain(&image.layers) {
@@ -212,10 +248,9 @@ fn check_layers_present(archive: &Path, images: &[ArchiveImage], names: &BTreeSe
                 continue;
             }
             let digest = digest_in_name(path);
-            let foreign = image
-                .layer_sources
-                .values()
-                .find(|source| Some(&source.digest) == digest.as_ref() && !source.urls().is_empty());
+            let foreign = image.layer_sources.values().find(|source| {
+                Some(&source.digest) == digest.as_ref() && !source.urls().is_empty()
+            });
             return Err(match (foreign, digest) {
                 (Some(source), _) => StoreError::ForeignLayerMissing {
                     digest: source.digest.clone(),
@@ -238,7 +273,10 @@ fn check_layers_present(archive: &Path, images: &[ArchiveImage], names: &BTreeSe
 }
 
 fn entry_name(entry: &tar::Entry<'_, File>, archive: &Path) -> Result<String> {
-    let path: PathBuf = entry.path().map_err(StoreError::io("read archive", archive))?.into_owned();
+    let path: PathBuf = entry
+        .path()
+        .map_err(StoreError::io("read archive", archive))?
+        .into_owned();
     let name = path.to_string_lossy();
     Ok(name.trim_start_matches("./").to_owned())
 }

@@ -72,9 +72,9 @@ impl Digest {
             value: text.chars().take(200).collect(),
             reason,
         };
-        let (algorithm, hex) = text
-            .split_once(':')
-            .ok_or_else(|| invalid("expected <algorithm>:<hex>, for example sha256:<64 hex digits>"))?;
+        let (algorithm, hex) = text.split_once(':').ok_or_else(|| {
+            invalid("expected <algorithm>:<hex>, for example sha256:<64 hex digits>")
+        })?;
         let algorithm = Algorithm::from_name(algorithm)
             .ok_or_else(|| invalid("unsupported algorithm, expected sha256 or sha512"))?;
         Digest::from_parts(algorithm, hex).map_err(|reason| invalid(reason))
@@ -88,7 +88,10 @@ impl Digest {
                 Algorithm::Sha512 => "a sha512 digest has exactly 128 hex digits",
             });
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err("the hex part must be lower-case hexadecimal (0-9, a-f)");
         }
         Ok(Digest {
@@ -186,7 +189,10 @@ mod tests {
 
     #[test]
     fn empty_input_hashes_to_known_digest() {
-        assert_eq!(Digest::of_bytes(Algorithm::Sha256, b"").to_string(), EMPTY_SHA256);
+        assert_eq!(
+            Digest::of_bytes(Algorithm::Sha256, b"").to_string(),
+            EMPTY_SHA256
+        );
         let sha512 = Digest::of_bytes(Algorithm::Sha512, b"");
         assert!(sha512.hex().starts_with("cf83e1357eefb8bd"));
         assert_eq!(Digest::parse(&sha512.to_string()).unwrap(), sha512);
@@ -197,17 +203,32 @@ mod tests {
         let cases = [
             ("", "expected <algorithm>"),
             ("sha256", "expected <algorithm>"),
-            ("md5:d41d8cd98f00b204e9800998ecf8427e", "unsupported algorithm"),
+            (
+                "md5:d41d8cd98f00b204e9800998ecf8427e",
+                "unsupported algorithm",
+            ),
             ("sha256:abc", "exactly 64"),
-            (&EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256"), "lower-case"),
-            ("sha256:../../../../etc/passwd0000000000000000000000000000000000000000", "exactly 64"),
-            ("sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "exactly 128"),
+            (
+                &EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256"),
+                "lower-case",
+            ),
+            (
+                "sha256:../../../../etc/passwd0000000000000000000000000000000000000000",
+                "exactly 64",
+            ),
+            (
+                "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                "exactly 128",
+            ),
         ];
         for (text, expected) in cases {
             let error = Digest::parse(text).unwrap_err();
             let message = error.to_string();
             assert!(message.contains(expected), "{text:?}: {message}");
-            assert!(message.contains(&format!("{text:?}")), "{text:?} not shown in {message}");
+            assert!(
+                message.contains(&format!("{text:?}")),
+                "{text:?} not shown in {message}"
+            );
         }
     }
 }

@@ -57,10 +57,17 @@ impl Store {
     }
 
     /// Copies every blob reachable from `roots` in the layout at `source`.
-    fn copy_closure(&self, source: &Path, roots: &[Descriptor], report: &mut ImportReport) -> Result<()> {
+    fn copy_closure(
+        &self,
+        source: &Path,
+        roots: &[Descriptor],
+        report: &mut ImportReport,
+    ) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<(Descriptor, String)> =
-            roots.iter().map(|root| (root.clone(), "index.json".to_owned())).collect();
+        let mut queue: VecDeque<(Descriptor, String)> = roots
+            .iter()
+            .map(|root| (root.clone(), "index.json".to_owned()))
+            .collect();
         while let Some((descriptor, referenced_by)) = queue.pop_front() {
             if !seen.insert(descriptor.digest.clone()) {
                 continue;
@@ -115,7 +122,10 @@ fn remove_working_directories(target_store: &Store, target: &Path) {
 }
 
 fn source_blob_path(source: &Path, digest: &Digest) -> PathBuf {
-    source.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+    source
+        .join("blobs")
+        .join(digest.algorithm().name())
+        .join(digest.hex())
 }
 
 /// Reads `source/index.json` and returns the entries to import.
@@ -129,10 +139,11 @@ fn select_roots(source: &Path, tags: Option<&[String]>) -> Result<Vec<Descriptor
     }
     let index_path = source.join("index.json");
     let bytes = fs::read(&index_path).map_err(StoreError::io("read", &index_path))?;
-    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| StoreError::InvalidJson {
-        what: index_path.display().to_string(),
-        source,
-    })?;
+    let index: ImageIndex =
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::InvalidJson {
+            what: index_path.display().to_string(),
+            source,
+        })?;
     let Some(tags) = tags else {
         return Ok(index.manifests);
     };

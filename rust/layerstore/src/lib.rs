@@ -18,4 +18,6 @@ pub mod store;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{DigestParseError, Result, StoreError};
 pub use manifest::Descriptor;
-pub use store::{BlobInfo, Expected, GcOptions, GcReport, Problem, PutOutcome, Store, Usage, VerifyReport};
+pub use store::{
+    BlobInfo, Expected, GcOptions, GcReport, Problem, PutOutcome, Store, Usage, VerifyReport,
+};

@@ -26,7 +26,11 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
 /// `artifactType`, ...) are kept unchanged in `extra`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Descriptor {
-    #[serde(rename = "mediaType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "mediaType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
@@ -57,7 +61,11 @@ impl Descriptor {
         self.extra
             .get("urls")
             .and_then(Value::as_array)
-            .map(|urls| urls.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .map(|urls| {
+                urls.iter()
+                    .filter_map(|u| u.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -89,7 +97,9 @@ pub struct ImageIndex {
     pub extra: Map<String, Value>,
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Descriptor>, D::Error> {
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Descriptor>, D::Error> {
     Ok(Option::<Vec<Descriptor>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
@@ -186,7 +196,8 @@ mod tests {
 
     #[test]
     fn null_manifests_read_as_empty() {
-        let index: ImageIndex = serde_json::from_str(r#"{"schemaVersion":2,"manifests":null}"#).unwrap();
+        let index: ImageIndex =
+            serde_json::from_str(r#"{"schemaVersion":2,"manifests":null}"#).unwrap();
         assert!(index.manifests.is_empty());
     }
 }

@@ -142,7 +142,12 @@ impl Store {
     /// holds a lock nobody else can see, and a second writer of the same digest may download it
     /// again. Both still verify before the atomic rename, so the race costs bandwidth, never
     /// correctness; the age threshold makes it rare.
-    fn collect_ingest(&self, options: &GcOptions, now: SystemTime, report: &mut GcReport) -> Result<()> {
+    fn collect_ingest(
+        &self,
+        options: &GcOptions,
+        now: SystemTime,
+        report: &mut GcReport,
+    ) -> Result<()> {
         for entry in read_dir(&self.ingest_dir())? {
             let path = entry.path();
             let metadata = entry.metadata().map_err(StoreError::io("stat", &path))?;

@@ -61,7 +61,9 @@ impl Store {
             digest.clone(),
             size,
         );
-        descriptor.annotations.insert(REF_NAME.into(), Value::String(tag.to_owned()));
+        descriptor
+            .annotations
+            .insert(REF_NAME.into(), Value::String(tag.to_owned()));
         self.tag_descriptor(descriptor.clone())?;
         Ok(descriptor)
     }
@@ -75,7 +77,9 @@ impl Store {
         self.stat(&descriptor.digest)?;
         self.update_index(|index| {
             if let Some(tag) = descriptor.ref_name() {
-                index.manifests.retain(|entry| entry.ref_name() != Some(tag));
+                index
+                    .manifests
+                    .retain(|entry| entry.ref_name() != Some(tag));
             } else if index.manifests.iter().any(|entry| entry == &descriptor) {
                 return Ok(());
             }
@@ -88,7 +92,9 @@ impl Store {
     pub fn untag(&self, tag: &str) -> Result<bool> {
         self.update_index(|index| {
             let before = index.manifests.len();
-            index.manifests.retain(|entry| entry.ref_name() != Some(tag));
+            index
+                .manifests
+                .retain(|entry| entry.ref_name() != Some(tag));
             Ok(index.manifests.len() != before)
         })
     }
@@ -99,7 +105,9 @@ impl Store {
             .manifests
             .into_iter()
             .find(|entry| entry.ref_name() == Some(tag))
-            .ok_or_else(|| StoreError::TagNotFound { tag: tag.to_owned() })
+            .ok_or_else(|| StoreError::TagNotFound {
+                tag: tag.to_owned(),
+            })
     }
 
     /// Returns every tagged descriptor in `index.json`, in file order.
@@ -125,8 +133,13 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     if tag.len() > MAX_TAG_LENGTH {
         return Err(invalid("a tag has at most 255 characters"));
     }
-    if !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/@+".contains(&b)) {
-        return Err(invalid("a tag may contain only letters, digits and . _ - : / @ +"));
+    if !tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:/@+".contains(&b))
+    {
+        return Err(invalid(
+            "a tag may contain only letters, digits and . _ - : / @ +",
+        ));
     }
     if !tag.as_bytes()[0].is_ascii_alphanumeric() {
         return Err(invalid("a tag must start with a letter or digit"));
@@ -155,7 +168,13 @@ mod tests {
 
     #[test]
     fn validate_tag_accepts_references() {
-        for tag in ["latest", "v1.2.3", "docker.io/library/ubuntu:22.04", "sha256-abc", "a@b+c"] {
+        for tag in [
+            "latest",
+            "v1.2.3",
+            "docker.io/library/ubuntu:22.04",
+            "sha256-abc",
+            "a@b+c",
+        ] {
             assert!(validate_tag(tag).is_ok(), "{tag}");
         }
     }

@@ -13,7 +13,10 @@
 //! Single flight: a put with a known digest holds an exclusive `flock` on
 //! `ingest/<alg>-<hex>.lock` for its whole duration, so concurrent puts of the same digest (threads
 //! or processes) write it once and the others return the committed blob. Puts of different
-//! digests take different locks and never wait for each other.
+//! digests take different locks and never wait for each other. The lock file is removed after a
+//! commit; a writer that then creates a fresh lock file finds the committed blob and stops. If two
+//! writers ever share a partial file through that window, their bytes fail the digest check and
+//! nothing reaches `blobs/`, because every commit verifies.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -116,7 +119,9 @@ impl Store {
         if let Some(outcome) = self.existing(&digest, &expected)? {
             return Ok(IngestStart::Exists(outcome));
         }
-        let data_path = self.ingest_dir().join(format!("{}-{}.data", digest.algorithm(), digest.hex()));
+        let data_path =
+            self.ingest_dir()
+                .join(format!("{}-{}.data", digest.algorithm(), digest.hex()));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,7 +129,8 @@ impl Store {
             .truncate(false)
             .open(&data_path)
             .map_err(StoreError::io("open", &data_path))?;
-        let (hasher, written) = resume_partial(&mut file, &data_path, &expected, digest.algorithm())?;
+        let (hasher, written) =
+            resume_partial(&mut file, &data_path, &expected, digest.algorithm())?;
         Ok(IngestStart::Open(Box::new(Ingest {
             store: self,
             expected,
@@ -139,7 +145,9 @@ impl Store {
 
     fn open_unkeyed(&self, expected: Expected, algorithm: Algorithm) -> Result<IngestStart<'_>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let name = format!(
             "tmp-{}-{nanos}-{}.data",
             std::process::id(),
@@ -182,13 +190,20 @@ impl Store {
 
     /// Takes the exclusive lock of one digest, waiting for its current holder.
     pub(crate) fn lock_digest(&self, digest: &Digest) -> Result<File> {
-        let path = self.ingest_dir().join(format!("{}-{}.lock", digest.algorithm(), digest.hex()));
-        lock_file(&path)
+        lock_file(&self.lock_path(digest))
+    }
+
+    fn lock_path(&self, digest: &Digest) -> PathBuf {
+        self.ingest_dir()
+            .join(format!("{}-{}.lock", digest.algorithm(), digest.hex()))
     }
 
     /// Writes all of `reader` as one blob and commits it.
     pub fn put_reader(&self, reader: impl Read, expected: Expected) -> Result<PutOutcome> {
-        let algorithm = expected.digest.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
+        let algorithm = expected
+            .digest
+            .as_ref()
+            .map_or(Algorithm::Sha256, Digest::algorithm);
         match self.ingest(expected, algorithm)? {
             IngestStart::Exists(outcome) => Ok(outcome),
             IngestStart::Open(mut ingest) => {
@@ -229,7 +244,12 @@ pub(crate) fn lock_file(path: &Path) -> Result<File> {
 
 /// Restores the hash state of a partial file left by an earlier writer by hashing its bytes.
 /// A partial longer than the expected size is discarded.
-fn resume_partial(file: &mut File, path: &Path, expected: &Expected, algorithm: Algorithm) -> Result<(Hasher, u64)> {
+fn resume_partial(
+    file: &mut File,
+    path: &Path,
+    expected: &Expected,
+    algorithm: Algorithm,
+) -> Result<(Hasher, u64)> {
     let length = file.metadata().map_err(StoreError::io("stat", path))?.len();
     let mut hasher = algorithm.hasher();
     if length == 0 || expected.size.is_some_and(|size| length > size) {
@@ -238,9 +258,12 @@ fn resume_partial(file: &mut File, path: &Path, expected: &Expected, algorithm: 
     }
     // TODO: persist the hash state with the partial so a resume does not re-read the prefix.
     let mut buffer = vec![0u8; BUFFER_SIZE];
-    file.seek(SeekFrom::Start(0)).map_err(StoreError::io("seek", path))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(StoreError::io("seek", path))?;
     loop {
-        let count = file.read(&mut buffer).map_err(StoreError::io("read", path))?;
+        let count = file
+            .read(&mut buffer)
+            .map_err(StoreError::io("read", path))?;
         if count == 0 {
             break;
         }
@@ -258,8 +281,12 @@ impl Ingest<'_> {
 
     /// Discards the partial content and starts from byte 0.
     pub fn restart(&mut self) -> Result<()> {
-        self.file.set_len(0).map_err(StoreError::io("truncate", &self.data_path))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(StoreError::io("seek", &self.data_path))?;
+        self.file
+            .set_len(0)
+            .map_err(StoreError::io("truncate", &self.data_path))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(StoreError::io("seek", &self.data_path))?;
         self.hasher = self
             .expected
             .digest
@@ -273,8 +300,12 @@ impl Ingest<'_> {
     /// Appends `data` at the current offset.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
         self.check_not_oversized(data.len())?;
-        self.file.seek(SeekFrom::Start(self.written)).map_err(StoreError::io("seek", &self.data_path))?;
-        self.file.write_all(data).map_err(StoreError::io("write", &self.data_path))?;
+        self.file
+            .seek(SeekFrom::Start(self.written))
+            .map_err(StoreError::io("seek", &self.data_path))?;
+        self.file
+            .write_all(data)
+            .map_err(StoreError::io("write", &self.data_path))?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -304,12 +335,19 @@ impl Ingest<'_> {
     /// Appends everything `reader` yields. Hashing runs on this thread while a second thread
     /// writes, so the two overlap; memory stays bounded by the buffers in flight.
     pub fn copy_from(&mut self, mut reader: impl Read) -> Result<()> {
-        self.file.seek(SeekFrom::Start(self.written)).map_err(StoreError::io("seek", &self.data_path))?;
-        let writer_file = self.file.try_clone().map_err(StoreError::io("open", &self.data_path))?;
+        self.file
+            .seek(SeekFrom::Start(self.written))
+            .map_err(StoreError::io("seek", &self.data_path))?;
+        let writer_file = self
+            .file
+            .try_clone()
+            .map_err(StoreError::io("open", &self.data_path))?;
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS_IN_FLIGHT);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         for _ in 0..BUFFERS_IN_FLIGHT {
-            empty_tx.send(vec![0u8; BUFFER_SIZE]).expect("receiver is alive");
+            empty_tx
+                .send(vec![0u8; BUFFER_SIZE])
+                .expect("receiver is alive");
         }
         let data_path = self.data_path.clone();
         let writer = thread::Builder::new()
@@ -336,7 +374,8 @@ impl Ingest<'_> {
                 return Ok(()); // the writer stopped; its error is reported by the caller
             };
             buffer.resize(BUFFER_SIZE, 0);
-            let count = read_full(reader, &mut buffer).map_err(StoreError::io("read source for", &self.data_path))?;
+            let count = read_full(reader, &mut buffer)
+                .map_err(StoreError::io("read source for", &self.data_path))?;
             if count == 0 {
                 return Ok(());
             }
@@ -353,17 +392,22 @@ impl Ingest<'_> {
     /// Runs the commit protocol: fsync, size check, digest check, rename, directory fsync.
     /// On a size or digest mismatch the partial file is removed, so the next put starts clean.
     pub fn commit(self) -> Result<PutOutcome> {
-        self.file.sync_all().map_err(StoreError::io("fsync", &self.data_path))?;
+        self.file
+            .sync_all()
+            .map_err(StoreError::io("fsync", &self.data_path))?;
         let actual_size = self.written;
         let actual = self.hasher.clone().finish();
-        let checked = self.expected.check_size(actual_size).and_then(|()| match &self.expected.digest {
-            Some(expected) if *expected != actual => Err(StoreError::DigestMismatch {
-                expected: expected.clone(),
-                actual: actual.clone(),
-                bytes: actual_size,
-            }),
-            _ => Ok(()),
-        });
+        let checked =
+            self.expected
+                .check_size(actual_size)
+                .and_then(|()| match &self.expected.digest {
+                    Some(expected) if *expected != actual => Err(StoreError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual: actual.clone(),
+                        bytes: actual_size,
+                    }),
+                    _ => Ok(()),
+                });
         if let Err(error) = checked {
             remove_if_exists(&self.data_path);
             return Err(error);
@@ -380,8 +424,14 @@ impl Ingest<'_> {
             });
         }
         fs::create_dir_all(directory).map_err(StoreError::io("create directory", directory))?;
-        fs::rename(&self.data_path, &target).map_err(StoreError::io("rename into place", &target))?;
+        fs::rename(&self.data_path, &target)
+            .map_err(StoreError::io("rename into place", &target))?;
         sync_directory(directory)?;
+        if self.keyed {
+            // Waiters that already opened the lock file still get its lock and then find the
+            // committed blob; removing it keeps ingest/ from filling with one file per blob.
+            remove_if_exists(&self.store.lock_path(&actual));
+        }
         tracing::debug!(digest = %actual, bytes = actual_size, "committed blob");
         Ok(PutOutcome {
             digest: actual,
@@ -408,7 +458,8 @@ fn write_buffers(
 ) -> Result<()> {
     let mut unsynced = 0u64;
     for buffer in full_rx {
-        file.write_all(&buffer).map_err(StoreError::io("write", path))?;
+        file.write_all(&buffer)
+            .map_err(StoreError::io("write", path))?;
         unsynced += buffer.len() as u64;
         if unsynced >= SYNC_INTERVAL {
             file.sync_data().map_err(StoreError::io("fsync", path))?;

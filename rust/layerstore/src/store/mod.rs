@@ -59,11 +59,13 @@ impl Store {
         fs::create_dir_all(&store.root).map_err(StoreError::io("create directory", &store.root))?;
         store.init_layout()?;
         for directory in [store.ingest_dir(), store.quarantine_dir()] {
-            fs::create_dir_all(&directory).map_err(StoreError::io("create directory", &directory))?;
+            fs::create_dir_all(&directory)
+                .map_err(StoreError::io("create directory", &directory))?;
         }
         for algorithm in Algorithm::ALL {
             let directory = store.root.join("blobs").join(algorithm.name());
-            fs::create_dir_all(&directory).map_err(StoreError::io("create directory", &directory))?;
+            fs::create_dir_all(&directory)
+                .map_err(StoreError::io("create directory", &directory))?;
         }
         Ok(store)
     }
@@ -101,7 +103,10 @@ impl Store {
 
     /// Path of a committed blob (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
     }
 
     pub(crate) fn ingest_dir(&self) -> PathBuf {
@@ -123,9 +128,11 @@ impl Store {
                 digest: digest.clone(),
                 size: metadata.len(),
             }),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(StoreError::BlobNotFound {
-                digest: digest.clone(),
-            }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound {
+                    digest: digest.clone(),
+                })
+            }
             Err(error) => Err(StoreError::io("stat", path)(error)),
         }
     }
@@ -149,7 +156,10 @@ impl Store {
     pub fn read_range(&self, digest: &Digest, offset: u64, length: Option<u64>) -> Result<Vec<u8>> {
         let mut file = self.open_blob(digest)?;
         let path = self.blob_path(digest);
-        let size = file.metadata().map_err(StoreError::io("stat", &path))?.len();
+        let size = file
+            .metadata()
+            .map_err(StoreError::io("stat", &path))?
+            .len();
         let length = length.unwrap_or(size.saturating_sub(offset));
         if offset.checked_add(length).is_none_or(|end| end > size) {
             return Err(StoreError::RangeOutOfBounds {
@@ -159,7 +169,8 @@ impl Store {
                 size,
             });
         }
-        file.seek(SeekFrom::Start(offset)).map_err(StoreError::io("seek", &path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(StoreError::io("seek", &path))?;
         let capacity = usize::try_from(length).unwrap_or(usize::MAX);
         let mut data = Vec::with_capacity(capacity);
         file.take(length)
@@ -201,7 +212,9 @@ impl Store {
             usage.blob_bytes += size;
         }
         (usage.ingest_files, usage.ingest_bytes) = directory_totals(&self.ingest_dir())?;
-        (usage.quarantine_files, usage.quarantine_bytes) = directory_totals(&self.quarantine_dir())?;
+        usage.ingest_files -= lock_files(&self.ingest_dir())?;
+        (usage.quarantine_files, usage.quarantine_bytes) =
+            directory_totals(&self.quarantine_dir())?;
         Ok(usage)
     }
 
@@ -235,15 +248,23 @@ impl Store {
 
 /// A file found under `blobs/`.
 pub(crate) enum BlobFile {
-    Valid { digest: Digest, size: u64, path: PathBuf },
-    Invalid { path: PathBuf, size: u64 },
+    Valid {
+        digest: Digest,
+        size: u64,
+        path: PathBuf,
+    },
+    Invalid {
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 fn check_layout_version(path: &Path, bytes: &[u8]) -> Result<()> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|source| StoreError::InvalidJson {
-        what: path.display().to_string(),
-        source,
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|source| StoreError::InvalidJson {
+            what: path.display().to_string(),
+            source,
+        })?;
     match value.get("imageLayoutVersion").and_then(|v| v.as_str()) {
         Some(version) if version.starts_with("1.") => Ok(()),
         other => Err(StoreError::InvalidLayout {
@@ -263,10 +284,20 @@ pub(crate) fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>> {
     }
 }
 
+fn lock_files(path: &Path) -> Result<u64> {
+    let is_lock = |entry: &fs::DirEntry| entry.file_name().to_string_lossy().ends_with(".lock");
+    Ok(read_dir(path)?
+        .iter()
+        .filter(|entry| is_lock(entry))
+        .count() as u64)
+}
+
 fn directory_totals(path: &Path) -> Result<(u64, u64)> {
     let mut totals = (0, 0);
     for entry in read_dir(path)? {
-        let metadata = entry.metadata().map_err(StoreError::io("stat", entry.path()))?;
+        let metadata = entry
+            .metadata()
+            .map_err(StoreError::io("stat", entry.path()))?;
         if metadata.is_file() {
             totals.0 += 1;
             totals.1 += metadata.len();

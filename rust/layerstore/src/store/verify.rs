@@ -17,11 +17,22 @@ const READ_BUFFER: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// The file's content hashes to another digest.
-    DigestMismatch { digest: Digest, actual: Digest, size: u64 },
+    DigestMismatch {
+        digest: Digest,
+        actual: Digest,
+        size: u64,
+    },
     /// The file's size differs from the size a manifest declares for it; shorter means truncated.
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     /// A blob reachable from `index.json` is absent.
-    Missing { digest: Digest, referenced_by: String },
+    Missing {
+        digest: Digest,
+        referenced_by: String,
+    },
     /// A file under `blobs/` whose name is not a valid digest.
     InvalidName { path: PathBuf },
 }
@@ -30,7 +41,9 @@ impl Problem {
     /// The file this problem is about, when it has one.
     fn path(&self, store: &Store) -> Option<PathBuf> {
         match self {
-            Problem::DigestMismatch { digest, .. } | Problem::SizeMismatch { digest, .. } => Some(store.blob_path(digest)),
+            Problem::DigestMismatch { digest, .. } | Problem::SizeMismatch { digest, .. } => {
+                Some(store.blob_path(digest))
+            }
             Problem::InvalidName { path } => Some(path.clone()),
             Problem::Missing { .. } => None,
         }
@@ -66,7 +79,9 @@ impl Store {
         let results: Vec<Result<Option<Problem>>> = files
             .par_iter()
             .map(|file| match file {
-                BlobFile::Invalid { path, .. } => Ok(Some(Problem::InvalidName { path: path.clone() })),
+                BlobFile::Invalid { path, .. } => {
+                    Ok(Some(Problem::InvalidName { path: path.clone() }))
+                }
                 BlobFile::Valid { digest, size, path } => {
                     let actual = hash_file(path, digest)?;
                     if actual != *digest {
@@ -120,13 +135,19 @@ impl Store {
     }
 
     fn quarantine_file(&self, path: &Path) -> Result<PathBuf> {
-        let algorithm = path
-            .parent()
-            .and_then(Path::file_name)
-            .map_or_else(|| "unknown".into(), |name| name.to_string_lossy().into_owned());
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let target = self.quarantine_dir().join(format!("{algorithm}-{name}.{stamp}"));
+        let algorithm = path.parent().and_then(Path::file_name).map_or_else(
+            || "unknown".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let target = self
+            .quarantine_dir()
+            .join(format!("{algorithm}-{name}.{stamp}"));
         fs::rename(path, &target).map_err(StoreError::io("move to quarantine", path))?;
         tracing::warn!(from = %path.display(), to = %target.display(), "quarantined blob");
         Ok(target)
@@ -145,7 +166,9 @@ pub(crate) fn hash_file(path: &Path, digest: &Digest) -> Result<Digest> {
     let mut hasher = digest.algorithm().hasher();
     let mut buffer = vec![0u8; READ_BUFFER];
     loop {
-        let count = file.read(&mut buffer).map_err(StoreError::io("read", path))?;
+        let count = file
+            .read(&mut buffer)
+            .map_err(StoreError::io("read", path))?;
         if count == 0 {
             return Ok(hasher.finish());
         }

@@ -1,0 +1,112 @@
+"""Exceptions raised by warmstart.
+
+Each class also inherits the standard library category it belongs to, so callers can catch
+``ValueError``, ``LookupError`` or ``OSError`` without importing warmstart::
+
+    WarmstartError
+    └── StoreError
+        ├── InvalidDigestError      (ValueError)   a string is not <algorithm>:<hex>
+        ├── InvalidTagError         (ValueError)   a tag has characters OCI does not allow
+        ├── InvalidRangeError       (ValueError)   a read past the end of a blob
+        ├── InvalidLayoutError      (ValueError)   an OCI layout, archive or JSON file is malformed
+        ├── DigestMismatchError     (ValueError)   content hashes to another digest
+        ├── SizeMismatchError       (ValueError)   content has another size than declared
+        ├── BlobNotFoundError       (LookupError)  a digest is not in the store
+        ├── TagNotFoundError        (LookupError)  a tag is not in index.json
+        ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
+        │   └── ForeignLayerError                  ... and that blob is a foreign layer
+        └── StoreIOError            (OSError)      a file system operation failed
+
+Attributes name the failing values: ``DigestMismatchError.expected`` and ``.actual`` (digest
+strings) and ``.bytes_read``; ``SizeMismatchError.expected`` and ``.actual`` (bytes);
+``BlobNotFoundError.digest``; ``TagNotFoundError.tag``; ``StoreIOError.filename`` and ``.errno``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlobNotFoundError",
+    "DigestMismatchError",
+    "ForeignLayerError",
+    "InvalidDigestError",
+    "InvalidLayoutError",
+    "InvalidRangeError",
+    "InvalidTagError",
+    "MissingBlobError",
+    "SizeMismatchError",
+    "StoreError",
+    "StoreIOError",
+    "TagNotFoundError",
+    "WarmstartError",
+]
+
+
+class WarmstartError(Exception):
+    """Base class of every exception warmstart raises on purpose."""
+
+
+class StoreError(WarmstartError):
+    """A layer store operation failed."""
+
+
+class InvalidDigestError(StoreError, ValueError):
+    """A string is not a valid ``sha256:<64 hex>`` or ``sha512:<128 hex>`` digest."""
+
+    value: str
+
+
+class InvalidTagError(StoreError, ValueError):
+    """A tag is empty, too long, or has characters an OCI reference does not allow."""
+
+    tag: str
+
+
+class InvalidRangeError(StoreError, ValueError):
+    """A byte range reaches past the end of a blob."""
+
+    digest: str
+
+
+class InvalidLayoutError(StoreError, ValueError):
+    """An OCI layout, ``docker save`` archive or JSON document is malformed."""
+
+
+class DigestMismatchError(StoreError, ValueError):
+    """Content does not hash to the expected digest; nothing was stored."""
+
+    expected: str
+    actual: str
+    bytes_read: int
+
+
+class SizeMismatchError(StoreError, ValueError):
+    """Content is not the expected number of bytes; nothing was stored."""
+
+    expected: int
+    actual: int
+
+
+class BlobNotFoundError(StoreError, LookupError):
+    """A digest is not in the store."""
+
+    digest: str
+
+
+class TagNotFoundError(StoreError, LookupError):
+    """A tag is not in the store's ``index.json`` (or in an import source's)."""
+
+    tag: str
+
+
+class MissingBlobError(StoreError, LookupError):
+    """An import source refers to a blob it does not contain."""
+
+    digest: str
+
+
+class ForeignLayerError(MissingBlobError):
+    """A ``docker save`` archive lacks the bytes of a foreign (non-distributable) layer."""
+
+
+class StoreIOError(StoreError, OSError):
+    """A file system operation of the store failed; ``filename`` and ``errno`` say which."""
