@@ -11,6 +11,7 @@ Each class also inherits the standard library category it belongs to, so callers
         ├── InvalidLayoutError      (ValueError)   an OCI layout, archive or JSON file is malformed
         ├── DigestMismatchError     (ValueError)   content hashes to another digest
         ├── SizeMismatchError       (ValueError)   content has another size than declared
+        ├── BlobInUseError          (ValueError)   a delete would break a tagged image
         ├── BlobNotFoundError       (LookupError)  a digest is not in the store
         ├── TagNotFoundError        (LookupError)  a tag is not in index.json
         ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
@@ -25,6 +26,7 @@ strings) and ``.bytes_read``; ``SizeMismatchError.expected`` and ``.actual`` (by
 from __future__ import annotations
 
 __all__ = [
+    "BlobInUseError",
     "BlobNotFoundError",
     "DigestMismatchError",
     "ForeignLayerError",
@@ -84,6 +86,13 @@ class SizeMismatchError(StoreError, ValueError):
 
     expected: int
     actual: int
+
+
+class BlobInUseError(StoreError, ValueError):
+    """A blob is reachable from ``index.json``; deleting it would leave an image incomplete."""
+
+    digest: str
+    referenced_by: str
 
 
 class BlobNotFoundError(StoreError, LookupError):

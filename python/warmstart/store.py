@@ -25,7 +25,7 @@ class LayerStore(_native.LayerStore):
 
         Raises ``BlobNotFoundError`` when the blob is not in the store.
         """
-        return open(self.path(digest), "rb")  # noqa: SIM115 - the caller owns the file
+        return open(self.path(digest), "rb")
 
     def __fspath__(self) -> str:
         return os.fspath(self.root)

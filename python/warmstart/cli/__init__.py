@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = arguments.run(arguments)
     except BrokenPipeError:
         # The reader of our output went away (`| head`); that is not an error of ours.
-        sys.stdout = None  # type: ignore[assignment]
+        sys.stdout = None
         return 0
     except (WarmstartError, OSError) as error:
         print(f"warmstart: error: {error}", file=sys.stderr)

@@ -29,7 +29,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     line = "  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True))
     print(line.rstrip())
     for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def print_json(value: Any) -> None:

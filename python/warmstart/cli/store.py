@@ -29,7 +29,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        sub = actions.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        )
         sub.add_argument(
             "--store",
             type=Path,
@@ -59,9 +61,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub.set_defaults(run=run_ls)
 
     sub = action("verify", "re-hash every blob and check every tagged image is complete")
-    sub.add_argument(
-        "--quarantine", action="store_true", help="move corrupt blobs to quarantine/"
-    )
+    sub.add_argument("--quarantine", action="store_true", help="move corrupt blobs to quarantine/")
     sub.set_defaults(run=run_verify)
 
     sub = action("gc", "remove blobs unreachable from index.json and stale partial downloads")
@@ -203,6 +203,8 @@ def run_verify(arguments: argparse.Namespace) -> int:
 def describe_problem(problem: Any) -> str:
     if problem.kind == "digest_mismatch":
         return f" (content hashes to {problem.actual_digest})"
+    if problem.kind == "truncated":
+        return f" ({problem.actual_size} of {problem.expected_size} bytes)"
     if problem.kind == "size_mismatch":
         return f" ({problem.actual_size} bytes, manifest declares {problem.expected_size})"
     if problem.kind == "missing":

@@ -60,6 +60,14 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
             attributes.set_item("digest", digest.to_string())?;
             "BlobNotFoundError"
         }
+        StoreError::BlobInUse {
+            digest,
+            referenced_by,
+        } => {
+            attributes.set_item("digest", digest.to_string())?;
+            attributes.set_item("referenced_by", referenced_by)?;
+            "BlobInUseError"
+        }
         StoreError::TagNotFound { tag } => {
             attributes.set_item("tag", tag)?;
             "TagNotFoundError"

@@ -140,9 +140,11 @@ impl PyLayerStore {
         Ok(blobs.into_iter().map(PyBlobInfo::from).collect())
     }
 
-    fn delete(&self, digest: &str) -> PyResult<bool> {
+    #[pyo3(signature = (digest, *, force=false))]
+    fn delete(&self, py: Python<'_>, digest: &str, force: bool) -> PyResult<bool> {
         let digest = parse_digest(digest)?;
-        self.store.delete(&digest).map_err(to_py_err)
+        py.detach(|| self.store.delete(&digest, force))
+            .map_err(to_py_err)
     }
 
     #[pyo3(signature = (*, quarantine=false))]

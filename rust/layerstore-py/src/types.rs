@@ -80,7 +80,7 @@ impl From<Descriptor> for PyDescriptor {
 #[pyclass(module = "warmstart._native", name = "Problem", frozen, get_all)]
 #[derive(Clone)]
 pub struct PyProblem {
-    /// One of `digest_mismatch`, `size_mismatch`, `missing`, `invalid_name`.
+    /// One of `digest_mismatch`, `truncated`, `size_mismatch`, `missing`, `invalid_name`.
     pub kind: &'static str,
     pub digest: Option<String>,
     pub path: Option<String>,
@@ -121,6 +121,16 @@ impl From<Problem> for PyProblem {
                 converted.digest = Some(digest.to_string());
                 converted.actual_digest = Some(actual.to_string());
                 converted.actual_size = Some(size);
+            }
+            Problem::Truncated {
+                digest,
+                expected,
+                actual,
+            } => {
+                converted.kind = "truncated";
+                converted.digest = Some(digest.to_string());
+                converted.expected_size = Some(expected);
+                converted.actual_size = Some(actual);
             }
             Problem::SizeMismatch {
                 digest,

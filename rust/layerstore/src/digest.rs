@@ -77,7 +77,7 @@ impl Digest {
         })?;
         let algorithm = Algorithm::from_name(algorithm)
             .ok_or_else(|| invalid("unsupported algorithm, expected sha256 or sha512"))?;
-        Digest::from_parts(algorithm, hex).map_err(|reason| invalid(reason))
+        Digest::from_parts(algorithm, hex).map_err(invalid)
     }
 
     /// Builds a digest from an algorithm and its hex part, as found in a `blobs/<alg>/<hex>` path.

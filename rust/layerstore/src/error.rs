@@ -37,6 +37,12 @@ pub enum StoreError {
     #[error("blob {digest} not found in the store")]
     BlobNotFound { digest: Digest },
 
+    #[error("blob {digest} is in use: {referenced_by} refers to it; untag the image first or delete with force")]
+    BlobInUse {
+        digest: Digest,
+        referenced_by: String,
+    },
+
     #[error("tag {tag:?} not found in index.json")]
     TagNotFound { tag: String },
 

@@ -20,6 +20,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -35,9 +36,9 @@ const BUFFER_SIZE: usize = 1 << 20;
 /// Buffers in flight between the two threads; with [`BUFFER_SIZE`] this bounds a put's memory to
 /// about 8 MiB whatever the blob size.
 const BUFFERS_IN_FLIGHT: usize = 8;
-/// The writer flushes dirty pages every this many bytes, so the final fsync does not have to
-/// write the whole blob at once and disk writes overlap hashing.
-const SYNC_INTERVAL: u64 = 64 << 20;
+/// The writer asks for a flush of dirty pages every this many bytes, so the final fsync does not
+/// have to write the whole blob at once and disk writes overlap hashing.
+const SYNC_INTERVAL: u64 = 16 << 20;
 
 /// What the caller knows about the content before writing it. Unknown fields are not checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -424,6 +425,9 @@ impl Ingest<'_> {
             });
         }
         fs::create_dir_all(directory).map_err(StoreError::io("create directory", directory))?;
+        // Committed blobs are immutable; read-only files catch accidental writes by other tools.
+        fs::set_permissions(&self.data_path, fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("make read-only", &self.data_path))?;
         fs::rename(&self.data_path, &target)
             .map_err(StoreError::io("rename into place", &target))?;
         sync_directory(directory)?;
@@ -456,19 +460,40 @@ fn write_buffers(
     full_rx: mpsc::Receiver<Vec<u8>>,
     empty_tx: mpsc::Sender<Vec<u8>>,
 ) -> Result<()> {
+    // A third thread flushes dirty pages while this one keeps writing, so the disk works during
+    // the whole put instead of only in the final fsync. A flush request made while one is
+    // running is dropped: the running flush's successor covers those bytes.
+    let syncer_file = file.try_clone().map_err(StoreError::io("open", path))?;
+    let (sync_tx, sync_rx) = mpsc::sync_channel::<()>(1);
+    let syncer = thread::Builder::new()
+        .name("layerstore-sync".into())
+        .spawn(move || -> io::Result<()> {
+            for () in sync_rx {
+                syncer_file.sync_data()?;
+            }
+            Ok(())
+        })
+        .map_err(StoreError::io("spawn sync thread for", path))?;
+
     let mut unsynced = 0u64;
+    let mut write_result = Ok(());
     for buffer in full_rx {
-        file.write_all(&buffer)
-            .map_err(StoreError::io("write", path))?;
+        if let Err(error) = file.write_all(&buffer) {
+            write_result = Err(StoreError::io("write", path)(error));
+            break;
+        }
         unsynced += buffer.len() as u64;
         if unsynced >= SYNC_INTERVAL {
-            file.sync_data().map_err(StoreError::io("fsync", path))?;
+            let _ = sync_tx.try_send(());
             unsynced = 0;
         }
         // The hashing side may already have finished; then the buffer is simply dropped.
         let _ = empty_tx.send(buffer);
     }
-    Ok(())
+    drop(sync_tx);
+    let sync_result = syncer.join().expect("sync thread does not panic");
+    write_result?;
+    sync_result.map_err(StoreError::io("fsync", path))
 }
 
 /// Reads until `buffer` is full or the reader is exhausted; returns the byte count.

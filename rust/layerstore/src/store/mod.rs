@@ -192,9 +192,18 @@ impl Store {
         Ok(blobs)
     }
 
-    /// Deletes a blob; returns whether it existed. Tags pointing at it are not touched, so a
-    /// later `verify` reports them as missing.
-    pub fn delete(&self, digest: &Digest) -> Result<bool> {
+    /// Deletes a blob; returns whether it existed. A blob reachable from `index.json` is
+    /// refused with [`StoreError::BlobInUse`] unless `force` is set, because deleting it would
+    /// leave a tagged image incomplete.
+    pub fn delete(&self, digest: &Digest, force: bool) -> Result<bool> {
+        if !force {
+            if let Some(reference) = self.reachable()?.get(digest) {
+                return Err(StoreError::BlobInUse {
+                    digest: digest.clone(),
+                    referenced_by: reference.referenced_by.clone(),
+                });
+            }
+        }
         let path = self.blob_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),

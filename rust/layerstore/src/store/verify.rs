@@ -22,7 +22,13 @@ pub enum Problem {
         actual: Digest,
         size: u64,
     },
-    /// The file's size differs from the size a manifest declares for it; shorter means truncated.
+    /// The file is shorter than a manifest declares, so its content hashes to another digest.
+    Truncated {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    /// The content matches its digest, but a manifest declares another size for it.
     SizeMismatch {
         digest: Digest,
         expected: u64,
@@ -41,9 +47,9 @@ impl Problem {
     /// The file this problem is about, when it has one.
     fn path(&self, store: &Store) -> Option<PathBuf> {
         match self {
-            Problem::DigestMismatch { digest, .. } | Problem::SizeMismatch { digest, .. } => {
-                Some(store.blob_path(digest))
-            }
+            Problem::DigestMismatch { digest, .. }
+            | Problem::Truncated { digest, .. }
+            | Problem::SizeMismatch { digest, .. } => Some(store.blob_path(digest)),
             Problem::InvalidName { path } => Some(path.clone()),
             Problem::Missing { .. } => None,
         }
@@ -84,6 +90,14 @@ impl Store {
                 }
                 BlobFile::Valid { digest, size, path } => {
                     let actual = hash_file(path, digest)?;
+                    let declared = reachable.get(digest).map(|reference| reference.size);
+                    if actual != *digest && declared.is_some_and(|declared| declared > *size) {
+                        return Ok(Some(Problem::Truncated {
+                            digest: digest.clone(),
+                            expected: declared.unwrap_or_default(),
+                            actual: *size,
+                        }));
+                    }
                     if actual != *digest {
                         return Ok(Some(Problem::DigestMismatch {
                             digest: digest.clone(),
