@@ -118,9 +118,8 @@ def bench_put(work: Path, size: int, repeat: int) -> dict[str, float]:
         put_times.append(time.perf_counter() - began)
         shutil.rmtree(store_root)
     store_root = work / "rss-store"
-    put_rss = peak_rss_of(
-        f"from warmstart import LayerStore\nLayerStore({str(store_root)!r}).put_file({str(source)!r})"
-    )
+    put_code = f"from warmstart import LayerStore\nLayerStore({str(store_root)!r})"
+    put_rss = peak_rss_of(f"{put_code}.put_file({str(source)!r})")
     idle_rss = peak_rss_of("import warmstart")
     shutil.rmtree(store_root)
     best_hash, best_put, best_dd = min(hashlib_times), min(put_times), min(dd_times)
