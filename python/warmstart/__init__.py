@@ -3,10 +3,13 @@
 from warmstart import errors
 from warmstart._native import (
     BlobInfo,
+    BlobReport,
     Descriptor,
     GcReport,
     ImportReport,
     Problem,
+    PullProgress,
+    PullReport,
     Usage,
     VerifyReport,
 )
@@ -15,11 +18,14 @@ from warmstart.store import LayerStore
 
 __all__ = [
     "BlobInfo",
+    "BlobReport",
     "Descriptor",
     "GcReport",
     "ImportReport",
     "LayerStore",
     "Problem",
+    "PullProgress",
+    "PullReport",
     "Usage",
     "VerifyReport",
     "errors",

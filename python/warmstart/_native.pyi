@@ -2,7 +2,7 @@
 
 import builtins
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, final
 
@@ -10,11 +10,14 @@ from typing_extensions import disjoint_base
 
 __all__ = [
     "BlobInfo",
+    "BlobReport",
     "Descriptor",
     "GcReport",
     "ImportReport",
     "LayerStore",
     "Problem",
+    "PullProgress",
+    "PullReport",
     "Usage",
     "VerifyReport",
     "__version__",
@@ -123,6 +126,67 @@ class ImportReport:
     @property
     def blobs_present(self) -> int: ...
 
+@final
+class BlobReport:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def fetched_bytes(self) -> int:
+        """Bytes received from the network for this blob, retries included."""
+
+    @property
+    def reused(self) -> bool:
+        """True when the blob was already in the store."""
+
+    @property
+    def ranged(self) -> bool:
+        """True when the server honoured range requests for this blob."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class PullReport:
+    @property
+    def reference(self) -> str: ...
+    @property
+    def tag(self) -> str: ...
+    @property
+    def manifest_digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def index_digest(self) -> str | None: ...
+    @property
+    def blobs(self) -> list[BlobReport]: ...
+    @property
+    def bytes_fetched(self) -> int: ...
+    @property
+    def bytes_reused(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class PullProgress:
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def fetched_bytes(self) -> int: ...
+    @property
+    def reused_bytes(self) -> int: ...
+    @property
+    def blobs_total(self) -> int: ...
+    @property
+    def blobs_done(self) -> int: ...
+    @property
+    def finished(self) -> bool: ...
+
 @disjoint_base
 class LayerStore:
     def __new__(cls, path: str | os.PathLike[str]) -> LayerStore: ...
@@ -169,5 +233,31 @@ class LayerStore:
     def export_layout(
         self, path: str | os.PathLike[str], *, tags: builtins.list[str] | None = None
     ) -> ImportReport: ...
+    def pull(
+        self,
+        reference: str,
+        *,
+        platform: str | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        tag: str | None = None,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+    ) -> Awaitable[PullReport]: ...
+    def fetch(
+        self,
+        url: str,
+        *,
+        digest: str,
+        size: int | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+    ) -> Awaitable[BlobReport]: ...
 
 def parse_digest_string(text: str) -> str: ...

@@ -4,19 +4,31 @@ Each class also inherits the standard library category it belongs to, so callers
 ``ValueError``, ``LookupError`` or ``OSError`` without importing warmstart::
 
     WarmstartError
-    └── StoreError
-        ├── InvalidDigestError      (ValueError)   a string is not <algorithm>:<hex>
-        ├── InvalidTagError         (ValueError)   a tag has characters OCI does not allow
-        ├── InvalidRangeError       (ValueError)   a read past the end of a blob
-        ├── InvalidLayoutError      (ValueError)   an OCI layout, archive or JSON file is malformed
-        ├── DigestMismatchError     (ValueError)   content hashes to another digest
-        ├── SizeMismatchError       (ValueError)   content has another size than declared
-        ├── BlobInUseError          (ValueError)   a delete would break a tagged image
-        ├── BlobNotFoundError       (LookupError)  a digest is not in the store
-        ├── TagNotFoundError        (LookupError)  a tag is not in index.json
-        ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
-        │   └── ForeignLayerError                  ... and that blob is a foreign layer
-        └── StoreIOError            (OSError)      a file system operation failed
+    ├── StoreError
+    │   ├── InvalidDigestError      (ValueError)   a string is not <algorithm>:<hex>
+    │   ├── InvalidTagError         (ValueError)   a tag has characters OCI does not allow
+    │   ├── InvalidRangeError       (ValueError)   a read past the end of a blob
+    │   ├── InvalidLayoutError      (ValueError)   an OCI layout, archive or JSON file is malformed
+    │   ├── DigestMismatchError     (ValueError)   content hashes to another digest
+    │   ├── SizeMismatchError       (ValueError)   content has another size than declared
+    │   ├── BlobInUseError          (ValueError)   a delete would break a tagged image
+    │   ├── BlobNotFoundError       (LookupError)  a digest is not in the store
+    │   ├── TagNotFoundError        (LookupError)  a tag is not in index.json
+    │   ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
+    │   │   └── ForeignLayerError                  ... and that blob is a foreign layer
+    │   └── StoreIOError            (OSError)      a file system operation failed
+    └── RegistryError                              a registry request failed
+        ├── InvalidReferenceError   (ValueError)   an image reference, URL or platform is invalid
+        ├── RegistryAuthError       (PermissionError)  credentials missing or refused
+        ├── RegistryNotFoundError   (LookupError)  a manifest or blob is not in the registry
+        ├── PlatformNotFoundError   (LookupError)  an index has no manifest for the platform
+        ├── RegistryTimeoutError    (TimeoutError) a connection stalled
+        ├── RegistryConnectionError (ConnectionError)  a connection failed
+        └── RegistryProtocolError                  the server broke the protocol
+
+A pull that fails because of content (a digest or size mismatch) raises the store error of that
+kind. ``RegistryError`` and its subclasses carry ``status`` (the HTTP status or ``None``),
+``url`` (without credentials or query string), ``registry``, ``repository`` and ``digest``.
 
 Attributes name the failing values: ``DigestMismatchError.expected`` and ``.actual`` (digest
 strings) and ``.bytes_read``; ``SizeMismatchError.expected`` and ``.actual`` (bytes);
@@ -33,8 +45,16 @@ __all__ = [
     "InvalidDigestError",
     "InvalidLayoutError",
     "InvalidRangeError",
+    "InvalidReferenceError",
     "InvalidTagError",
     "MissingBlobError",
+    "PlatformNotFoundError",
+    "RegistryAuthError",
+    "RegistryConnectionError",
+    "RegistryError",
+    "RegistryNotFoundError",
+    "RegistryProtocolError",
+    "RegistryTimeoutError",
     "SizeMismatchError",
     "StoreError",
     "StoreIOError",
@@ -119,3 +139,41 @@ class ForeignLayerError(MissingBlobError):
 
 class StoreIOError(StoreError, OSError):
     """A file system operation of the store failed; ``filename`` and ``errno`` say which."""
+
+
+class RegistryError(WarmstartError):
+    """A registry or HTTP request failed; ``status`` has the HTTP status when there was one."""
+
+    status: int | None
+    url: str
+    registry: str
+    repository: str
+    digest: str | None
+
+
+class InvalidReferenceError(RegistryError, ValueError):
+    """An image reference, URL or platform string is invalid."""
+
+
+class RegistryAuthError(RegistryError, PermissionError):
+    """The registry refused the credentials, or asked for credentials that are not configured."""
+
+
+class RegistryNotFoundError(RegistryError, LookupError):
+    """The registry has no such repository, manifest or blob."""
+
+
+class PlatformNotFoundError(RegistryError, LookupError):
+    """An image index has no manifest for the requested platform."""
+
+
+class RegistryTimeoutError(RegistryError, TimeoutError):
+    """A connection delivered no bytes for longer than the stall timeout."""
+
+
+class RegistryConnectionError(RegistryError, ConnectionError):
+    """A connection to the registry or storage host failed."""
+
+
+class RegistryProtocolError(RegistryError):
+    """The server sent something the OCI distribution protocol does not allow."""

@@ -4,14 +4,14 @@
 //! categories and carry docstrings) and looked up here by name. The match is exhaustive: a new
 //! `StoreError` variant does not compile until it has a Python class.
 
-use std::error::Error as _;
 
+use layerstore::registry::error::PullError;
 use layerstore::StoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// Formats an error with its chain of causes, `outer: inner: innermost`.
-fn message_with_causes(error: &StoreError) -> String {
+fn message_with_causes(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -106,4 +106,84 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
         exception.setattr(key.extract::<String>()?.as_str(), value)?;
     }
     Ok(PyErr::from_value(exception))
+}
+
+/// Converts a pull error into an instance of its `warmstart.errors` class. Errors that wrap a
+/// store error become that store error's class; retries that ran out take the class of their
+/// last failure, with the attempt count in the message.
+pub fn pull_to_py_err(error: PullError) -> PyErr {
+    Python::attach(|py| match build_pull(py, &error) {
+        Ok(exception) => exception,
+        Err(lookup_failure) => lookup_failure,
+    })
+}
+
+fn build_pull(py: Python<'_>, error: &PullError) -> PyResult<PyErr> {
+    let (class_name, context, status) = classify_pull(error);
+    let class_name = match class_name {
+        Some(name) => name,
+        None => {
+            // A store failure inside a pull (digest mismatch, I/O): keep its own class.
+            let inner = innermost_store_error(error).expect("only store errors have no class");
+            let converted = build(py, inner)?;
+            let value = converted.value(py);
+            value.setattr("args", (message_with_causes(error),))?;
+            return Ok(converted);
+        }
+    };
+    let class = py.import("warmstart.errors")?.getattr(class_name)?;
+    let exception = class.call1((message_with_causes(error),))?;
+    exception.setattr("status", status)?;
+    if let Some(context) = context {
+        exception.setattr("url", &context.url)?;
+        exception.setattr("registry", &context.registry)?;
+        exception.setattr("repository", &context.repository)?;
+        exception.setattr("digest", context.digest.as_ref().map(ToString::to_string))?;
+    }
+    Ok(PyErr::from_value(exception))
+}
+
+fn innermost_store_error(error: &PullError) -> Option<&StoreError> {
+    match error {
+        PullError::Store(inner) => Some(inner),
+        PullError::RetriesExhausted { last, .. } => innermost_store_error(last),
+        _ => None,
+    }
+}
+
+type Classified<'e> = (
+    Option<&'static str>,
+    Option<&'e layerstore::registry::error::RequestContext>,
+    Option<u16>,
+);
+
+fn classify_pull(error: &PullError) -> Classified<'_> {
+    match error {
+        PullError::InvalidReference { .. } | PullError::InvalidUrl { .. } => {
+            (Some("InvalidReferenceError"), None, None)
+        }
+        PullError::Status {
+            context, status, ..
+        } => (Some("RegistryError"), Some(context), Some(*status)),
+        PullError::Unauthorized {
+            context, status, ..
+        } => (Some("RegistryAuthError"), Some(context), Some(*status)),
+        PullError::NotFound { context, .. } => {
+            (Some("RegistryNotFoundError"), Some(context), Some(404))
+        }
+        PullError::Transport { context, .. } => {
+            (Some("RegistryConnectionError"), Some(context), None)
+        }
+        PullError::Stalled { context, .. } => (Some("RegistryTimeoutError"), Some(context), None),
+        PullError::Protocol { context, .. } => {
+            (Some("RegistryProtocolError"), Some(context), None)
+        }
+        PullError::RetriesExhausted { last, .. } => classify_pull(last),
+        PullError::InvalidManifest { .. } | PullError::UnsupportedMediaType { .. } => {
+            (Some("RegistryProtocolError"), None, None)
+        }
+        PullError::PlatformNotFound { .. } => (Some("PlatformNotFoundError"), None, None),
+        PullError::InvalidCredentials { .. } => (Some("RegistryAuthError"), None, None),
+        PullError::Store(_) => (None, None, None),
+    }
 }

@@ -4,12 +4,15 @@
 //! so Python threads run while a blob is hashed or written.
 
 mod errors;
+mod pull;
 mod stream;
 mod types;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use layerstore::fetch::Progress;
 use layerstore::store::GcOptions;
 use layerstore::{Digest, Expected, Store};
 use pyo3::exceptions::PyValueError;
@@ -44,6 +47,7 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
 #[pyclass(module = "warmstart._native", name = "LayerStore", subclass, frozen)]
 struct PyLayerStore {
     store: Store,
+    pullers: pull::PullerCache,
 }
 
 #[pymethods]
@@ -51,7 +55,10 @@ impl PyLayerStore {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<PyLayerStore> {
         let store = py.detach(|| Store::open(path)).map_err(to_py_err)?;
-        Ok(PyLayerStore { store })
+        Ok(PyLayerStore {
+            store,
+            pullers: pull::PullerCache::default(),
+        })
     }
 
     #[getter]
@@ -239,9 +246,104 @@ impl PyLayerStore {
         Ok(report.into())
     }
 
+    /// Pulls an image or artifact; returns an awaitable of a `PullReport`.
+    #[pyo3(signature = (
+        reference, *, platform=None, connections=8, chunk_size=16777216, tag=None,
+        insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
+        max_attempts=5, progress=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn pull<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        platform: Option<&str>,
+        connections: usize,
+        chunk_size: u64,
+        tag: Option<String>,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let reference = pull::parse_reference(reference)?;
+        let options = pull::pull_options(platform, connections, chunk_size, tag)?;
+        let key = client_key(insecure_registries, ca_certificates, stall_timeout_s, max_attempts)?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let counters = Arc::new(Progress::default());
+            let work = puller.pull(&reference, &options, &counters);
+            let report = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyPullReport::from(report))
+        })
+    }
+
+    /// Downloads one blob from an HTTP(S) URL; returns an awaitable of a `BlobReport`.
+    #[pyo3(signature = (
+        url, *, digest, size=None, connections=8, chunk_size=16777216, stall_timeout_s=30.0,
+        max_attempts=5, progress=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn fetch<'py>(
+        &self,
+        py: Python<'py>,
+        url: &str,
+        digest: &str,
+        size: Option<u64>,
+        connections: usize,
+        chunk_size: u64,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let url = pull::parse_url(url)?;
+        let digest = pull::parse_digest(digest)?;
+        let options = pull::fetch_options(connections, chunk_size)?;
+        let key = client_key(Vec::new(), Vec::new(), stall_timeout_s, max_attempts)?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let counters = Arc::new(Progress::default());
+            let work = puller.fetch_url(&url, &digest, size, &options, &counters);
+            let report = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyBlobReport::from(report))
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!("LayerStore({:?})", self.store.root().display().to_string())
     }
+}
+
+fn client_key(
+    insecure_registries: Vec<String>,
+    ca_certificates: Vec<PathBuf>,
+    stall_timeout_s: f64,
+    max_attempts: u32,
+) -> PyResult<pull::ClientKey> {
+    if max_attempts == 0 {
+        return Err(PyValueError::new_err("max_attempts must be at least 1"));
+    }
+    let stall_timeout = seconds(stall_timeout_s, "stall_timeout_s")?;
+    if stall_timeout.is_zero() {
+        return Err(PyValueError::new_err("stall_timeout_s must be more than 0 seconds"));
+    }
+    Ok(pull::ClientKey {
+        insecure_registries,
+        ca_certificates,
+        stall_timeout,
+        max_attempts,
+    })
 }
 
 /// Parses and normalizes a digest string, raising `InvalidDigestError` when it is invalid.
@@ -260,6 +362,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyGcReport>()?;
     module.add_class::<PyUsage>()?;
     module.add_class::<PyImportReport>()?;
+    module.add_class::<pull::PyPullReport>()?;
+    module.add_class::<pull::PyBlobReport>()?;
+    module.add_class::<pull::PyPullProgress>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -11,8 +11,11 @@
 pub mod archive;
 pub mod digest;
 pub mod error;
+pub mod fetch;
 pub mod layout;
 pub mod manifest;
+pub mod reference;
+pub mod registry;
 pub mod store;
 
 pub use digest::{Algorithm, Digest, Hasher};

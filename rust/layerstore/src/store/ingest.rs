@@ -194,7 +194,7 @@ impl Store {
         lock_file(&self.lock_path(digest))
     }
 
-    fn lock_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn lock_path(&self, digest: &Digest) -> PathBuf {
         self.ingest_dir()
             .join(format!("{}-{}.lock", digest.algorithm(), digest.hex()))
     }

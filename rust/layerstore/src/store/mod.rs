@@ -11,6 +11,7 @@
 pub mod gc;
 pub mod index;
 pub mod ingest;
+pub mod partial;
 pub mod verify;
 
 use std::fs::{self, File};
@@ -22,6 +23,7 @@ use crate::error::{Result, StoreError};
 
 pub use gc::{GcOptions, GcReport};
 pub use ingest::{Expected, Ingest, IngestStart, PutOutcome};
+pub use partial::{PartialBlob, PartialStart};
 pub use verify::{Problem, VerifyReport};
 
 const OCI_LAYOUT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";

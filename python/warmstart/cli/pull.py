@@ -1,0 +1,218 @@
+"""``warmstart pull`` and ``warmstart fetch``: download images and artifacts into the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from warmstart import BlobReport, PullProgress, PullReport
+from warmstart.cli.output import format_bytes, print_json
+from warmstart.cli.store import open_store
+
+__all__ = ["add_parsers", "parse_size"]
+
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``16M``, ``512k`` or ``1048576`` (binary units)."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = cleaned[-1:] if cleaned[-1:] in UNITS else ""
+    number = cleaned[: len(cleaned) - len(unit)]
+    try:
+        value = float(number) * UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}; use a byte count such as 16M, 512k or 1048576"
+        ) from None
+    return int(value)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        metavar="N",
+        help="parallel connections per host (default: 8)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=16 << 20,
+        metavar="SIZE",
+        help="byte range per request for large blobs, e.g. 16M (default: 16M)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="abandon and retry a connection that sends nothing for this long (default: 30)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pull = commands.add_parser(
+        "pull",
+        help="pull an image or OCI artifact into the store",
+        description="Pull an image or OCI artifact into the store with parallel range requests.",
+    )
+    pull.add_argument("reference", help="image reference, e.g. localhost:5000/llm:v1 or ubuntu")
+    pull.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
+    pull.add_argument("--tag", default=None, help="tag in the store (default: the reference)")
+    pull.add_argument(
+        "--insecure",
+        action="store_true",
+        help="use plain HTTP for this registry (loopback registries always use it)",
+    )
+    pull.add_argument(
+        "--ca-cert",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PEM",
+        help="trust this certificate authority too (repeatable)",
+    )
+    add_common(pull)
+    pull.set_defaults(run=run_pull)
+
+    fetch = commands.add_parser(
+        "fetch",
+        help="download one artifact from an HTTP(S) URL into the store",
+        description="Download one blob (a model file, for example) from an HTTP(S) URL, "
+        "verified against its digest.",
+    )
+    fetch.add_argument("url", help="HTTP(S) URL of the artifact, e.g. a presigned object URL")
+    fetch.add_argument("--digest", required=True, help="expected digest, sha256:<hex>")
+    fetch.add_argument(
+        "--size", type=parse_size, default=None, help="size in bytes (default: from HEAD)"
+    )
+    add_common(fetch)
+    fetch.set_defaults(run=run_fetch)
+
+
+class ProgressLine:
+    """Redraws one status line on a terminal: bytes, rate, ETA and blobs done."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+        self.width = 0
+
+    def __call__(self, progress: PullProgress) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = progress.fetched_bytes / elapsed
+        remaining = progress.total_bytes - progress.fetched_bytes - progress.reused_bytes
+        eta = f"{remaining / rate:.0f}s" if rate > 0 and remaining > 0 else "-"
+        line = (
+            f"{format_bytes(progress.fetched_bytes + progress.reused_bytes)}"
+            f" / {format_bytes(progress.total_bytes)}"
+            f"  {format_bytes(int(rate))}/s  ETA {eta}"
+            f"  blobs {progress.blobs_done}/{progress.blobs_total}"
+        )
+        self.stream.write("\r" + line.ljust(self.width))
+        self.width = len(line)
+        if progress.finished:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def progress_display(arguments: argparse.Namespace) -> ProgressLine | None:
+    if arguments.json or not sys.stderr.isatty():
+        return None
+    return ProgressLine(sys.stderr)
+
+
+def blob_json(blob: BlobReport) -> dict[str, Any]:
+    return {
+        "digest": blob.digest,
+        "size": blob.size,
+        "media_type": blob.media_type,
+        "fetched_bytes": blob.fetched_bytes,
+        "reused": blob.reused,
+        "ranged": blob.ranged,
+        "requests": blob.requests,
+        "seconds": round(blob.seconds, 6),
+    }
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{format_bytes(int(count / seconds))}/s" if seconds > 0 else "-"
+
+
+def run_pull(arguments: argparse.Namespace) -> int:
+    store = open_store(arguments)
+    reference: str = arguments.reference
+    insecure = [reference.split("/", 1)[0]] if arguments.insecure else []
+
+    async def pull() -> PullReport:
+        return await store.pull(
+            reference,
+            platform=arguments.platform,
+            connections=arguments.connections,
+            chunk_size=arguments.chunk_size,
+            tag=arguments.tag,
+            insecure_registries=insecure,
+            ca_certificates=arguments.ca_cert,
+            stall_timeout_s=arguments.stall_timeout,
+            progress=progress_display(arguments),
+        )
+
+    report = asyncio.run(pull())
+    if arguments.json:
+        print_json(
+            {
+                "reference": report.reference,
+                "tag": report.tag,
+                "manifest_digest": report.manifest_digest,
+                "media_type": report.media_type,
+                "index_digest": report.index_digest,
+                "bytes_fetched": report.bytes_fetched,
+                "bytes_reused": report.bytes_reused,
+                "seconds": round(report.seconds, 6),
+                "blobs": [blob_json(blob) for blob in report.blobs],
+            }
+        )
+        return 0
+    print(f"pulled {report.reference} as {report.tag}  {report.manifest_digest}")
+    print(
+        f"fetched {format_bytes(report.bytes_fetched)}, reused {format_bytes(report.bytes_reused)}"
+        f" from the store, in {report.seconds:.2f} s"
+        f" ({rate(report.bytes_fetched, report.seconds)}), {len(report.blobs)} blobs"
+    )
+    return 0
+
+
+def run_fetch(arguments: argparse.Namespace) -> int:
+    store = open_store(arguments)
+
+    async def fetch() -> BlobReport:
+        return await store.fetch(
+            arguments.url,
+            digest=arguments.digest,
+            size=arguments.size,
+            connections=arguments.connections,
+            chunk_size=arguments.chunk_size,
+            stall_timeout_s=arguments.stall_timeout,
+            progress=progress_display(arguments),
+        )
+
+    blob = asyncio.run(fetch())
+    if arguments.json:
+        print_json(blob_json(blob))
+        return 0
+    verb = "already in the store" if blob.reused else f"fetched in {blob.seconds:.2f} s"
+    print(f"{blob.digest}  {format_bytes(blob.size)}  {verb}")
+    return 0

@@ -1,0 +1,643 @@
+//! Parallel chunked download of blobs into partial files, with hashing overlapped.
+//!
+//! For each blob: the first missing range is requested as a probe. A 206 whose `Content-Range`
+//! starts where asked means the server honours ranges, and the blob's other ranges are queued
+//! behind the per-host connection limit. A 200, or a 206 starting elsewhere, means it does not:
+//! the blob is fetched as one stream from byte 0, and no full body is ever spliced into a chunk.
+//! Bytes are written at their offset in the preallocated partial file; a hashing task reads the
+//! contiguous prefix back from the file as it grows, so verification overlaps the download and
+//! the digest covers exactly the bytes on disk.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use url::Url;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::StoreError;
+use crate::fetch::ranges::RangeSet;
+use crate::reference::Reference;
+use crate::registry::error::{PullError, RequestContext};
+use crate::registry::{backoff, RegistryClient};
+use crate::store::{PartialBlob, PartialStart, Store};
+
+/// Bytes written to the partial file at once.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes hashed per read of the partial file.
+const HASH_BUFFER: usize = 4 << 20;
+
+/// How blobs are split and how many connections serve them.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Concurrent connections per host, shared by every blob and pull of one [`Fetcher`].
+    pub connections: usize,
+    /// Size of the byte ranges a large blob is split into.
+    pub chunk_size: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> FetchOptions {
+        FetchOptions {
+            connections: 8,
+            chunk_size: 16 << 20,
+        }
+    }
+}
+
+/// Where a blob's bytes come from.
+#[derive(Clone, Debug)]
+pub enum BlobSource {
+    Registry(Reference),
+    Url(Url),
+}
+
+/// One blob to fetch.
+#[derive(Clone, Debug)]
+pub struct BlobJob {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub source: BlobSource,
+}
+
+/// What happened to one blob.
+#[derive(Clone, Debug)]
+pub struct BlobReport {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// Bytes received from the network for this blob (retries included).
+    pub fetched_bytes: u64,
+    /// True when the blob was already in the store and nothing was fetched.
+    pub reused: bool,
+    /// True when the server honoured range requests (false also for single-chunk blobs).
+    pub ranged: bool,
+    /// HTTP requests made for this blob's bytes.
+    pub requests: u32,
+    /// Seconds from the start of the fetch to the commit.
+    pub seconds: f64,
+}
+
+/// Live counters of a pull, read by progress displays while the pull runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total_bytes: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub reused_bytes: AtomicU64,
+    pub blobs_total: AtomicU64,
+    pub blobs_done: AtomicU64,
+}
+
+/// Fetches blobs into a store. One fetcher shares its per-host connection limits between every
+/// blob and every concurrent pull that uses it.
+#[derive(Debug)]
+pub struct Fetcher {
+    store: Store,
+    client: Arc<RegistryClient>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Fetcher {
+    pub fn new(store: Store, client: Arc<RegistryClient>) -> Fetcher {
+        Fetcher {
+            store,
+            client,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn client(&self) -> &Arc<RegistryClient> {
+        &self.client
+    }
+
+    /// The connection limit of a host; the first pull to reach a host sets its size.
+    fn permits(&self, host: &str, connections: usize) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().expect("not poisoned");
+        Arc::clone(
+            hosts
+                .entry(host.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(connections.max(1)))),
+        )
+    }
+
+    /// Fetches every job into the store; a digest listed twice is fetched once. The first
+    /// failure aborts the other downloads (their partial files stay for a resume) and is
+    /// returned. Dropping the returned future cancels everything it started.
+    pub async fn fetch_all(
+        self: &Arc<Self>,
+        jobs: Vec<BlobJob>,
+        options: &FetchOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<Vec<BlobReport>, PullError> {
+        let mut unique: Vec<BlobJob> = Vec::new();
+        for job in jobs {
+            if !unique.iter().any(|existing| existing.digest == job.digest) {
+                unique.push(job);
+            }
+        }
+        progress.blobs_total.fetch_add(unique.len() as u64, Ordering::Relaxed);
+        progress
+            .total_bytes
+            .fetch_add(unique.iter().map(|job| job.size).sum(), Ordering::Relaxed);
+        // Largest first: the biggest layer is the critical path, so it gets connections first.
+        unique.sort_by_key(|job| std::cmp::Reverse(job.size));
+        let mut tasks = JoinSet::new();
+        for (index, job) in unique.into_iter().enumerate() {
+            let fetcher = Arc::clone(self);
+            let (options, progress) = (options.clone(), Arc::clone(progress));
+            tasks.spawn(async move { (index, fetcher.fetch_blob(job, options, progress).await) });
+        }
+        let mut reports = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (index, result) = joined.expect("blob tasks do not panic");
+            reports.push((index, result?));
+        }
+        reports.sort_by_key(|(index, _)| *index);
+        Ok(reports.into_iter().map(|(_, report)| report).collect())
+    }
+
+    async fn fetch_blob(self: Arc<Self>, job: BlobJob, options: FetchOptions, progress: Arc<Progress>) -> Result<BlobReport, PullError> {
+        let started = Instant::now();
+        let store = self.store.clone();
+        let (digest, size) = (job.digest.clone(), job.size);
+        let opened = tokio::task::spawn_blocking(move || store.open_partial(&digest, size))
+            .await
+            .expect("open_partial does not panic")?;
+        let partial = match opened {
+            PartialStart::Exists(_) => {
+                progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
+                progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                return Ok(BlobReport {
+                    digest: job.digest,
+                    size: job.size,
+                    media_type: job.media_type,
+                    fetched_bytes: 0,
+                    reused: true,
+                    ranged: false,
+                    requests: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            PartialStart::Open(partial) => partial,
+        };
+        let host = match &job.source {
+            BlobSource::Registry(reference) => reference.api_host().to_owned(),
+            BlobSource::Url(url) => format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0)),
+        };
+        let media_type = job.media_type.clone();
+        let mut done = RangeSet::default();
+        for &(start, end) in partial.completed_ranges() {
+            done.insert(start, end);
+        }
+        // Bytes already on disk from an earlier run count as reused.
+        progress.reused_bytes.fetch_add(done.covered(), Ordering::Relaxed);
+        let download = Arc::new(Download {
+            fetcher: Arc::clone(&self),
+            job,
+            partial,
+            state: Mutex::new(State { done, generation: 0 }),
+            changed: Notify::new(),
+            permits: self.permits(&host, options.connections),
+            options,
+            progress: Arc::clone(&progress),
+            fetched: AtomicU64::new(0),
+            requests: AtomicU32::new(0),
+        });
+
+        // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
+        // partial blob and its lock alive.
+        let mut hashing = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(&download))));
+        download_all(&download).await?;
+        let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
+        drop(hashing);
+        let ranged = download.state.lock().expect("not poisoned").generation == 0 && download.requests.load(Ordering::Relaxed) > 1;
+        let fetched_bytes = download.fetched.load(Ordering::Relaxed);
+        let requests = download.requests.load(Ordering::Relaxed);
+        let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
+        let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
+            .await
+            .expect("commit does not panic");
+        let committed = outcome?;
+        progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+        Ok(BlobReport {
+            digest: committed.digest,
+            size: committed.size,
+            media_type,
+            fetched_bytes,
+            reused: false,
+            ranged,
+            requests,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Written ranges, and a generation that changes when a restart from byte 0 discards them.
+struct State {
+    done: RangeSet,
+    generation: u64,
+}
+
+/// One blob being downloaded.
+struct Download {
+    fetcher: Arc<Fetcher>,
+    job: BlobJob,
+    partial: PartialBlob,
+    state: Mutex<State>,
+    /// Signalled whenever `state` changes, to wake the hashing task.
+    changed: Notify,
+    permits: Arc<Semaphore>,
+    options: FetchOptions,
+    progress: Arc<Progress>,
+    fetched: AtomicU64,
+    requests: AtomicU32,
+}
+
+/// How the probe response answered a range request.
+enum Probe {
+    /// A 206 starting where asked: ranges work.
+    Ranged(Response),
+    /// A 200 with the whole body: the server ignored Range.
+    Whole(Response),
+    /// A 206 starting elsewhere: its bytes are unusable and ranges are not trusted.
+    WrongStart,
+}
+
+impl Download {
+    fn context(&self, url_hint: &str) -> RequestContext {
+        let (registry, repository) = match &self.job.source {
+            BlobSource::Registry(reference) => (reference.registry().to_owned(), reference.repository().to_owned()),
+            BlobSource::Url(_) => (String::new(), String::new()),
+        };
+        RequestContext {
+            method: "GET",
+            url: url_hint.to_owned(),
+            registry,
+            repository,
+            digest: Some(self.job.digest.clone()),
+        }
+    }
+
+    fn describe_source(&self) -> String {
+        match &self.job.source {
+            BlobSource::Registry(reference) => format!("{}/v2/{}/blobs/{}", reference.api_host(), reference.repository(), self.job.digest),
+            BlobSource::Url(url) => crate::registry::error::redact_url(url),
+        }
+    }
+
+    /// Sends a GET for `start..end` (no Range header when that is the whole blob).
+    async fn request(&self, range: Option<(u64, u64)>) -> Result<Response, PullError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let client = self.fetcher.client();
+        let inclusive = range.map(|(start, end)| (start, end - 1));
+        match &self.job.source {
+            BlobSource::Registry(reference) => client.get_blob(reference, &self.job.digest, inclusive).await,
+            BlobSource::Url(url) => client.get_url(url, Method::GET, inclusive, &self.job.digest).await,
+        }
+    }
+
+    fn mark_written(&self, start: u64, end: u64, generation: u64) -> bool {
+        let mut state = self.state.lock().expect("not poisoned");
+        if state.generation != generation {
+            return false;
+        }
+        state.done.insert(start, end);
+        drop(state);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Discards everything written, for a restart from byte 0; returns the new generation.
+    fn restart(&self) -> u64 {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.done.clear();
+        state.generation += 1;
+        let generation = state.generation;
+        drop(state);
+        self.changed.notify_one();
+        generation
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().expect("not poisoned").generation
+    }
+
+    /// Streams a response body into the partial file from `position`, stopping at `end`.
+    /// Returns the position reached; a body that ends early returns a smaller position, and a
+    /// transport failure or stall is returned with the position it reached.
+    async fn stream_body(&self, mut response: Response, mut position: u64, end: u64, generation: u64) -> (u64, Option<PullError>) {
+        let stall = self.fetcher.client().options().stall_timeout;
+        let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+        let mut buffer_start = position;
+        loop {
+            let next = tokio::time::timeout(stall, response.chunk()).await;
+            let chunk = match next {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(source)) => {
+                    let flushed = self.flush(&mut buffer, buffer_start, generation);
+                    let context = Box::new(self.context(&self.describe_source()));
+                    return (flushed.unwrap_or(buffer_start), Some(PullError::Transport { context, source }));
+                }
+                Err(_) => {
+                    let flushed = self.flush(&mut buffer, buffer_start, generation);
+                    let context = Box::new(self.context(&self.describe_source()));
+                    return (flushed.unwrap_or(buffer_start), Some(PullError::Stalled { context, timeout: stall }));
+                }
+            };
+            if position + chunk.len() as u64 > end {
+                let context = Box::new(self.context(&self.describe_source()));
+                let reason = format!("body runs past byte {end} of the requested range");
+                return (buffer_start, Some(PullError::Protocol { context, reason }));
+            }
+            self.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.progress.fetched_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            buffer.extend_from_slice(&chunk);
+            position += chunk.len() as u64;
+            if buffer.len() >= WRITE_BUFFER {
+                match self.flush(&mut buffer, buffer_start, generation) {
+                    Ok(flushed) => buffer_start = flushed,
+                    Err(error) => return (buffer_start, Some(error)),
+                }
+            }
+        }
+        match self.flush(&mut buffer, buffer_start, generation) {
+            Ok(flushed) => (flushed, None),
+            Err(error) => (buffer_start, Some(error)),
+        }
+    }
+
+    /// Writes the buffer at `start`, marks it written and returns the position after it.
+    fn flush(&self, buffer: &mut Vec<u8>, start: u64, generation: u64) -> Result<u64, PullError> {
+        if buffer.is_empty() {
+            return Ok(start);
+        }
+        self.partial.write_at(start, buffer)?;
+        let end = start + buffer.len() as u64;
+        self.mark_written(start, end, generation);
+        buffer.clear();
+        Ok(end)
+    }
+}
+
+/// Downloads every missing range of a blob.
+async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
+    let size = download.job.size;
+    let chunk = download.options.chunk_size.max(1);
+    let missing = download.state.lock().expect("not poisoned").done.missing(size, chunk);
+    let Some(&(first_start, first_end)) = missing.first() else {
+        return Ok(());
+    };
+    let permit = Arc::clone(&download.permits).acquire_owned().await.expect("semaphore is never closed");
+    let whole = first_start == 0 && first_end == size;
+    let probe = if whole {
+        Probe::Whole(download.request(None).await?)
+    } else {
+        classify(download.request(Some((first_start, first_end))).await?, first_start)?
+    };
+    match probe {
+        Probe::Ranged(response) => {
+            let mut others = JoinSet::new();
+            for &(start, end) in &missing[1..] {
+                let download = Arc::clone(download);
+                others.spawn(async move {
+                    let permit = Arc::clone(&download.permits).acquire_owned().await.expect("semaphore is never closed");
+                    let result = fetch_range(&download, start, end, None).await;
+                    drop(permit);
+                    result
+                });
+            }
+            let first = fetch_range(download, first_start, first_end, Some(response)).await;
+            drop(permit);
+            first?;
+            while let Some(joined) = others.join_next().await {
+                joined.expect("range tasks do not panic")?;
+            }
+            Ok(())
+        }
+        Probe::Whole(response) => {
+            if !whole {
+                tracing::warn!(source = %download.describe_source(), "server ignored Range; fetching the blob as one stream");
+            }
+            let result = fetch_whole(download, Some(response)).await;
+            drop(permit);
+            result
+        }
+        Probe::WrongStart => {
+            tracing::warn!(source = %download.describe_source(), "server answered a range request at the wrong offset; fetching the blob as one stream");
+            let result = fetch_whole(download, None).await;
+            drop(permit);
+            result
+        }
+    }
+}
+
+/// Reads `Content-Range: bytes START-END/TOTAL`.
+fn content_range(response: &Response) -> Option<(u64, u64, Option<u64>)> {
+    let value = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let range = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = range.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()?, total.parse().ok()))
+}
+
+fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError> {
+    match response.status() {
+        StatusCode::PARTIAL_CONTENT => match content_range(&response) {
+            Some((start, _, _)) if start == requested_start => Ok(Probe::Ranged(response)),
+            _ => Ok(Probe::WrongStart),
+        },
+        _ => Ok(Probe::Whole(response)),
+    }
+}
+
+/// Fetches `start..end` with as many requests as it takes: a truncated or stalled body is
+/// continued from the last byte written, never restarted.
+async fn fetch_range(download: &Download, start: u64, end: u64, first: Option<Response>) -> Result<(), PullError> {
+    let max_attempts = download.fetcher.client().options().max_attempts;
+    let base_delay = download.fetcher.client().options().retry_base_delay;
+    let generation = download.generation();
+    let mut position = start;
+    let mut failures = 0u32;
+    let mut response = first;
+    while position < end {
+        let current = match response.take() {
+            Some(response) => response,
+            None => download.request(Some((position, end))).await?,
+        };
+        if let Err(error) = check_range_response(download, &current, position, end) {
+            return Err(error);
+        }
+        let (reached, error) = download.stream_body(current, position, end, generation).await;
+        let progressed = reached > position;
+        position = reached;
+        if position >= end && error.is_none() {
+            break;
+        }
+        let error = error.unwrap_or_else(|| PullError::Protocol {
+            context: Box::new(download.context(&download.describe_source())),
+            reason: format!("body ended at byte {position} of range {start}-{end}"),
+        });
+        if !error.is_retryable() {
+            return Err(error);
+        }
+        // Progress resets the count: a slow server that keeps delivering is not failing.
+        failures = if progressed { 1 } else { failures + 1 };
+        if failures >= max_attempts {
+            return Err(PullError::RetriesExhausted {
+                attempts: failures,
+                last: Box::new(error),
+            });
+        }
+        tracing::warn!(error = %error, position, end, "continuing a range after a failure");
+        tokio::time::sleep(backoff(base_delay, failures)).await;
+    }
+    download.partial.record_completed(start, end)?;
+    Ok(())
+}
+
+fn check_range_response(download: &Download, response: &Response, position: u64, end: u64) -> Result<(), PullError> {
+    let protocol = |reason: String| PullError::Protocol {
+        context: Box::new(download.context(&download.describe_source())),
+        reason,
+    };
+    if response.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(protocol(format!(
+            "HTTP {} to a range request after the server had honoured ranges",
+            response.status().as_u16()
+        )));
+    }
+    match content_range(response) {
+        Some((start, last, total)) => {
+            if start != position || last >= end {
+                return Err(protocol(format!("Content-Range {start}-{last} for a request of {position}-{}", end - 1)));
+            }
+            if total.is_some_and(|total| total != download.job.size) {
+                return Err(PullError::Store(StoreError::SizeMismatch {
+                    what: format!("blob {}", download.job.digest),
+                    expected: download.job.size,
+                    actual: total.unwrap_or_default(),
+                }));
+            }
+            Ok(())
+        }
+        None => Err(protocol("a 206 response without a valid Content-Range".into())),
+    }
+}
+
+/// Fetches the blob as one stream from byte 0, restarting from 0 after a failure because the
+/// server cannot resume.
+async fn fetch_whole(download: &Download, first: Option<Response>) -> Result<(), PullError> {
+    let size = download.job.size;
+    let max_attempts = download.fetcher.client().options().max_attempts;
+    let base_delay = download.fetcher.client().options().retry_base_delay;
+    let mut response = first;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let generation = download.restart();
+        let current = match response.take() {
+            Some(response) => response,
+            None => download.request(None).await?,
+        };
+        let declared = current
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(declared) = declared.filter(|declared| *declared != size) {
+            return Err(PullError::Store(StoreError::SizeMismatch {
+                what: format!("blob {} (Content-Length from {})", download.job.digest, download.describe_source()),
+                expected: size,
+                actual: declared,
+            }));
+        }
+        let (reached, error) = download.stream_body(current, 0, size, generation).await;
+        if reached == size && error.is_none() {
+            download.partial.record_completed(0, size)?;
+            return Ok(());
+        }
+        let error = error.unwrap_or_else(|| PullError::Protocol {
+            context: Box::new(download.context(&download.describe_source())),
+            reason: format!("body ended at byte {reached} of {size}"),
+        });
+        if !error.is_retryable() || attempt >= max_attempts {
+            return Err(if attempt > 1 {
+                PullError::RetriesExhausted {
+                    attempts: attempt,
+                    last: Box::new(error),
+                }
+            } else {
+                error
+            });
+        }
+        tracing::warn!(error = %error, attempt, "restarting a download that cannot resume");
+        tokio::time::sleep(backoff(base_delay, attempt)).await;
+    }
+}
+
+/// Hashes the contiguous written prefix as it grows; returns the digest once every byte is
+/// hashed. Reads go through the partial file, so the digest covers the bytes on disk.
+async fn hash_prefix(download: Arc<Download>) -> Result<Digest, PullError> {
+    let size = download.job.size;
+    let algorithm = download.job.digest.algorithm();
+    let mut hasher: Hasher = algorithm.hasher();
+    let mut hashed = 0u64;
+    let mut generation = 0u64;
+    loop {
+        let notified = download.changed.notified();
+        let (contiguous, current_generation) = {
+            let state = download.state.lock().expect("not poisoned");
+            (state.done.contiguous_end(), state.generation)
+        };
+        if current_generation != generation {
+            hasher = algorithm.hasher();
+            hashed = 0;
+            generation = current_generation;
+        }
+        if contiguous > hashed {
+            let reader = Arc::clone(&download);
+            let (from, to) = (hashed, contiguous);
+            let moved = hasher;
+            hasher = tokio::task::spawn_blocking(move || -> Result<Hasher, StoreError> {
+                let mut hasher = moved;
+                let mut buffer = vec![0u8; HASH_BUFFER];
+                let mut offset = from;
+                while offset < to {
+                    let length = (to - offset).min(HASH_BUFFER as u64) as usize;
+                    reader.partial.read_at(offset, &mut buffer[..length])?;
+                    hasher.update(&buffer[..length]);
+                    offset += length as u64;
+                }
+                Ok(hasher)
+            })
+            .await
+            .expect("hashing does not panic")?;
+            hashed = contiguous;
+            continue;
+        }
+        if hashed == size {
+            return Ok(hasher.finish());
+        }
+        notified.await;
+    }
+}

@@ -1,0 +1,229 @@
+//! Pulls: resolve a reference to a manifest, fetch its blobs in parallel ranges, tag it.
+
+pub mod chunked;
+pub mod ranges;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use url::Url;
+
+use crate::digest::Digest;
+use crate::manifest::{self, Descriptor};
+use crate::reference::Reference;
+use crate::registry::error::PullError;
+use crate::registry::platform::{self, Platform};
+use crate::registry::RegistryClient;
+use crate::store::{Expected, Store};
+
+pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress};
+
+/// Settings of one pull.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// The platform picked from an index; the host's when `None`.
+    pub platform: Option<Platform>,
+    pub fetch: FetchOptions,
+    /// The tag written to `index.json`; the normalized reference when `None`.
+    pub tag: Option<String>,
+}
+
+impl Default for PullOptions {
+    fn default() -> PullOptions {
+        PullOptions {
+            platform: None,
+            fetch: FetchOptions::default(),
+            tag: None,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug)]
+pub struct PullReport {
+    /// The normalized reference that was pulled.
+    pub reference: String,
+    /// The tag written to `index.json`.
+    pub tag: String,
+    /// The digest of the image manifest pulled (the platform's, for an index).
+    pub manifest_digest: Digest,
+    pub media_type: String,
+    /// The index the manifest was picked from, when the reference named one.
+    pub index_digest: Option<Digest>,
+    pub blobs: Vec<BlobReport>,
+    pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub seconds: f64,
+}
+
+/// Pulls images and artifacts into a store.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    fetcher: Arc<Fetcher>,
+}
+
+impl Puller {
+    pub fn new(store: Store, client: Arc<RegistryClient>) -> Puller {
+        Puller {
+            fetcher: Arc::new(Fetcher::new(store, client)),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.fetcher.store()
+    }
+
+    /// Pulls `reference`: its manifest (picking `options.platform` from an index, never an
+    /// attestation), then every config, layer and artifact blob it lists, then commits the
+    /// manifest and tags it. Blobs already in the store are not fetched.
+    pub async fn pull(&self, reference: &Reference, options: &PullOptions, progress: &Arc<Progress>) -> Result<PullReport, PullError> {
+        let started = Instant::now();
+        let client = self.fetcher.client();
+        let mut fetched = client.fetch_manifest(reference, &reference.manifest_reference()).await?;
+        let mut index = None;
+        if is_index(&fetched.media_type) {
+            let parsed: manifest::ImageIndex = parse_json(&fetched.bytes, &fetched.digest)?;
+            let wanted = options.platform.clone().unwrap_or_else(Platform::host);
+            let chosen = platform::select(&parsed.manifests, &wanted, &reference.to_string())?;
+            index = Some(fetched.digest.clone());
+            fetched = client.fetch_manifest(reference, &chosen.digest.to_string()).await?;
+            if is_index(&fetched.media_type) {
+                return Err(PullError::InvalidManifest {
+                    what: fetched.digest.to_string(),
+                    reason: "an index entry for a platform is itself an index".into(),
+                });
+            }
+        }
+        if fetched.media_type != manifest::OCI_MANIFEST
+            && fetched.media_type != manifest::DOCKER_MANIFEST
+            && fetched.media_type != "application/vnd.oci.artifact.manifest.v1+json"
+        {
+            return Err(PullError::UnsupportedMediaType {
+                media_type: fetched.media_type,
+                reference: reference.to_string(),
+            });
+        }
+        let jobs = blob_jobs(&fetched.bytes, &fetched.digest, reference)?;
+        let blobs = self.fetcher.fetch_all(jobs, &options.fetch, progress).await?;
+
+        let store = self.store().clone();
+        let tag = options.tag.clone().unwrap_or_else(|| reference.to_string());
+        let manifest_bytes = fetched.bytes.clone();
+        let manifest_digest = fetched.digest.clone();
+        let tag_for_store = tag.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), PullError> {
+            let expected = Expected::digest(manifest_digest.clone()).with_size(manifest_bytes.len() as u64);
+            store.put_bytes(&manifest_bytes, expected)?;
+            store.tag(&tag_for_store, &manifest_digest)?;
+            Ok(())
+        })
+        .await
+        .expect("committing a manifest does not panic")?;
+
+        let bytes_fetched = blobs.iter().map(|b| b.fetched_bytes).sum();
+        let bytes_reused = blobs.iter().filter(|b| b.reused).map(|b| b.size).sum();
+        tracing::info!(reference = %reference, bytes_fetched, bytes_reused, "pull finished");
+        Ok(PullReport {
+            reference: reference.to_string(),
+            tag,
+            manifest_digest: fetched.digest,
+            media_type: fetched.media_type,
+            index_digest: index,
+            blobs,
+            bytes_fetched,
+            bytes_reused,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Downloads one blob from a plain HTTP(S) URL through the chunked path. Without `size`, a
+    /// HEAD request reads it from `Content-Length`.
+    pub async fn fetch_url(
+        &self,
+        url: &Url,
+        digest: &Digest,
+        size: Option<u64>,
+        options: &FetchOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<BlobReport, PullError> {
+        let size = match size {
+            Some(size) => size,
+            None => self.content_length(url, digest).await?,
+        };
+        let job = BlobJob {
+            digest: digest.clone(),
+            size,
+            media_type: "application/octet-stream".into(),
+            source: BlobSource::Url(url.clone()),
+        };
+        let mut reports = self.fetcher.fetch_all(vec![job], options, progress).await?;
+        Ok(reports.remove(0))
+    }
+
+    async fn content_length(&self, url: &Url, digest: &Digest) -> Result<u64, PullError> {
+        let client = self.fetcher.client();
+        let response = client.get_url(url, reqwest::Method::HEAD, None, digest).await?;
+        response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| PullError::Protocol {
+                context: Box::new(client.context(
+                    &crate::registry::Target {
+                        reference: None,
+                        digest: Some(digest.clone()),
+                    },
+                    "HEAD",
+                    url,
+                )),
+                reason: "no Content-Length; pass the size explicitly".into(),
+            })
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == manifest::OCI_INDEX || media_type == manifest::DOCKER_MANIFEST_LIST
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], digest: &Digest) -> Result<T, PullError> {
+    serde_json::from_slice(bytes).map_err(|error| PullError::InvalidManifest {
+        what: digest.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+/// Lists the blobs of an image or artifact manifest: config, layers and artifact `blobs`.
+/// Foreign layers (with `urls`) are skipped: registries do not serve them.
+fn blob_jobs(bytes: &[u8], digest: &Digest, reference: &Reference) -> Result<Vec<BlobJob>, PullError> {
+    let value: Value = parse_json(bytes, digest)?;
+    let mut descriptors: Vec<Descriptor> = Vec::new();
+    let parse = |value: &Value| -> Result<Descriptor, PullError> { parse_json(value.to_string().as_bytes(), digest) };
+    if let Some(config) = value.get("config") {
+        descriptors.push(parse(config)?);
+    }
+    for key in ["layers", "blobs"] {
+        if let Some(Value::Array(items)) = value.get(key) {
+            for item in items {
+                descriptors.push(parse(item)?);
+            }
+        }
+    }
+    Ok(descriptors
+        .into_iter()
+        .filter(|descriptor| {
+            let foreign = !descriptor.urls().is_empty();
+            if foreign {
+                tracing::info!(digest = %descriptor.digest, "skipping foreign layer");
+            }
+            !foreign
+        })
+        .map(|descriptor| BlobJob {
+            digest: descriptor.digest,
+            size: descriptor.size,
+            media_type: descriptor.media_type,
+            source: BlobSource::Registry(reference.clone()),
+        })
+        .collect())
+}

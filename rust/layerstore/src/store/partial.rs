@@ -1,0 +1,219 @@
+//! Partial blobs written at random offsets, for chunked downloads.
+//!
+//! A [`PartialBlob`] is a preallocated `ingest/<alg>-<hex>.data` file plus a log,
+//! `ingest/<alg>-<hex>.chunks`, of byte ranges known to be written (one `start end` line each,
+//! appended after the range's bytes are written). A process killed mid-download leaves both; the
+//! next [`Store::open_partial`] of the same digest reads the log so only missing ranges are
+//! fetched again. The digest lock is held for the blob's lifetime, as for every keyed ingest.
+//!
+//! The caller hashes the file's bytes in order and passes the digest to
+//! [`PartialBlob::commit`], which checks it against the expected digest before the rename. The
+//! bytes hashed are the ones on disk, read back from the file, so a commit still only publishes
+//! verified content.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::digest::Digest;
+use crate::error::{Result, StoreError};
+use crate::store::ingest::{remove_if_exists, sync_directory, PutOutcome};
+use crate::store::Store;
+
+/// Either the blob is already committed, or a partial file is open for it.
+pub enum PartialStart {
+    Exists(PutOutcome),
+    Open(PartialBlob),
+}
+
+/// A preallocated partial blob, locked for this writer.
+pub struct PartialBlob {
+    store: Store,
+    digest: Digest,
+    size: u64,
+    data_path: PathBuf,
+    log_path: PathBuf,
+    file: File,
+    log: Mutex<File>,
+    completed: Vec<(u64, u64)>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (or resumes) the partial file of a blob of known digest and size. Waits for any
+    /// other writer of the digest; returns [`PartialStart::Exists`] when the blob is committed.
+    pub fn open_partial(&self, digest: &Digest, size: u64) -> Result<PartialStart> {
+        let lock = self.lock_digest(digest)?;
+        if let Ok(info) = self.stat(digest) {
+            if info.size != size {
+                return Err(StoreError::SizeMismatch {
+                    what: format!("blob {digest}"),
+                    expected: size,
+                    actual: info.size,
+                });
+            }
+            return Ok(PartialStart::Exists(PutOutcome {
+                digest: digest.clone(),
+                size,
+                created: false,
+            }));
+        }
+        let stem = format!("{}-{}", digest.algorithm(), digest.hex());
+        let data_path = self.ingest_dir().join(format!("{stem}.data"));
+        let log_path = self.ingest_dir().join(format!("{stem}.chunks"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)
+            .map_err(StoreError::io("open", &data_path))?;
+        let length = file.metadata().map_err(StoreError::io("stat", &data_path))?.len();
+        let completed = if length == size { read_log(&log_path, size) } else { Vec::new() };
+        if completed.is_empty() {
+            // Unknown content: start from an empty log, so no stale range is trusted.
+            file.set_len(0).map_err(StoreError::io("truncate", &data_path))?;
+            remove_if_exists(&log_path);
+        }
+        file.set_len(size).map_err(StoreError::io("preallocate", &data_path))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(StoreError::io("open", &log_path))?;
+        if !completed.is_empty() {
+            let bytes: u64 = completed.iter().map(|(start, end)| end - start).sum();
+            tracing::info!(%digest, bytes, "resuming partial download");
+        }
+        Ok(PartialStart::Open(PartialBlob {
+            store: self.clone(),
+            digest: digest.clone(),
+            size,
+            data_path,
+            log_path,
+            file,
+            log: Mutex::new(log),
+            completed,
+            _lock: lock,
+        }))
+    }
+}
+
+/// Reads the completed-range log; lines that are torn or out of bounds are ignored.
+fn read_log(path: &PathBuf, size: u64) -> Vec<(u64, u64)> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut ranges = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let Ok(line) = line else { break };
+        let mut fields = line.split(' ');
+        let (Some(Ok(start)), Some(Ok(end)), None) = (
+            fields.next().map(str::parse::<u64>),
+            fields.next().map(str::parse::<u64>),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        if start < end && end <= size {
+            ranges.push((start, end));
+        }
+    }
+    ranges
+}
+
+impl PartialBlob {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Ranges recorded as written by an earlier, interrupted writer.
+    pub fn completed_ranges(&self) -> &[(u64, u64)] {
+        &self.completed
+    }
+
+    /// Writes `data` at `offset`. Writing past the declared size is an error.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset + data.len() as u64;
+        if end > self.size {
+            return Err(StoreError::SizeMismatch {
+                what: format!("blob {}", self.digest),
+                expected: self.size,
+                actual: end,
+            });
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(StoreError::io("write", &self.data_path))
+    }
+
+    /// Reads `buffer.len()` bytes at `offset`, for hashing what was written.
+    pub fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buffer, offset)
+            .map_err(StoreError::io("read", &self.data_path))
+    }
+
+    /// Records that `start..end` is written, so a later resume does not fetch it again.
+    pub fn record_completed(&self, start: u64, end: u64) -> Result<()> {
+        let mut log = self.log.lock().expect("log lock is not poisoned");
+        log.write_all(format!("{start} {end}\n").as_bytes())
+            .map_err(StoreError::io("write", &self.log_path))
+    }
+
+    /// Forgets every written range, for a restart from byte 0.
+    pub fn reset(&mut self) -> Result<()> {
+        let log = self.log.get_mut().expect("log lock is not poisoned");
+        log.set_len(0).map_err(StoreError::io("truncate", &self.log_path))?;
+        self.completed.clear();
+        Ok(())
+    }
+
+    /// Commits the blob after the caller hashed its bytes in order: fsync, compare `computed`
+    /// with the expected digest, make read-only, rename, fsync the directory. On a mismatch the
+    /// partial file and its log are removed and nothing is published.
+    pub fn commit(self, computed: Digest) -> Result<PutOutcome> {
+        self.file.sync_all().map_err(StoreError::io("fsync", &self.data_path))?;
+        if computed != self.digest {
+            self.discard();
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual: computed,
+                bytes: self.size,
+            });
+        }
+        let target = self.store.blob_path(&self.digest);
+        let directory = target.parent().expect("blob paths have a parent").to_owned();
+        fs::create_dir_all(&directory).map_err(StoreError::io("create directory", &directory))?;
+        fs::set_permissions(&self.data_path, fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("make read-only", &self.data_path))?;
+        fs::rename(&self.data_path, &target).map_err(StoreError::io("rename into place", &target))?;
+        sync_directory(&directory)?;
+        remove_if_exists(&self.log_path);
+        remove_if_exists(&self.store.lock_path(&self.digest));
+        Ok(PutOutcome {
+            digest: self.digest.clone(),
+            size: self.size,
+            created: true,
+        })
+    }
+
+    /// Removes the partial file and its log, for content that can never commit.
+    pub fn discard(&self) {
+        remove_if_exists(&self.data_path);
+        remove_if_exists(&self.log_path);
+    }
+}
+
+impl std::fmt::Debug for PartialBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartialBlob({}, {} bytes)", self.digest, self.size)
+    }
+}
+
