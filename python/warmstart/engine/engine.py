@@ -165,6 +165,7 @@ class Engine:
             instances=InstanceTracker(configured_s=spec.time_to_ready_s),
             policy_states=[p.initial_state() for p in spec.policies],
             requested=spec.start_capacity,
+            zero_since=-math.inf if spec.start_capacity == 0 else None,
         )
         self._groups += len(spec.metrics)
         self._endpoints[spec.name] = endpoint
@@ -484,7 +485,7 @@ class Engine:
         woken = (
             capacity.current == 0
             and runtime.zero_since is not None
-            and self._store.last_active[runtime.index] >= runtime.zero_since
+            and self._store.last_active[runtime.index] > runtime.zero_since
         )
         context = DecisionContext(
             endpoint=spec.name,
@@ -650,6 +651,10 @@ class Engine:
         now = self.clock.now()
         self.flush()
         at_zero = [e for e in self._ordered if e.requested == 0 and e.zero_since is not None]
-        woken = [e for e in at_zero if self._store.last_active[e.index] >= (e.zero_since or 0.0)]
+        woken = [
+            e
+            for e in at_zero
+            if e.zero_since is not None and self._store.last_active[e.index] > e.zero_since
+        ]
         if woken:
             self._evaluate(woken, now)
