@@ -204,7 +204,7 @@ def test_decision_records_every_stage_and_winner(clock):
     engine.ingest("llm", "concurrency", "i0", clock.now(), 30.0)
     engine.ingest("llm", "queue", "lb", clock.now(), 40.0)
     (decision,) = engine.tick()
-    assert [s.name for s in decision.stages][0] == "raw"
+    assert decision.stages[0].name == "raw"
     assert decision.policy == "target_tracking(queue)"
     assert decision.desired == 8
     text = decision.explain()
