@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -54,8 +55,7 @@ class WindowQuery:
         return f"{self.statistic.value}({self.metric}, {self.window_s:g}s{extra})"
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """The endpoint value of one window query at one evaluation.
 
     ``value`` aggregates only fresh series with a sample in the window, and is None when there

@@ -27,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from warmstart.engine.decision import Decision, Stage
 from warmstart.engine.errors import EngineConfigError
@@ -126,14 +127,16 @@ class BehaviorState:
     """What the pipeline remembers about one endpoint between evaluations (times in seconds)."""
 
     started_at: float | None = None
-    recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    # Candidates for the minimum over the scale-up window and the maximum over the scale-down
+    # window of the values entering stabilization: (time, value), oldest first.
+    up_candidates: deque[tuple[float, int]] = field(default_factory=deque)
+    down_candidates: deque[tuple[float, int]] = field(default_factory=deque)
     scale_events: deque[tuple[float, int]] = field(default_factory=deque)
     last_scale_up_at: float | None = None
     last_change_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionContext:
+class DecisionContext(NamedTuple):
     """Per-evaluation inputs of the pipeline besides the recommendations.
 
     ``idle_s`` is the seconds since the endpoint's last positive sample (None: never seen one);
@@ -161,6 +164,10 @@ class _Pipeline:
     def record(self, name: str, value: int, note: str = "") -> None:
         self.value = value
         self.stages.append(Stage(name, value, note))
+
+    def keep(self, name: str) -> None:
+        """Record a stage that left the value unchanged."""
+        self.stages.append(Stage(name, self.value, ""))
 
 
 def decide(
@@ -242,7 +249,7 @@ def _hold(run: _Pipeline, state: BehaviorState, recs: Sequence[Recommendation]) 
     if reasons and run.value < current:
         run.record("hold", current, "scale-down blocked: " + "; ".join(reasons))
     else:
-        run.record("hold", run.value)
+        run.keep("hold")
 
 
 def _stabilize(run: _Pipeline, behavior: Behavior, state: BehaviorState) -> None:
@@ -250,18 +257,8 @@ def _stabilize(run: _Pipeline, behavior: Behavior, state: BehaviorState) -> None
     current = run.context.capacity.current
     up_window = behavior.scale_up.stabilization_window_s
     down_window = behavior.scale_down.stabilization_window_s
-    state.recommendations.append((now, run.value))
-    oldest = now - max(up_window, down_window)
-    while state.recommendations and state.recommendations[0][0] < oldest:
-        state.recommendations.popleft()
-
-    up_bound = run.value
-    down_bound = run.value
-    for at, value in state.recommendations:
-        if at >= now - up_window:
-            up_bound = min(up_bound, value)
-        if at >= now - down_window:
-            down_bound = max(down_bound, value)
+    up_bound = _push_window(state.up_candidates, now, run.value, now - up_window, lower=True)
+    down_bound = _push_window(state.down_candidates, now, run.value, now - down_window, lower=False)
     value = min(max(current, up_bound), down_bound)
     note = ""
     if value != run.value:
@@ -270,6 +267,26 @@ def _stabilize(run: _Pipeline, behavior: Behavior, state: BehaviorState) -> None
         else:
             note = f"max over last {down_window:g}s of scale-down window is {down_bound}"
     run.record("stabilization", value, note)
+
+
+def _push_window(
+    window: deque[tuple[float, int]], now: float, value: int, oldest: float, *, lower: bool
+) -> int:
+    """Add ``value`` at ``now`` and return the window's minimum (``lower``) or maximum.
+
+    The deque holds only values that can still become the extreme as older ones expire, in
+    time order, so each push and each expiry is amortized O(1).
+    """
+    if lower:
+        while window and window[-1][1] >= value:
+            window.pop()
+    else:
+        while window and window[-1][1] <= value:
+            window.pop()
+    window.append((now, value))
+    while window[0][0] < oldest:
+        window.popleft()
+    return window[0][1]
 
 
 def _changes_in(state: BehaviorState, now: float, period_s: float) -> tuple[int, int]:

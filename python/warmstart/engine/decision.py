@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from warmstart.engine.policy.base import Recommendation
 
 STAGES = ("raw", "tolerance", "hold", "stabilization", "rate_limit", "cooldown", "bounds")
 
 
-@dataclass(frozen=True, slots=True)
-class Stage:
+class Stage(NamedTuple):
     """The desired capacity after one stage of the behavior pipeline, and why it is so."""
 
     name: str

@@ -34,7 +34,7 @@ from warmstart.engine.instances import InstanceEvent, InstanceTracker
 from warmstart.engine.policy.base import Capacity, PolicyInputs
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
-from warmstart.engine.spec import EndpointSpec, MetricKind
+from warmstart.engine.spec import EndpointSpec, MetricKind, MetricSpec
 from warmstart.engine.window import Statistic
 
 logger = logging.getLogger("warmstart.engine")
@@ -79,6 +79,8 @@ class _Endpoint:
     restart_hold_s: float
     queries: tuple[WindowQuery, ...]
     metric_index: dict[str, int]
+    # Per query: the query, its result key, its (endpoint, metric) group and the metric spec.
+    plan: list[tuple[WindowQuery, _QueryKey, int, MetricSpec]]
     instances: InstanceTracker
     policy_states: list[Any]
     behavior_state: BehaviorState = field(default_factory=BehaviorState)
@@ -153,6 +155,7 @@ class Engine:
         n_buckets = -(-needed // _BUCKET_ROUNDING) * _BUCKET_ROUNDING
         table_id = self._store.table_for(spec.bucket_s, n_buckets)
         queries = tuple(dict.fromkeys(q for p in spec.policies for q in p.queries()))
+        metric_index = {m.name: i for i, m in enumerate(spec.metrics)}
         hold = spec.behavior.restart_hold_s
         endpoint = _Endpoint(
             spec=spec,
@@ -161,7 +164,16 @@ class Engine:
             group_base=self._groups,
             restart_hold_s=spec.longest_window_s if hold is None else hold,
             queries=queries,
-            metric_index={m.name: i for i, m in enumerate(spec.metrics)},
+            metric_index=metric_index,
+            plan=[
+                (
+                    q,
+                    (table_id, q.statistic, q.window_s, q.half_life_s),
+                    self._groups + metric_index[q.metric],
+                    spec.metrics[metric_index[q.metric]],
+                )
+                for q in queries
+            ],
             instances=InstanceTracker(configured_s=spec.time_to_ready_s),
             policy_states=[p.initial_state() for p in spec.policies],
             requested=spec.start_capacity,
@@ -401,6 +413,9 @@ class Engine:
         if not due:
             return []
         observations = self._observe(due, now)
+        # TODO: each endpoint still costs about 25 us of Python in policies and behavior, so a
+        # pass over 1,000 endpoints takes about 30 ms; vectorizing target tracking and the
+        # behavior stages across endpoints is the way under 20 ms.
         decisions = []
         for runtime in due:
             decision = self._decide(runtime, now, observations)
@@ -452,13 +467,8 @@ class Engine:
         stale, fresh_ready = self._freshness[runtime.table_id]
         tracked = runtime.instances.seen_event
         observations: dict[WindowQuery, Observation] = {}
-        for query in runtime.queries:
-            metric_index = runtime.metric_index[query.metric]
-            metric = spec.metrics[metric_index]
-            group = runtime.group_base + metric_index
-            sums, counts = results[
-                (runtime.table_id, query.statistic, query.window_s, query.half_life_s)
-            ]
+        for query, key, group, metric in runtime.plan:
+            sums, counts = results[key]
             reporting = int(counts[group])
             missing = int(stale[group])
             if metric.per_instance and tracked:

@@ -142,20 +142,19 @@ class BucketTable:
         np.add.at(count, cells, 1)
         np.maximum.at(peak, cells, values)
 
-    def _window_columns(
-        self, newest_bucket: int, n: int
-    ) -> tuple[IntArray, npt.NDArray[np.bool_], slice | IntArray]:
-        """Return the bucket indices, their validity per row, and the column selector."""
-        n = min(n, self.n_buckets)
-        wanted = np.arange(newest_bucket - n + 1, newest_bucket + 1, dtype=np.int64)
-        first = int(wanted[0] % self.n_buckets)
-        columns: slice | IntArray
-        if first + n <= self.n_buckets:
-            columns = slice(first, first + n)
-        else:
-            columns = wanted % self.n_buckets
-        valid = self.epoch[: self.rows, columns] == wanted
-        return wanted, valid, columns
+    def _window_slices(self, newest_bucket: int, n: int) -> list[tuple[slice, IntArray]]:
+        """Return the column slices covering the window and the bucket each column must hold.
+
+        A window that wraps around the end of the ring is two slices; slicing (not fancy
+        indexing) lets the reductions below read the arrays without copying them.
+        """
+        first_bucket = newest_bucket - n + 1
+        first = first_bucket % self.n_buckets
+        head = min(n, self.n_buckets - first)
+        parts = [(slice(first, first + head), np.arange(first_bucket, first_bucket + head))]
+        if head < n:
+            parts.append((slice(0, n - head), np.arange(first_bucket + head, newest_bucket + 1)))
+        return parts
 
     def statistic(
         self,
@@ -170,39 +169,54 @@ class BucketTable:
         ``Statistic.EWMA``.
         """
         n_buckets = min(n_buckets, self.n_buckets)
-        _, valid, columns = self._window_columns(newest_bucket, n_buckets)
-        count = np.where(valid, self.count[: self.rows, columns], 0)
-        n_samples = count.sum(axis=1)
-        empty = n_samples == 0
-
-        if statistic is Statistic.MAX:
-            peak = np.where(valid, self.peak[: self.rows, columns], -np.inf).max(axis=1)
-            return np.where(empty, np.nan, peak)
-
-        total = np.where(valid, self.total[: self.rows, columns], 0.0)
+        rows = self.rows
         if statistic is Statistic.EWMA:
             if half_life_s is None or not half_life_s > 0:
                 raise ValueError(f"half_life_s must be positive for EWMA, got {half_life_s!r}")
-            ages_s = (n_buckets - 1 - np.arange(n_buckets)) * self.bucket_s
-            weights = np.exp2(-ages_s / half_life_s)
-            has_data = count > 0
-            bucket_means = np.divide(total, count, out=np.zeros_like(total), where=has_data)
-            weight = np.where(has_data, weights, 0.0)
-            weight_sum = weight.sum(axis=1)
-            weighted = (bucket_means * weight).sum(axis=1)
-            ewma: FloatArray = np.divide(
-                weighted, weight_sum, out=np.full(self.rows, np.nan), where=weight_sum > 0
-            )
-            return ewma
+            return self._ewma(newest_bucket, n_buckets, half_life_s)
 
-        sums = total.sum(axis=1)
+        n_samples = np.zeros(rows, dtype=np.int64)
+        sums = np.zeros(rows)
+        peak = np.full(rows, -np.inf)
+        for columns, wanted in self._window_slices(newest_bucket, n_buckets):
+            valid = self.epoch[:rows, columns] == wanted
+            n_samples += self.count[:rows, columns].sum(axis=1, where=valid, dtype=np.int64)
+            if statistic is Statistic.MAX:
+                np.maximum(
+                    peak,
+                    self.peak[:rows, columns].max(axis=1, where=valid, initial=-np.inf),
+                    out=peak,
+                )
+            else:
+                sums += self.total[:rows, columns].sum(axis=1, where=valid)
+        empty = n_samples == 0
+
+        if statistic is Statistic.MAX:
+            return np.where(empty, np.nan, peak)
         if statistic is Statistic.MEAN:
-            mean: FloatArray = np.divide(
-                sums, n_samples, out=np.full(self.rows, np.nan), where=~empty
-            )
+            mean: FloatArray = np.divide(sums, n_samples, out=np.full(rows, np.nan), where=~empty)
             return mean
         if statistic is Statistic.SUM:
             return np.where(empty, np.nan, sums)
         if statistic is Statistic.RATE:
             return np.where(empty, np.nan, sums / (n_buckets * self.bucket_s))
         raise AssertionError(f"unhandled statistic {statistic!r}")
+
+    def _ewma(self, newest_bucket: int, n_buckets: int, half_life_s: float) -> FloatArray:
+        rows = self.rows
+        weighted = np.zeros(rows)
+        weight_sum = np.zeros(rows)
+        for columns, wanted in self._window_slices(newest_bucket, n_buckets):
+            ages_s = (newest_bucket - wanted) * self.bucket_s
+            weights = np.exp2(-ages_s / half_life_s)
+            count = self.count[:rows, columns]
+            has_data = (self.epoch[:rows, columns] == wanted) & (count > 0)
+            total = self.total[:rows, columns]
+            bucket_means = np.divide(total, count, out=np.zeros(total.shape), where=has_data)
+            weight = np.where(has_data, weights, 0.0)
+            weight_sum += weight.sum(axis=1)
+            weighted += (bucket_means * weight).sum(axis=1)
+        ewma: FloatArray = np.divide(
+            weighted, weight_sum, out=np.full(rows, np.nan), where=weight_sum > 0
+        )
+        return ewma
