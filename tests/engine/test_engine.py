@@ -501,3 +501,11 @@ def test_first_sample_at_zero_wakes_loop_before_next_interval():
 
     seen = run_async(scenario())
     assert [d.desired for d in seen] == [1]
+
+
+def test_non_numeric_value_raises_at_ingest(clock):
+    engine = Engine([tracking_spec()], clock=clock)
+    with pytest.raises(ValueError, match="could not convert"):
+        engine.ingest("llm", "concurrency", "i0", clock.now(), "lots")
+    engine.ingest("llm", "concurrency", "i0", clock.now(), 5.0)
+    assert engine.flush() == 1

@@ -14,7 +14,7 @@ from warmstart.engine.window import Statistic
 
 
 class Aggregation(enum.Enum):
-    """How the per-instance values of one metric combine into one endpoint value.
+    """Combination of the per-instance values of one metric into one endpoint value.
 
     - ``SUM`` for quantities that add up across instances: concurrency, queue length, requests
       or tokens per second.
@@ -61,7 +61,7 @@ class Observation(NamedTuple):
     ``value`` aggregates only fresh series with a sample in the window, and is None when there
     is none. ``reporting`` counts those series. ``stale`` counts series that stopped reporting
     (last sample older than the metric's ``stale_after_s``) plus ready instances that never sent
-    this metric; when it is not zero the data is incomplete and must not drive a scale-down.
+    this metric. When it is not zero the data is incomplete, so it must not drive a scale-down.
     """
 
     value: float | None

@@ -4,8 +4,8 @@ Stages, in order, each recorded in the ``Decision``:
 
 1. ``raw``: the maximum ``desired`` over valid recommendations (several policies combine by
    max); the current capacity when no policy has usable data.
-2. ``tolerance``: a recommendation whose usage ratio is within ``tolerance`` of 1.0 asks for the
-   current capacity instead (the HPA tolerance band, 10 % by default).
+2. ``tolerance``: a recommendation whose usage ratio is within ``tolerance`` of 1.0 counts as
+   the current capacity instead (the HPA tolerance band, 10 % by default).
 3. ``hold``: no scale-down when a policy lacks data, an input is stale, only forecasts are
    valid, or the endpoint has not yet been observed for ``restart_hold_s`` seconds.
 4. ``stabilization``: HPA semantics. The scale-up bound is the minimum value of this stage over
@@ -42,7 +42,7 @@ class RateKind(enum.Enum):
 
 
 class SelectPolicy(enum.Enum):
-    """Which rate policy applies: the one allowing the largest change, the smallest, or none."""
+    """Choice among rate policies: the one allowing the largest change, the smallest, or none."""
 
     MAX = "max"
     MIN = "min"
@@ -94,7 +94,7 @@ HPA_SCALE_DOWN = ScalingRules(
 
 @dataclass(frozen=True, slots=True)
 class Behavior:
-    """How recommendations become decisions; defaults are the Kubernetes HPA defaults.
+    """Settings that turn recommendations into decisions; defaults are the Kubernetes HPA ones.
 
     ``tolerance`` is a fraction (0.1 = 10 %). ``restart_hold_s`` is the time in seconds after an
     engine start during which no scale-down happens; None means the longest window any of the
@@ -124,7 +124,7 @@ class Behavior:
 
 @dataclass(slots=True)
 class BehaviorState:
-    """What the pipeline remembers about one endpoint between evaluations (times in seconds)."""
+    """Pipeline memory for one endpoint between evaluations (times in seconds)."""
 
     started_at: float | None = None
     # Candidates for the minimum over the scale-up window and the maximum over the scale-down
@@ -139,7 +139,7 @@ class BehaviorState:
 class DecisionContext(NamedTuple):
     """Per-evaluation inputs of the pipeline besides the recommendations.
 
-    ``idle_s`` is the seconds since the endpoint's last positive sample (None: never seen one);
+    ``idle_s`` is the seconds since the endpoint's last positive sample (None: never seen one).
     ``woken`` is True when a positive sample arrived while capacity was zero.
     """
 

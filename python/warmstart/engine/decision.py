@@ -24,7 +24,7 @@ class Decision:
 
     ``stages`` lists the value after each stage in order (see ``STAGES``), ``policy`` names the
     recommendation that set the raw value (None when no policy had usable data), and
-    ``recommendations`` keeps every policy's output, so ``explain()`` can answer why capacity
+    ``recommendations`` keeps every policy's output, so ``explain()`` can show why capacity
     changed.
     """
 

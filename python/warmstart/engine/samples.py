@@ -2,7 +2,7 @@
 
 A sample is ``(endpoint, metric, instance, timestamp_s, value)``: the producer's event time in
 seconds and a float value. The engine rejects a sample, without raising, when its value or
-timestamp cannot be trusted; ``RejectCounter`` counts every rejection by reason and logs a
+timestamp cannot be trusted. ``RejectCounter`` counts every rejection by reason and logs a
 rate-limited summary, so a bad sample is never dropped silently and one bad sample never drops
 the good samples of its batch.
 """
@@ -31,11 +31,12 @@ class Sample:
 
 
 class RejectReason(enum.Enum):
-    """Why the engine refused a sample; the value is the label used in counters and logs."""
+    """Reason the engine rejected a sample; the value is the label used in counters and logs."""
 
     NAN_VALUE = "nan_value"
     INFINITE_VALUE = "infinite_value"
     NEGATIVE_COUNT = "negative_count"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
     INVALID_TIMESTAMP = "invalid_timestamp"
     UNKNOWN_ENDPOINT = "unknown_endpoint"
     UNKNOWN_METRIC = "unknown_metric"
@@ -43,6 +44,10 @@ class RejectReason(enum.Enum):
     TOO_OLD = "too_old"
     TOO_FAR_IN_FUTURE = "too_far_in_future"
 
+
+# Largest accepted absolute value. Sums over a window stay finite far beyond any real metric,
+# so no window statistic overflows to infinity.
+MAX_ABS_VALUE = 1e15
 
 # Order of checks in a batch: the first failing check names the reason.
 REASON_CODES: tuple[RejectReason, ...] = tuple(RejectReason)

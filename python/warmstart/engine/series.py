@@ -15,7 +15,7 @@ of the producer's clock and takes the new offset. A sample whose raw timestamp i
 ``max_skew_s`` from its receive time is rejected (too old or too far in the future).
 
 With ``skew_correction`` off, samples are placed at their raw timestamps and rejected if they
-are more than ``max_future_s`` ahead of the engine clock; use this when producers share the
+are more than ``max_future_s`` ahead of the engine clock. Use this when producers share the
 engine's clock, as in a replay.
 """
 
@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from warmstart.engine.samples import REASON_CODES, RejectReason
+from warmstart.engine.samples import MAX_ABS_VALUE, REASON_CODES, RejectReason
 from warmstart.engine.window import BucketTable, Statistic
 
 FloatArray = npt.NDArray[np.float64]
@@ -69,10 +69,10 @@ def _grown(old: npt.NDArray[_T], size: int, capacity: int, fill: object) -> npt.
 class SeriesStore:
     """Interned series, their per-series state arrays and their bucket tables.
 
-    Per-series arrays, indexed by series id: ``table_id`` and ``row`` locate the series'
-    buckets, ``group`` is its (endpoint, metric) index, ``last_ts`` the placed time of its
-    newest sample (-inf: none), ``lead`` its producer clock lead in seconds (NaN: none yet),
-    ``active`` False once its instance is gone, ``ready`` True while its instance is ready.
+    Per-series arrays are indexed by series id. ``table_id`` and ``row`` locate the series'
+    buckets and ``group`` is its (endpoint, metric) index. ``last_ts`` is the placed time of
+    its newest sample (-inf: none) and ``lead`` its producer clock lead in seconds (NaN: none
+    yet). ``active`` is False once its instance is gone, ``ready`` True while it is ready.
     """
 
     table_id: npt.NDArray[np.int32]
@@ -221,6 +221,7 @@ class SeriesStore:
         reject(np.isnan(values), RejectReason.NAN_VALUE)
         reject(np.isinf(values), RejectReason.INFINITE_VALUE)
         reject((values < 0) & self.nonnegative[safe], RejectReason.NEGATIVE_COUNT)
+        reject(np.abs(values) > MAX_ABS_VALUE, RejectReason.VALUE_OUT_OF_RANGE)
 
         with np.errstate(invalid="ignore"):
             offset = timestamps - receive_s

@@ -1,6 +1,6 @@
 """Time-bucketed ring buffers for many series, stored as one set of 2-D numpy arrays.
 
-A ``BucketTable`` holds ``n_buckets`` fixed-width buckets (``bucket_s`` seconds each) for every
+A ``BucketTable`` contains ``n_buckets`` fixed-width buckets (``bucket_s`` seconds each) for every
 series it contains; row ``r`` belongs to one series. Bucket ``b`` is the absolute bucket index
 ``floor(t / bucket_s)`` of the sample times ``t`` it covers, and lives in column ``b % n_buckets``.
 
@@ -47,9 +47,9 @@ class Statistic(enum.Enum):
     - ``SUM``: sum of values.
     - ``RATE``: sum of values / window length, in units per second; samples are increments
       (for example requests completed since the previous sample).
-    - ``EWMA``: mean of the per-bucket means, each weighted by ``2 ** (-age_s / half_life_s)``
-      where ``age_s`` is the bucket's distance in seconds from the newest bucket of the window;
-      empty buckets carry no weight.
+    - ``EWMA``: mean of the per-bucket means, each weighted by ``2 ** (-age_s / half_life_s)``,
+      where ``age_s`` is the bucket's distance in seconds from the newest bucket of the window.
+      Empty buckets carry no weight.
     """
 
     MEAN = "mean"
@@ -145,8 +145,8 @@ class BucketTable:
     def _window_slices(self, newest_bucket: int, n: int) -> list[tuple[slice, IntArray]]:
         """Return the column slices covering the window and the bucket each column must hold.
 
-        A window that wraps around the end of the ring is two slices; slicing (not fancy
-        indexing) lets the reductions below read the arrays without copying them.
+        A window that wraps around the end of the ring is two slices. Slicing, unlike fancy
+        indexing, lets the reductions read the arrays without copying them.
         """
         first_bucket = newest_bucket - n + 1
         first = first_bucket % self.n_buckets

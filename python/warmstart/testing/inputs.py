@@ -26,14 +26,10 @@ def policy_inputs(
     number of stale or missing series for every query. Times are in seconds.
     """
     ready_count = current - pending if ready is None else ready
-    observations = {
-        query: Observation(
-            value,
-            0 if value is None else (ready_count if reporting is None else reporting),
-            stale,
-            aggregation,
-        )
-        for query, value in values.items()
-    }
+    reporting_count = ready_count if reporting is None else reporting
+    observations = {}
+    for query, value in values.items():
+        count = 0 if value is None else reporting_count
+        observations[query] = Observation(value, count, stale, aggregation)
     capacity = Capacity(current, ready_count, pending, time_to_ready_s)
     return PolicyInputs(now, capacity, observations)

@@ -16,8 +16,8 @@ from warmstart.engine.spec import EndpointSpec
 class Delivery:
     """One sample as the engine receives it.
 
-    ``received_s`` is the engine clock time of arrival; ``timestamp_s`` the event time on the
-    producer's clock, which may be skewed, late or out of order relative to ``received_s``.
+    ``received_s`` is the engine clock time of arrival. ``timestamp_s`` is the event time on
+    the producer's clock, which may be skewed, late or out of order relative to ``received_s``.
     """
 
     received_s: float

@@ -1,8 +1,8 @@
 """Hypothesis strategies for metric streams, for property tests of scaling configurations.
 
 Every strategy returns a ``MetricStream``: deliveries sorted by arrival time. Shapes give the
-load over time (steady, ramp, burst); modifiers damage a stream the way real producers do
-(gaps, duplicated and out-of-order samples, skewed producer clocks, NaN bursts).
+load over time (steady, ramp, burst). Modifiers damage a stream the way real producers do:
+gaps, duplicated and out-of-order samples, skewed producer clocks, NaN bursts.
 This module requires ``hypothesis``.
 """
 
@@ -35,7 +35,7 @@ def steady(
     instances: int = 2,
     start_s: float = 1000.0,
 ) -> MetricStream:
-    """A constant endpoint load, sampled every ``interval_s`` seconds by each instance."""
+    """Generate a constant endpoint load, sampled every ``interval_s`` seconds by each instance."""
     load = draw(st.floats(0.0, max_load, allow_nan=False))
     count = int(duration_s / interval_s)
     return _shape([load] * count, start_s, interval_s, instances)
@@ -51,7 +51,7 @@ def ramps(
     instances: int = 2,
     start_s: float = 1000.0,
 ) -> MetricStream:
-    """A load moving linearly from one level to another over the stream."""
+    """Generate a load moving linearly from one level to another over the stream."""
     begin = draw(st.floats(0.0, max_load, allow_nan=False))
     end = draw(st.floats(0.0, max_load, allow_nan=False))
     count = int(duration_s / interval_s)
@@ -69,7 +69,7 @@ def bursts(
     instances: int = 2,
     start_s: float = 1000.0,
 ) -> MetricStream:
-    """A base load with one burst of a higher load part way through."""
+    """Generate a base load with one burst of a higher load part way through."""
     base = draw(st.floats(0.0, max_load / 4, allow_nan=False))
     peak = draw(st.floats(base, max_load, allow_nan=False))
     count = int(duration_s / interval_s)
@@ -158,7 +158,7 @@ def with_nan_bursts(draw: st.DrawFn, stream: MetricStream, max_length: int = 20)
 
 @st.composite
 def metric_streams(draw: st.DrawFn, /, **kwargs: float) -> MetricStream:
-    """A load shape with any combination of the damaging modifiers applied."""
+    """Generate a load shape with any combination of the damaging modifiers applied."""
     stream = draw(load_shapes(**kwargs))
     if draw(st.booleans()):
         stream = draw(with_gaps(stream))

@@ -30,7 +30,7 @@ from warmstart.engine.window import Statistic
 
 
 class LoadHistory:
-    """A ring of per-step mean loads; slot ``k % size`` holds step ``k = floor(t / step_s)``.
+    """A ring of per-step mean loads; slot ``k % size`` contains step ``k = floor(t / step_s)``.
 
     ``steps[i]`` is the step index stored in slot ``i`` (-1: empty); ``total[i]`` and
     ``count[i]`` sum the loads recorded during that step. Memory: 24 bytes per slot.

@@ -4,14 +4,15 @@ Each ``Step`` covers a half-open range ``[lower, upper)`` of the metric value (`
 unbounded) and carries an adjustment. ``AdjustmentType`` gives its meaning:
 
 - ``CHANGE_IN_CAPACITY``: add the adjustment (negative removes instances).
-- ``PERCENT_CHANGE_IN_CAPACITY``: add that percentage of capacity. As AWS documents, a result
-  above 1 is rounded down, between 0 and 1 becomes 1, between -1 and 0 becomes -1, and below -1
-  is rounded up (toward zero); ``min_adjustment_magnitude`` sets a floor on the absolute change.
+- ``PERCENT_CHANGE_IN_CAPACITY``: add that percentage of capacity. As AWS documents, a
+  result above 1 is rounded down, between 0 and 1 becomes 1, between -1 and 0 becomes -1, and
+  below -1 is rounded up (toward zero). ``min_adjustment_magnitude`` sets a floor on the
+  absolute change.
 - ``EXACT_CAPACITY``: set capacity to the adjustment.
 
 A scale-out adjustment is applied to ready instances, and instances still starting count toward
-the result, so one breach is not answered again while its instances start. A scale-in adjustment
-is applied to the current capacity.
+the result, so one breach does not trigger a second scale-out while its instances start. A
+scale-in adjustment is applied to the current capacity.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``observed / target`` is the usage ratio; the tolerance band around 1.0 is applied by
 ``Behavior`` so that every policy that reports a usage ratio shares it. For a ``SUM`` metric the
 observation is the endpoint total, so ``current x observed_per_instance`` equals the total and
-``desired = ceil(total / target)``; that stays correct when no instance is ready yet.
+``desired = ceil(total / target)``, which stays correct when no instance is ready yet.
 
 For a ``MEAN`` metric only reporting instances have a value. As in the HPA, instances without a
 value count as idle (0) when deciding a scale-up and as exactly at target when deciding a
