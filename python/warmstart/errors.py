@@ -17,14 +17,15 @@ Each class also inherits the standard library category it belongs to, so callers
     │   ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
     │   │   └── ForeignLayerError                  ... and that blob is a foreign layer
     │   └── StoreIOError            (OSError)      a file system operation failed
-    └── RegistryError                              a registry request failed
-        ├── InvalidReferenceError   (ValueError)   an image reference, URL or platform is invalid
-        ├── RegistryAuthError       (PermissionError)  credentials missing or refused
-        ├── RegistryNotFoundError   (LookupError)  a manifest or blob is not in the registry
-        ├── PlatformNotFoundError   (LookupError)  an index has no manifest for the platform
-        ├── RegistryTimeoutError    (TimeoutError) a connection stalled
-        ├── RegistryConnectionError (ConnectionError)  a connection failed
-        └── RegistryProtocolError                  the server broke the protocol
+    ├── RegistryError                              a registry request failed
+    │   ├── InvalidReferenceError   (ValueError)   an image reference, URL or platform is invalid
+    │   ├── RegistryAuthError       (PermissionError)  credentials missing or refused
+    │   ├── RegistryNotFoundError   (LookupError)  a manifest or blob is not in the registry
+    │   ├── PlatformNotFoundError   (LookupError)  an index has no manifest for the platform
+    │   ├── RegistryTimeoutError    (TimeoutError) a connection stalled
+    │   ├── RegistryConnectionError (ConnectionError)  a connection failed
+    │   └── RegistryProtocolError                  the server broke the protocol
+    └── EngineError                                the scaling engine (warmstart.engine.errors)
 
 A pull that fails because of content (a digest or size mismatch) raises the store error of that
 kind. ``RegistryError`` and its subclasses carry ``status`` (the HTTP status or ``None``),

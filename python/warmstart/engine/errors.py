@@ -12,8 +12,10 @@ Bad samples never raise: the engine rejects them with a counted reason (see ``Re
 
 from __future__ import annotations
 
+from warmstart.errors import WarmstartError
 
-class EngineError(Exception):
+
+class EngineError(WarmstartError):
     """Base class of every exception the engine raises."""
 
 

@@ -4,7 +4,6 @@
 //! categories and carry docstrings) and looked up here by name. The match is exhaustive: a new
 //! `StoreError` variant does not compile until it has a Python class.
 
-
 use layerstore::registry::error::PullError;
 use layerstore::StoreError;
 use pyo3::prelude::*;
@@ -175,9 +174,7 @@ fn classify_pull(error: &PullError) -> Classified<'_> {
             (Some("RegistryConnectionError"), Some(context), None)
         }
         PullError::Stalled { context, .. } => (Some("RegistryTimeoutError"), Some(context), None),
-        PullError::Protocol { context, .. } => {
-            (Some("RegistryProtocolError"), Some(context), None)
-        }
+        PullError::Protocol { context, .. } => (Some("RegistryProtocolError"), Some(context), None),
         PullError::RetriesExhausted { last, .. } => classify_pull(last),
         PullError::InvalidManifest { .. } | PullError::UnsupportedMediaType { .. } => {
             (Some("RegistryProtocolError"), None, None)

@@ -269,7 +269,12 @@ impl PyLayerStore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
-        let key = client_key(insecure_registries, ca_certificates, stall_timeout_s, max_attempts)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
         let puller = self
             .pullers
             .get(&self.store, key)
@@ -336,7 +341,9 @@ fn client_key(
     }
     let stall_timeout = seconds(stall_timeout_s, "stall_timeout_s")?;
     if stall_timeout.is_zero() {
-        return Err(PyValueError::new_err("stall_timeout_s must be more than 0 seconds"));
+        return Err(PyValueError::new_err(
+            "stall_timeout_s must be more than 0 seconds",
+        ));
     }
     Ok(pull::ClientKey {
         insecure_registries,

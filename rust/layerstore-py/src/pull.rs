@@ -201,7 +201,10 @@ pub fn pull_options(
     chunk_size: u64,
     tag: Option<String>,
 ) -> PyResult<PullOptions> {
-    let platform = platform.map(Platform::parse).transpose().map_err(pull_to_py_err)?;
+    let platform = platform
+        .map(Platform::parse)
+        .transpose()
+        .map_err(pull_to_py_err)?;
     Ok(PullOptions {
         platform,
         fetch: fetch_options(connections, chunk_size)?,

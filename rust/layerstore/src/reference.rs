@@ -53,7 +53,11 @@ impl Reference {
             }
             _ => (DOCKER_HUB.to_owned(), name.to_owned()),
         };
-        let registry = if registry == "index.docker.io" { DOCKER_HUB.to_owned() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DOCKER_HUB.to_owned()
+        } else {
+            registry
+        };
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -63,7 +67,11 @@ impl Reference {
         if let Some(tag) = &tag {
             validate_tag(tag).map_err(|reason| invalid(reason.into()))?;
         }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_owned())
+        } else {
+            tag
+        };
         Ok(Reference {
             registry,
             repository,
@@ -117,7 +125,9 @@ impl Reference {
 
 fn host_without_port(registry: &str) -> &str {
     if registry.starts_with('[') {
-        return registry.split_once(']').map_or(registry, |(host, _)| &host[1..]);
+        return registry
+            .split_once(']')
+            .map_or(registry, |(host, _)| &host[1..]);
     }
     registry.split_once(':').map_or(registry, |(host, _)| host)
 }
@@ -147,7 +157,9 @@ fn validate_repository(repository: &str) -> Result<(), &'static str> {
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
         if !valid_characters {
-            return Err("repository names use only lower-case letters, digits, '.', '_', '-' and '/'");
+            return Err(
+                "repository names use only lower-case letters, digits, '.', '_', '-' and '/'",
+            );
         }
         let alphanumeric_ends = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
             && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
@@ -160,8 +172,12 @@ fn validate_repository(repository: &str) -> Result<(), &'static str> {
 
 fn validate_tag(tag: &str) -> Result<(), &'static str> {
     let bytes = tag.as_bytes();
-    let first_valid = bytes.first().is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
-    let rest_valid = bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b));
+    let first_valid = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    let rest_valid = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b));
     if !first_valid || !rest_valid || bytes.len() > 128 {
         return Err("a tag has 1 to 128 letters, digits, '_', '.' or '-' and does not start with '.' or '-'");
     }
@@ -179,9 +195,24 @@ mod tests {
         let cases = [
             ("ubuntu", "docker.io", "library/ubuntu", Some("latest")),
             ("ubuntu:22.04", "docker.io", "library/ubuntu", Some("22.04")),
-            ("pytorch/pytorch:2.4", "docker.io", "pytorch/pytorch", Some("2.4")),
-            ("index.docker.io/library/redis", "docker.io", "library/redis", Some("latest")),
-            ("localhost:5000/models/llm:v1", "localhost:5000", "models/llm", Some("v1")),
+            (
+                "pytorch/pytorch:2.4",
+                "docker.io",
+                "pytorch/pytorch",
+                Some("2.4"),
+            ),
+            (
+                "index.docker.io/library/redis",
+                "docker.io",
+                "library/redis",
+                Some("latest"),
+            ),
+            (
+                "localhost:5000/models/llm:v1",
+                "localhost:5000",
+                "models/llm",
+                Some("v1"),
+            ),
             ("127.0.0.1:5000/a", "127.0.0.1:5000", "a", Some("latest")),
             ("ghcr.io/org/image:tag", "ghcr.io", "org/image", Some("tag")),
             ("localhost/app", "localhost", "app", Some("latest")),
@@ -192,7 +223,10 @@ mod tests {
             assert_eq!(reference.repository(), repository, "{text}");
             assert_eq!(reference.tag(), tag, "{text}");
         }
-        assert_eq!(Reference::parse("ubuntu").unwrap().api_host(), "registry-1.docker.io");
+        assert_eq!(
+            Reference::parse("ubuntu").unwrap().api_host(),
+            "registry-1.docker.io"
+        );
     }
 
     #[test]
@@ -203,14 +237,29 @@ mod tests {
         let both = Reference::parse(&format!("app:v1@{DIGEST}")).unwrap();
         assert_eq!(both.tag(), Some("v1"));
         assert_eq!(both.manifest_reference(), DIGEST);
-        assert_eq!(both.to_string(), format!("docker.io/library/app:v1@{DIGEST}"));
+        assert_eq!(
+            both.to_string(),
+            format!("docker.io/library/app:v1@{DIGEST}")
+        );
     }
 
     #[test]
     fn parse_rejects_invalid_references() {
-        for text in ["", "UPPER/case", "app:", "app:-x", "app@sha256:abc", "a//b", "-a", "app:tag with space"] {
+        for text in [
+            "",
+            "UPPER/case",
+            "app:",
+            "app:-x",
+            "app@sha256:abc",
+            "a//b",
+            "-a",
+            "app:tag with space",
+        ] {
             let error = Reference::parse(text).unwrap_err();
-            assert!(error.to_string().contains(&format!("{text:?}")), "{text}: {error}");
+            assert!(
+                error.to_string().contains(&format!("{text:?}")),
+                "{text}: {error}"
+            );
         }
     }
 
@@ -224,7 +273,11 @@ mod tests {
             ("registry.example.com/a", false),
             ("ubuntu", false),
         ] {
-            assert_eq!(Reference::parse(text).unwrap().is_loopback(), loopback, "{text}");
+            assert_eq!(
+                Reference::parse(text).unwrap().is_loopback(),
+                loopback,
+                "{text}"
+            );
         }
     }
 }

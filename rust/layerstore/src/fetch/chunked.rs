@@ -145,7 +145,9 @@ impl Fetcher {
                 unique.push(job);
             }
         }
-        progress.blobs_total.fetch_add(unique.len() as u64, Ordering::Relaxed);
+        progress
+            .blobs_total
+            .fetch_add(unique.len() as u64, Ordering::Relaxed);
         progress
             .total_bytes
             .fetch_add(unique.iter().map(|job| job.size).sum(), Ordering::Relaxed);
@@ -166,7 +168,12 @@ impl Fetcher {
         Ok(reports.into_iter().map(|(_, report)| report).collect())
     }
 
-    async fn fetch_blob(self: Arc<Self>, job: BlobJob, options: FetchOptions, progress: Arc<Progress>) -> Result<BlobReport, PullError> {
+    async fn fetch_blob(
+        self: Arc<Self>,
+        job: BlobJob,
+        options: FetchOptions,
+        progress: Arc<Progress>,
+    ) -> Result<BlobReport, PullError> {
         let started = Instant::now();
         let store = self.store.clone();
         let (digest, size) = (job.digest.clone(), job.size);
@@ -192,7 +199,11 @@ impl Fetcher {
         };
         let host = match &job.source {
             BlobSource::Registry(reference) => reference.api_host().to_owned(),
-            BlobSource::Url(url) => format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0)),
+            BlobSource::Url(url) => format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port_or_known_default().unwrap_or(0)
+            ),
         };
         let media_type = job.media_type.clone();
         let mut done = RangeSet::default();
@@ -200,12 +211,17 @@ impl Fetcher {
             done.insert(start, end);
         }
         // Bytes already on disk from an earlier run count as reused.
-        progress.reused_bytes.fetch_add(done.covered(), Ordering::Relaxed);
+        progress
+            .reused_bytes
+            .fetch_add(done.covered(), Ordering::Relaxed);
         let download = Arc::new(Download {
             fetcher: Arc::clone(&self),
             job,
             partial,
-            state: Mutex::new(State { done, generation: 0 }),
+            state: Mutex::new(State {
+                done,
+                generation: 0,
+            }),
             changed: Notify::new(),
             permits: self.permits(&host, options.connections),
             options,
@@ -220,7 +236,8 @@ impl Fetcher {
         download_all(&download).await?;
         let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
         drop(hashing);
-        let ranged = download.state.lock().expect("not poisoned").generation == 0 && download.requests.load(Ordering::Relaxed) > 1;
+        let ranged = download.state.lock().expect("not poisoned").generation == 0
+            && download.requests.load(Ordering::Relaxed) > 1;
         let fetched_bytes = download.fetched.load(Ordering::Relaxed);
         let requests = download.requests.load(Ordering::Relaxed);
         let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
@@ -285,7 +302,10 @@ enum Probe {
 impl Download {
     fn context(&self, url_hint: &str) -> RequestContext {
         let (registry, repository) = match &self.job.source {
-            BlobSource::Registry(reference) => (reference.registry().to_owned(), reference.repository().to_owned()),
+            BlobSource::Registry(reference) => (
+                reference.registry().to_owned(),
+                reference.repository().to_owned(),
+            ),
             BlobSource::Url(_) => (String::new(), String::new()),
         };
         RequestContext {
@@ -299,7 +319,12 @@ impl Download {
 
     fn describe_source(&self) -> String {
         match &self.job.source {
-            BlobSource::Registry(reference) => format!("{}/v2/{}/blobs/{}", reference.api_host(), reference.repository(), self.job.digest),
+            BlobSource::Registry(reference) => format!(
+                "{}/v2/{}/blobs/{}",
+                reference.api_host(),
+                reference.repository(),
+                self.job.digest
+            ),
             BlobSource::Url(url) => crate::registry::error::redact_url(url),
         }
     }
@@ -310,8 +335,16 @@ impl Download {
         let client = self.fetcher.client();
         let inclusive = range.map(|(start, end)| (start, end - 1));
         match &self.job.source {
-            BlobSource::Registry(reference) => client.get_blob(reference, &self.job.digest, inclusive).await,
-            BlobSource::Url(url) => client.get_url(url, Method::GET, inclusive, &self.job.digest).await,
+            BlobSource::Registry(reference) => {
+                client
+                    .get_blob(reference, &self.job.digest, inclusive)
+                    .await
+            }
+            BlobSource::Url(url) => {
+                client
+                    .get_url(url, Method::GET, inclusive, &self.job.digest)
+                    .await
+            }
         }
     }
 
@@ -344,7 +377,13 @@ impl Download {
     /// Streams a response body into the partial file from `position`, stopping at `end`.
     /// Returns the position reached; a body that ends early returns a smaller position, and a
     /// transport failure or stall is returned with the position it reached.
-    async fn stream_body(&self, mut response: Response, mut position: u64, end: u64, generation: u64) -> (u64, Option<PullError>) {
+    async fn stream_body(
+        &self,
+        mut response: Response,
+        mut position: u64,
+        end: u64,
+        generation: u64,
+    ) -> (u64, Option<PullError>) {
         let stall = self.fetcher.client().options().stall_timeout;
         let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
         let mut buffer_start = position;
@@ -356,12 +395,21 @@ impl Download {
                 Ok(Err(source)) => {
                     let flushed = self.flush(&mut buffer, buffer_start, generation);
                     let context = Box::new(self.context(&self.describe_source()));
-                    return (flushed.unwrap_or(buffer_start), Some(PullError::Transport { context, source }));
+                    return (
+                        flushed.unwrap_or(buffer_start),
+                        Some(PullError::Transport { context, source }),
+                    );
                 }
                 Err(_) => {
                     let flushed = self.flush(&mut buffer, buffer_start, generation);
                     let context = Box::new(self.context(&self.describe_source()));
-                    return (flushed.unwrap_or(buffer_start), Some(PullError::Stalled { context, timeout: stall }));
+                    return (
+                        flushed.unwrap_or(buffer_start),
+                        Some(PullError::Stalled {
+                            context,
+                            timeout: stall,
+                        }),
+                    );
                 }
             };
             if position + chunk.len() as u64 > end {
@@ -369,8 +417,11 @@ impl Download {
                 let reason = format!("body runs past byte {end} of the requested range");
                 return (buffer_start, Some(PullError::Protocol { context, reason }));
             }
-            self.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.progress.fetched_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.fetched
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.progress
+                .fetched_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             buffer.extend_from_slice(&chunk);
             position += chunk.len() as u64;
             if buffer.len() >= WRITE_BUFFER {
@@ -403,16 +454,27 @@ impl Download {
 async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
     let size = download.job.size;
     let chunk = download.options.chunk_size.max(1);
-    let missing = download.state.lock().expect("not poisoned").done.missing(size, chunk);
+    let missing = download
+        .state
+        .lock()
+        .expect("not poisoned")
+        .done
+        .missing(size, chunk);
     let Some(&(first_start, first_end)) = missing.first() else {
         return Ok(());
     };
-    let permit = Arc::clone(&download.permits).acquire_owned().await.expect("semaphore is never closed");
+    let permit = Arc::clone(&download.permits)
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed");
     let whole = first_start == 0 && first_end == size;
     let probe = if whole {
         Probe::Whole(download.request(None).await?)
     } else {
-        classify(download.request(Some((first_start, first_end))).await?, first_start)?
+        classify(
+            download.request(Some((first_start, first_end))).await?,
+            first_start,
+        )?
     };
     match probe {
         Probe::Ranged(response) => {
@@ -420,7 +482,10 @@ async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
             for &(start, end) in &missing[1..] {
                 let download = Arc::clone(download);
                 others.spawn(async move {
-                    let permit = Arc::clone(&download.permits).acquire_owned().await.expect("semaphore is never closed");
+                    let permit = Arc::clone(&download.permits)
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed");
                     let result = fetch_range(&download, start, end, None).await;
                     drop(permit);
                     result
@@ -472,7 +537,12 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
 
 /// Fetches `start..end` with as many requests as it takes: a truncated or stalled body is
 /// continued from the last byte written, never restarted.
-async fn fetch_range(download: &Download, start: u64, end: u64, first: Option<Response>) -> Result<(), PullError> {
+async fn fetch_range(
+    download: &Download,
+    start: u64,
+    end: u64,
+    first: Option<Response>,
+) -> Result<(), PullError> {
     let max_attempts = download.fetcher.client().options().max_attempts;
     let base_delay = download.fetcher.client().options().retry_base_delay;
     let generation = download.generation();
@@ -484,10 +554,10 @@ async fn fetch_range(download: &Download, start: u64, end: u64, first: Option<Re
             Some(response) => response,
             None => download.request(Some((position, end))).await?,
         };
-        if let Err(error) = check_range_response(download, &current, position, end) {
-            return Err(error);
-        }
-        let (reached, error) = download.stream_body(current, position, end, generation).await;
+        check_range_response(download, &current, position, end)?;
+        let (reached, error) = download
+            .stream_body(current, position, end, generation)
+            .await;
         let progressed = reached > position;
         position = reached;
         if position >= end && error.is_none() {
@@ -515,7 +585,12 @@ async fn fetch_range(download: &Download, start: u64, end: u64, first: Option<Re
     Ok(())
 }
 
-fn check_range_response(download: &Download, response: &Response, position: u64, end: u64) -> Result<(), PullError> {
+fn check_range_response(
+    download: &Download,
+    response: &Response,
+    position: u64,
+    end: u64,
+) -> Result<(), PullError> {
     let protocol = |reason: String| PullError::Protocol {
         context: Box::new(download.context(&download.describe_source())),
         reason,
@@ -529,7 +604,10 @@ fn check_range_response(download: &Download, response: &Response, position: u64,
     match content_range(response) {
         Some((start, last, total)) => {
             if start != position || last >= end {
-                return Err(protocol(format!("Content-Range {start}-{last} for a request of {position}-{}", end - 1)));
+                return Err(protocol(format!(
+                    "Content-Range {start}-{last} for a request of {position}-{}",
+                    end - 1
+                )));
             }
             if total.is_some_and(|total| total != download.job.size) {
                 return Err(PullError::Store(StoreError::SizeMismatch {
@@ -540,7 +618,9 @@ fn check_range_response(download: &Download, response: &Response, position: u64,
             }
             Ok(())
         }
-        None => Err(protocol("a 206 response without a valid Content-Range".into())),
+        None => Err(protocol(
+            "a 206 response without a valid Content-Range".into(),
+        )),
     }
 }
 
@@ -566,7 +646,11 @@ async fn fetch_whole(download: &Download, first: Option<Response>) -> Result<(),
             .and_then(|v| v.parse::<u64>().ok());
         if let Some(declared) = declared.filter(|declared| *declared != size) {
             return Err(PullError::Store(StoreError::SizeMismatch {
-                what: format!("blob {} (Content-Length from {})", download.job.digest, download.describe_source()),
+                what: format!(
+                    "blob {} (Content-Length from {})",
+                    download.job.digest,
+                    download.describe_source()
+                ),
                 expected: size,
                 actual: declared,
             }));

@@ -20,23 +20,13 @@ use crate::store::{Expected, Store};
 pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress};
 
 /// Settings of one pull.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PullOptions {
     /// The platform picked from an index; the host's when `None`.
     pub platform: Option<Platform>,
     pub fetch: FetchOptions,
     /// The tag written to `index.json`; the normalized reference when `None`.
     pub tag: Option<String>,
-}
-
-impl Default for PullOptions {
-    fn default() -> PullOptions {
-        PullOptions {
-            platform: None,
-            fetch: FetchOptions::default(),
-            tag: None,
-        }
-    }
 }
 
 /// What a pull did.
@@ -77,17 +67,26 @@ impl Puller {
     /// Pulls `reference`: its manifest (picking `options.platform` from an index, never an
     /// attestation), then every config, layer and artifact blob it lists, then commits the
     /// manifest and tags it. Blobs already in the store are not fetched.
-    pub async fn pull(&self, reference: &Reference, options: &PullOptions, progress: &Arc<Progress>) -> Result<PullReport, PullError> {
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<PullReport, PullError> {
         let started = Instant::now();
         let client = self.fetcher.client();
-        let mut fetched = client.fetch_manifest(reference, &reference.manifest_reference()).await?;
+        let mut fetched = client
+            .fetch_manifest(reference, &reference.manifest_reference())
+            .await?;
         let mut index = None;
         if is_index(&fetched.media_type) {
             let parsed: manifest::ImageIndex = parse_json(&fetched.bytes, &fetched.digest)?;
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
             let chosen = platform::select(&parsed.manifests, &wanted, &reference.to_string())?;
             index = Some(fetched.digest.clone());
-            fetched = client.fetch_manifest(reference, &chosen.digest.to_string()).await?;
+            fetched = client
+                .fetch_manifest(reference, &chosen.digest.to_string())
+                .await?;
             if is_index(&fetched.media_type) {
                 return Err(PullError::InvalidManifest {
                     what: fetched.digest.to_string(),
@@ -105,7 +104,10 @@ impl Puller {
             });
         }
         let jobs = blob_jobs(&fetched.bytes, &fetched.digest, reference)?;
-        let blobs = self.fetcher.fetch_all(jobs, &options.fetch, progress).await?;
+        let blobs = self
+            .fetcher
+            .fetch_all(jobs, &options.fetch, progress)
+            .await?;
 
         let store = self.store().clone();
         let tag = options.tag.clone().unwrap_or_else(|| reference.to_string());
@@ -113,7 +115,8 @@ impl Puller {
         let manifest_digest = fetched.digest.clone();
         let tag_for_store = tag.clone();
         tokio::task::spawn_blocking(move || -> Result<(), PullError> {
-            let expected = Expected::digest(manifest_digest.clone()).with_size(manifest_bytes.len() as u64);
+            let expected =
+                Expected::digest(manifest_digest.clone()).with_size(manifest_bytes.len() as u64);
             store.put_bytes(&manifest_bytes, expected)?;
             store.tag(&tag_for_store, &manifest_digest)?;
             Ok(())
@@ -163,7 +166,9 @@ impl Puller {
 
     async fn content_length(&self, url: &Url, digest: &Digest) -> Result<u64, PullError> {
         let client = self.fetcher.client();
-        let response = client.get_url(url, reqwest::Method::HEAD, None, digest).await?;
+        let response = client
+            .get_url(url, reqwest::Method::HEAD, None, digest)
+            .await?;
         response
             .headers()
             .get(reqwest::header::CONTENT_LENGTH)
@@ -187,7 +192,10 @@ fn is_index(media_type: &str) -> bool {
     media_type == manifest::OCI_INDEX || media_type == manifest::DOCKER_MANIFEST_LIST
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], digest: &Digest) -> Result<T, PullError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    digest: &Digest,
+) -> Result<T, PullError> {
     serde_json::from_slice(bytes).map_err(|error| PullError::InvalidManifest {
         what: digest.to_string(),
         reason: error.to_string(),
@@ -196,10 +204,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], digest: &Digest) -> 
 
 /// Lists the blobs of an image or artifact manifest: config, layers and artifact `blobs`.
 /// Foreign layers (with `urls`) are skipped: registries do not serve them.
-fn blob_jobs(bytes: &[u8], digest: &Digest, reference: &Reference) -> Result<Vec<BlobJob>, PullError> {
+fn blob_jobs(
+    bytes: &[u8],
+    digest: &Digest,
+    reference: &Reference,
+) -> Result<Vec<BlobJob>, PullError> {
     let value: Value = parse_json(bytes, digest)?;
     let mut descriptors: Vec<Descriptor> = Vec::new();
-    let parse = |value: &Value| -> Result<Descriptor, PullError> { parse_json(value.to_string().as_bytes(), digest) };
+    let parse = |value: &Value| -> Result<Descriptor, PullError> {
+        parse_json(value.to_string().as_bytes(), digest)
+    };
     if let Some(config) = value.get("config") {
         descriptors.push(parse(config)?);
     }

@@ -30,7 +30,10 @@ impl Credentials {
     /// The value of a `Basic` Authorization header.
     pub fn basic_header(&self) -> String {
         let pair = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
     }
 }
 
@@ -62,7 +65,8 @@ impl CredentialStore {
 
     /// Adds credentials for one registry (`host[:port]`, or `docker.io`).
     pub fn insert(&mut self, registry: &str, credentials: Credentials) {
-        self.by_registry.insert(normalize_registry(registry), credentials);
+        self.by_registry
+            .insert(normalize_registry(registry), credentials);
     }
 
     /// Reads the `auths` section of a Docker `config.json`: entries with `auth` (base64 of
@@ -72,8 +76,8 @@ impl CredentialStore {
             reason: format!("{}: {reason}", path.display()),
         };
         let text = std::fs::read_to_string(path).map_err(|error| invalid(error.to_string()))?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|error| invalid(format!("invalid JSON: {error}")))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|error| invalid(format!("invalid JSON: {error}")))?;
         let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
             return Ok(());
         };
@@ -83,7 +87,11 @@ impl CredentialStore {
                     .decode(auth.trim())
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or_else(|| invalid(format!("the auth entry for {registry} is not base64 of user:password")))?;
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "the auth entry for {registry} is not base64 of user:password"
+                        ))
+                    })?;
                 let (username, password) = decoded
                     .split_once(':')
                     .ok_or_else(|| invalid(format!("the auth entry for {registry} has no ':'")))?;
@@ -92,7 +100,8 @@ impl CredentialStore {
                     password: password.to_owned(),
                 }
             } else {
-                let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+                let field =
+                    |name: &str| entry.get(name).and_then(|v| v.as_str()).map(str::to_owned);
                 match (field("username"), field("password")) {
                     (Some(username), Some(password)) => Credentials { username, password },
                     _ => continue,
@@ -126,7 +135,9 @@ fn normalize_registry(registry: &str) -> String {
         .trim_start_matches("http://");
     let host = without_scheme.split('/').next().unwrap_or(without_scheme);
     match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_owned(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
         other => other.to_owned(),
     }
 }
@@ -166,8 +177,14 @@ fn parse_parameters(text: &str) -> HashMap<String, String> {
     let mut parameters = HashMap::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
                 Some(end) => (&quoted[..end], &quoted[end + 1..]),
@@ -200,7 +217,10 @@ mod tests {
                 scope: Some("repository:library/ubuntu:pull,push".into()),
             })
         );
-        assert_eq!(Challenge::parse(r#"Basic realm="registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="registry""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(Challenge::parse("Negotiate"), None);
         assert_eq!(Challenge::parse(r#"Bearer service="x""#), None);
     }
@@ -231,7 +251,9 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("config.json");
         std::fs::write(&path, r#"{"auths":{"x":{"auth":"not base64!"}}}"#).unwrap();
-        let error = CredentialStore::default().load_docker_config(&path).unwrap_err();
+        let error = CredentialStore::default()
+            .load_docker_config(&path)
+            .unwrap_err();
         assert!(error.to_string().contains("not base64"), "{error}");
     }
 }

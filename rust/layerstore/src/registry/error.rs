@@ -19,8 +19,16 @@ impl ErrorEnvelope {
         let value: serde_json::Value = serde_json::from_slice(body).ok()?;
         let first = value.get("errors")?.as_array()?.first()?;
         Some(ErrorEnvelope {
-            code: first.get("code").and_then(|c| c.as_str()).unwrap_or_default().to_owned(),
-            message: first.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned(),
+            code: first
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            message: first
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_owned(),
         })
     }
 }
@@ -40,7 +48,11 @@ impl std::fmt::Display for RequestContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.method, self.url)?;
         if !self.repository.is_empty() {
-            write!(f, " (registry {}, repository {}", self.registry, self.repository)?;
+            write!(
+                f,
+                " (registry {}, repository {}",
+                self.registry, self.repository
+            )?;
             if let Some(digest) = &self.digest {
                 write!(f, ", blob {digest}")?;
             }
@@ -109,7 +121,10 @@ pub enum PullError {
     InvalidManifest { what: String, reason: String },
 
     #[error("unsupported manifest media type {media_type:?} for {reference}")]
-    UnsupportedMediaType { media_type: String, reference: String },
+    UnsupportedMediaType {
+        media_type: String,
+        reference: String,
+    },
 
     #[error("no manifest for platform {platform} in {reference}; available: {available}")]
     PlatformNotFound {
@@ -128,7 +143,9 @@ pub enum PullError {
 fn envelope_suffix(envelope: &Option<ErrorEnvelope>) -> String {
     match envelope {
         Some(envelope) if !envelope.code.is_empty() || !envelope.message.is_empty() => {
-            format!(": {} {}", envelope.code, envelope.message).trim_end().to_owned()
+            format!(": {} {}", envelope.code, envelope.message)
+                .trim_end()
+                .to_owned()
         }
         _ => String::new(),
     }
@@ -140,7 +157,9 @@ impl PullError {
     /// bytes, and fetching a large blob again from it is unlikely to help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PullError::Transport { .. } | PullError::Stalled { .. } | PullError::Protocol { .. } => true,
+            PullError::Transport { .. }
+            | PullError::Stalled { .. }
+            | PullError::Protocol { .. } => true,
             PullError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
             _ => false,
         }
@@ -149,7 +168,9 @@ impl PullError {
     /// The HTTP status of a failed request, if the failure has one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            PullError::Status { status, .. } | PullError::Unauthorized { status, .. } => Some(*status),
+            PullError::Status { status, .. } | PullError::Unauthorized { status, .. } => {
+                Some(*status)
+            }
             PullError::NotFound { .. } => Some(404),
             PullError::RetriesExhausted { last, .. } => last.status(),
             _ => None,
@@ -186,7 +207,8 @@ mod tests {
 
     #[test]
     fn redact_url_hides_credentials_and_query() {
-        let url = url::Url::parse("https://user:secret@storage.example/blob?X-Amz-Signature=abc").unwrap();
+        let url = url::Url::parse("https://user:secret@storage.example/blob?X-Amz-Signature=abc")
+            .unwrap();
         let text = redact_url(&url);
         assert!(!text.contains("secret"));
         assert!(!text.contains("abc"));

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
@@ -103,14 +105,18 @@ impl RegistryClient {
             let pem = std::fs::read(path).map_err(|error| PullError::InvalidCredentials {
                 reason: format!("cannot read CA certificate {}: {error}", path.display()),
             })?;
-            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|error| PullError::InvalidCredentials {
-                reason: format!("invalid PEM certificate {}: {error}", path.display()),
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|error| {
+                PullError::InvalidCredentials {
+                    reason: format!("invalid PEM certificate {}: {error}", path.display()),
+                }
             })?;
             builder = builder.add_root_certificate(certificate);
         }
-        let http = builder.build().map_err(|error| PullError::InvalidCredentials {
-            reason: format!("cannot build the HTTP client: {error}"),
-        })?;
+        let http = builder
+            .build()
+            .map_err(|error| PullError::InvalidCredentials {
+                reason: format!("cannot build the HTTP client: {error}"),
+            })?;
         Ok(RegistryClient {
             http,
             options,
@@ -125,18 +131,20 @@ impl RegistryClient {
     /// `http://` for loopback and insecure registries, `https://` otherwise.
     pub fn registry_url(&self, reference: &Reference) -> String {
         let insecure = reference.is_loopback()
-            || self
-                .options
-                .insecure_registries
-                .iter()
-                .any(|registry| registry == reference.registry() || registry == reference.api_host());
+            || self.options.insecure_registries.iter().any(|registry| {
+                registry == reference.registry() || registry == reference.api_host()
+            });
         let scheme = if insecure { "http" } else { "https" };
         format!("{scheme}://{}", reference.api_host())
     }
 
     /// Fetches a manifest or index by tag or digest and checks its digest: against the
     /// reference's digest, or else against `Docker-Content-Digest` when the registry sends one.
-    pub async fn fetch_manifest(&self, reference: &Reference, manifest_reference: &str) -> Result<FetchedManifest, PullError> {
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        manifest_reference: &str,
+    ) -> Result<FetchedManifest, PullError> {
         let url = self.parse_url(&format!(
             "{}/v2/{}/manifests/{manifest_reference}",
             self.registry_url(reference),
@@ -146,7 +154,9 @@ impl RegistryClient {
             reference: Some(reference.clone()),
             digest: None,
         };
-        let response = self.request(&target, Method::GET, &url, None, Some(MANIFEST_ACCEPT)).await?;
+        let response = self
+            .request(&target, Method::GET, &url, None, Some(MANIFEST_ACCEPT))
+            .await?;
         let context = self.context(&target, "GET", &url);
         let header_digest = response
             .headers()
@@ -160,7 +170,9 @@ impl RegistryClient {
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
         let bytes = read_capped(response, MAX_MANIFEST_SIZE as usize, &context).await?;
         let expected = Digest::parse(manifest_reference).ok().or(header_digest);
-        let algorithm = expected.as_ref().map_or(crate::Algorithm::Sha256, Digest::algorithm);
+        let algorithm = expected
+            .as_ref()
+            .map_or(crate::Algorithm::Sha256, Digest::algorithm);
         let digest = Digest::of_bytes(algorithm, &bytes);
         if let Some(expected) = expected {
             if expected != digest {
@@ -183,7 +195,12 @@ impl RegistryClient {
 
     /// Starts a GET of a blob, optionally of the byte range `start..=end`. The response is
     /// returned as soon as its headers arrive; the caller reads and checks the body.
-    pub async fn get_blob(&self, reference: &Reference, digest: &Digest, range: Option<(u64, u64)>) -> Result<Response, PullError> {
+    pub async fn get_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<Response, PullError> {
         let url = self.parse_url(&format!(
             "{}/v2/{}/blobs/{digest}",
             self.registry_url(reference),
@@ -197,7 +214,13 @@ impl RegistryClient {
     }
 
     /// Starts a request to a plain URL (an artifact behind a presigned URL, for example).
-    pub async fn get_url(&self, url: &Url, method: Method, range: Option<(u64, u64)>, digest: &Digest) -> Result<Response, PullError> {
+    pub async fn get_url(
+        &self,
+        url: &Url,
+        method: Method,
+        range: Option<(u64, u64)>,
+        digest: &Digest,
+    ) -> Result<Response, PullError> {
         let target = Target {
             reference: None,
             digest: Some(digest.clone()),
@@ -217,8 +240,16 @@ impl RegistryClient {
         RequestContext {
             method,
             url: redact_url(url),
-            registry: target.reference.as_ref().map(|r| r.registry().to_owned()).unwrap_or_default(),
-            repository: target.reference.as_ref().map(|r| r.repository().to_owned()).unwrap_or_default(),
+            registry: target
+                .reference
+                .as_ref()
+                .map(|r| r.registry().to_owned())
+                .unwrap_or_default(),
+            repository: target
+                .reference
+                .as_ref()
+                .map(|r| r.repository().to_owned())
+                .unwrap_or_default(),
             digest: target.digest.clone(),
         }
     }
@@ -238,10 +269,16 @@ impl RegistryClient {
         let mut authenticated = false;
         loop {
             attempt += 1;
-            let outcome = self.send_following_redirects(target, method.clone(), url, range, accept).await;
+            let outcome = self
+                .send_following_redirects(target, method.clone(), url, range, accept)
+                .await;
             let error = match outcome {
                 Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && target.reference.is_some() && !authenticated => {
+                Ok(response)
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && target.reference.is_some()
+                        && !authenticated =>
+                {
                     authenticated = true;
                     attempt -= 1;
                     let challenge = response
@@ -250,12 +287,15 @@ impl RegistryClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(Challenge::parse);
                     let context = self.context(target, method_name, url);
-                    self.authenticate(target, challenge, response, context).await?;
+                    self.authenticate(target, challenge, response, context)
+                        .await?;
                     continue;
                 }
                 Ok(response) => {
                     let retry_after = retry_after(response.headers());
-                    let error = self.error_from_response(target, method_name, url, response).await;
+                    let error = self
+                        .error_from_response(target, method_name, url, response)
+                        .await;
                     (error, retry_after)
                 }
                 Err(error) => (error, None),
@@ -271,7 +311,8 @@ impl RegistryClient {
                     error
                 });
             }
-            let delay = retry_after.unwrap_or_else(|| backoff(self.options.retry_base_delay, attempt));
+            let delay =
+                retry_after.unwrap_or_else(|| backoff(self.options.retry_base_delay, attempt));
             tracing::warn!(error = %error, attempt, delay_s = delay.as_secs_f64(), "retrying request");
             tokio::time::sleep(delay).await;
         }
@@ -303,16 +344,22 @@ impl RegistryClient {
                 request = request.header(ACCEPT, accept);
             }
             let context = || Box::new(self.context(target, method_name, &current));
-            let response = match tokio::time::timeout(self.options.stall_timeout, request.send()).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(source)) => return Err(PullError::Transport { context: context(), source }),
-                Err(_) => {
-                    return Err(PullError::Stalled {
-                        context: context(),
-                        timeout: self.options.stall_timeout,
-                    })
-                }
-            };
+            let response =
+                match tokio::time::timeout(self.options.stall_timeout, request.send()).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(source)) => {
+                        return Err(PullError::Transport {
+                            context: context(),
+                            source,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(PullError::Stalled {
+                            context: context(),
+                            timeout: self.options.stall_timeout,
+                        })
+                    }
+                };
             if !response.status().is_redirection() {
                 return Ok(response);
             }
@@ -322,12 +369,17 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| PullError::Protocol {
                     context: context(),
-                    reason: format!("HTTP {} without a Location header", response.status().as_u16()),
+                    reason: format!(
+                        "HTTP {} without a Location header",
+                        response.status().as_u16()
+                    ),
                 })?;
-            let next = current.join(location).map_err(|error| PullError::Protocol {
-                context: context(),
-                reason: format!("invalid redirect Location: {error}"),
-            })?;
+            let next = current
+                .join(location)
+                .map_err(|error| PullError::Protocol {
+                    context: context(),
+                    reason: format!("invalid redirect Location: {error}"),
+                })?;
             tracing::debug!(from = %redact_url(&current), to = %redact_url(&next), "following redirect");
             current = next;
         }
@@ -358,10 +410,17 @@ impl RegistryClient {
         response: Response,
         context: RequestContext,
     ) -> Result<(), PullError> {
-        let reference = target.reference.as_ref().expect("only registry targets authenticate");
+        let reference = target
+            .reference
+            .as_ref()
+            .expect("only registry targets authenticate");
         let credentials = self.options.credentials.for_registry(reference.registry());
         let status = response.status().as_u16();
-        let envelope = ErrorEnvelope::decode(&read_capped(response, MAX_ERROR_BODY, &context).await.unwrap_or_default());
+        let envelope = ErrorEnvelope::decode(
+            &read_capped(response, MAX_ERROR_BODY, &context)
+                .await
+                .unwrap_or_default(),
+        );
         let unauthorized = |envelope| PullError::Unauthorized {
             context: Box::new(context.clone()),
             status,
@@ -372,8 +431,13 @@ impl RegistryClient {
                 Some(credentials) => credentials.basic_header(),
                 None => return Err(unauthorized(envelope)),
             },
-            Some(Challenge::Bearer { realm, service, scope }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let scope =
+                    scope.unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
                 let mut token_url = self.parse_url(&realm)?;
                 {
                     let mut query = token_url.query_pairs_mut();
@@ -391,10 +455,14 @@ impl RegistryClient {
                     url: redact_url(&token_url),
                     ..context.clone()
                 };
-                let token_response = request.send().await.map_err(|source| PullError::Transport {
-                    context: Box::new(token_context.clone()),
-                    source,
-                })?;
+                let token_response =
+                    request
+                        .send()
+                        .await
+                        .map_err(|source| PullError::Transport {
+                            context: Box::new(token_context.clone()),
+                            source,
+                        })?;
                 let token_status = token_response.status().as_u16();
                 let body = read_capped(token_response, MAX_ERROR_BODY, &token_context).await?;
                 if !(200..300).contains(&token_status) {
@@ -418,21 +486,44 @@ impl RegistryClient {
             None => return Err(unauthorized(envelope)),
         };
         let key = Self::token_key(target).expect("registry target");
-        self.tokens.lock().expect("not poisoned").insert(key, header);
-        tracing::debug!(registry = reference.registry(), repository = reference.repository(), "authenticated");
+        self.tokens
+            .lock()
+            .expect("not poisoned")
+            .insert(key, header);
+        tracing::debug!(
+            registry = reference.registry(),
+            repository = reference.repository(),
+            "authenticated"
+        );
         Ok(())
     }
 
-    async fn error_from_response(&self, target: &Target, method: &'static str, url: &Url, response: Response) -> PullError {
+    async fn error_from_response(
+        &self,
+        target: &Target,
+        method: &'static str,
+        url: &Url,
+        response: Response,
+    ) -> PullError {
         let status = response.status().as_u16();
         let context = self.context(target, method, url);
-        let body = read_capped(response, MAX_ERROR_BODY, &context).await.unwrap_or_default();
+        let body = read_capped(response, MAX_ERROR_BODY, &context)
+            .await
+            .unwrap_or_default();
         let envelope = ErrorEnvelope::decode(&body);
         let context = Box::new(context);
         match status {
-            401 | 403 => PullError::Unauthorized { context, status, envelope },
+            401 | 403 => PullError::Unauthorized {
+                context,
+                status,
+                envelope,
+            },
             404 => PullError::NotFound { context, envelope },
-            _ => PullError::Status { context, status, envelope },
+            _ => PullError::Status {
+                context,
+                status,
+                envelope,
+            },
         }
     }
 }
@@ -445,11 +536,17 @@ fn method_name(method: &Method) -> &'static str {
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Reads at most `limit` bytes of a body; a longer body is an error.
-pub async fn read_capped(mut response: Response, limit: usize, context: &RequestContext) -> Result<Vec<u8>, PullError> {
+pub async fn read_capped(
+    mut response: Response,
+    limit: usize,
+    context: &RequestContext,
+) -> Result<Vec<u8>, PullError> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
@@ -488,7 +585,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// Exponential backoff with full jitter: a random delay up to `base × 2^(attempt-1)`, at most 10 s.
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(10));
+    let ceiling = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(Duration::from_secs(10));
     ceiling.mul_f64(fastrand::f64())
 }
 
@@ -505,7 +604,10 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(20));
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let delay = retry_after(&headers).unwrap();
-        assert!(delay > Duration::from_secs(17) && delay <= Duration::from_secs(20), "{delay:?}");
+        assert!(
+            delay > Duration::from_secs(17) && delay <= Duration::from_secs(20),
+            "{delay:?}"
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("86400"));
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
@@ -516,7 +618,8 @@ mod tests {
     fn backoff_stays_under_its_ceiling() {
         for attempt in 1..30 {
             let delay = backoff(Duration::from_millis(200), attempt);
-            let ceiling = Duration::from_millis(200 * (1 << (attempt - 1).min(16))).min(Duration::from_secs(10));
+            let ceiling = Duration::from_millis(200 * (1 << (attempt - 1).min(16)))
+                .min(Duration::from_secs(10));
             assert!(delay <= ceiling, "attempt {attempt}: {delay:?}");
         }
     }
@@ -524,8 +627,17 @@ mod tests {
     #[test]
     fn same_origin_compares_scheme_host_and_port() {
         let registry = Url::parse("http://127.0.0.1:5000/v2/a/blobs/x").unwrap();
-        assert!(same_origin(&registry, &Url::parse("http://127.0.0.1:5000/other").unwrap()));
-        assert!(!same_origin(&registry, &Url::parse("http://127.0.0.1:5001/v2").unwrap()));
-        assert!(!same_origin(&registry, &Url::parse("https://127.0.0.1:5000/v2").unwrap()));
+        assert!(same_origin(
+            &registry,
+            &Url::parse("http://127.0.0.1:5000/other").unwrap()
+        ));
+        assert!(!same_origin(
+            &registry,
+            &Url::parse("http://127.0.0.1:5001/v2").unwrap()
+        ));
+        assert!(!same_origin(
+            &registry,
+            &Url::parse("https://127.0.0.1:5000/v2").unwrap()
+        ));
     }
 }

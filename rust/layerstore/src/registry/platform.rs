@@ -21,7 +21,9 @@ impl Platform {
         let parts: Vec<&str> = text.split('/').collect();
         let invalid = || PullError::InvalidReference {
             reference: text.to_owned(),
-            reason: "a platform is os/architecture or os/architecture/variant, for example linux/amd64".into(),
+            reason:
+                "a platform is os/architecture or os/architecture/variant, for example linux/amd64"
+                    .into(),
         };
         if !(2..=3).contains(&parts.len()) || parts.iter().any(|part| part.is_empty()) {
             return Err(invalid());
@@ -54,7 +56,9 @@ impl Platform {
             return false;
         };
         let field = |name: &str| platform.get(name).and_then(Value::as_str);
-        if field("os") != Some(self.os.as_str()) || field("architecture") != Some(self.architecture.as_str()) {
+        if field("os") != Some(self.os.as_str())
+            || field("architecture") != Some(self.architecture.as_str())
+        {
             return false;
         }
         match (&self.variant, field("variant")) {
@@ -82,12 +86,19 @@ fn is_attestation(descriptor: &Descriptor) -> bool {
         .extra
         .get("platform")
         .is_some_and(|p| p.get("os").and_then(Value::as_str) == Some("unknown"));
-    unknown || descriptor.annotations.contains_key("vnd.docker.reference.type")
+    unknown
+        || descriptor
+            .annotations
+            .contains_key("vnd.docker.reference.type")
 }
 
 /// Picks the manifest for `platform` from the entries of an index. Attestation entries are never
 /// picked. When several entries match, the first wins, as in Docker.
-pub fn select(manifests: &[Descriptor], platform: &Platform, reference: &str) -> Result<Descriptor, PullError> {
+pub fn select(
+    manifests: &[Descriptor],
+    platform: &Platform,
+    reference: &str,
+) -> Result<Descriptor, PullError> {
     let candidates: Vec<&Descriptor> = manifests.iter().filter(|d| !is_attestation(d)).collect();
     if let Some(found) = candidates.iter().find(|d| platform.matches(d)) {
         return Ok((*found).clone());
@@ -96,7 +107,12 @@ pub fn select(manifests: &[Descriptor], platform: &Platform, reference: &str) ->
         .iter()
         .filter_map(|d| d.extra.get("platform"))
         .map(|p| {
-            let field = |name: &str| p.get(name).and_then(Value::as_str).unwrap_or("?").to_owned();
+            let field = |name: &str| {
+                p.get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned()
+            };
             match p.get("variant").and_then(Value::as_str) {
                 Some(variant) => format!("{}/{}/{variant}", field("os"), field("architecture")),
                 None => format!("{}/{}", field("os"), field("architecture")),
@@ -106,7 +122,11 @@ pub fn select(manifests: &[Descriptor], platform: &Platform, reference: &str) ->
     Err(PullError::PlatformNotFound {
         platform: platform.to_string(),
         reference: reference.to_owned(),
-        available: if available.is_empty() { "none".into() } else { available.join(", ") },
+        available: if available.is_empty() {
+            "none".into()
+        } else {
+            available.join(", ")
+        },
     })
 }
 
@@ -136,12 +156,21 @@ mod tests {
             entry("linux", "amd64", None, '3'),
         ];
         let amd64 = Platform::parse("linux/amd64").unwrap();
-        assert_eq!(select(&manifests, &amd64, "r").unwrap().digest, manifests[2].digest);
+        assert_eq!(
+            select(&manifests, &amd64, "r").unwrap().digest,
+            manifests[2].digest
+        );
         let arm = Platform::parse("linux/arm64/v8").unwrap();
-        assert_eq!(select(&manifests, &arm, "r").unwrap().digest, manifests[1].digest);
+        assert_eq!(
+            select(&manifests, &arm, "r").unwrap().digest,
+            manifests[1].digest
+        );
         let unknown = Platform::parse("unknown/unknown").unwrap();
         let error = select(&manifests, &unknown, "r").unwrap_err().to_string();
-        assert!(error.contains("available: linux/arm64/v8, linux/amd64"), "{error}");
+        assert!(
+            error.contains("available: linux/arm64/v8, linux/amd64"),
+            "{error}"
+        );
     }
 
     #[test]

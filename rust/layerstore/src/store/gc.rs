@@ -158,7 +158,10 @@ impl Store {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let lock_path = match name.strip_suffix(".data").or_else(|| name.strip_suffix(".chunks")) {
+            let lock_path = match name
+                .strip_suffix(".data")
+                .or_else(|| name.strip_suffix(".chunks"))
+            {
                 Some(stem) => self.ingest_dir().join(format!("{stem}.lock")),
                 None => path.clone(),
             };

@@ -70,14 +70,23 @@ impl Store {
             .truncate(false)
             .open(&data_path)
             .map_err(StoreError::io("open", &data_path))?;
-        let length = file.metadata().map_err(StoreError::io("stat", &data_path))?.len();
-        let completed = if length == size { read_log(&log_path, size) } else { Vec::new() };
+        let length = file
+            .metadata()
+            .map_err(StoreError::io("stat", &data_path))?
+            .len();
+        let completed = if length == size {
+            read_log(&log_path, size)
+        } else {
+            Vec::new()
+        };
         if completed.is_empty() {
             // Unknown content: start from an empty log, so no stale range is trusted.
-            file.set_len(0).map_err(StoreError::io("truncate", &data_path))?;
+            file.set_len(0)
+                .map_err(StoreError::io("truncate", &data_path))?;
             remove_if_exists(&log_path);
         }
-        file.set_len(size).map_err(StoreError::io("preallocate", &data_path))?;
+        file.set_len(size)
+            .map_err(StoreError::io("preallocate", &data_path))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -170,7 +179,8 @@ impl PartialBlob {
     /// Forgets every written range, for a restart from byte 0.
     pub fn reset(&mut self) -> Result<()> {
         let log = self.log.get_mut().expect("log lock is not poisoned");
-        log.set_len(0).map_err(StoreError::io("truncate", &self.log_path))?;
+        log.set_len(0)
+            .map_err(StoreError::io("truncate", &self.log_path))?;
         self.completed.clear();
         Ok(())
     }
@@ -179,7 +189,9 @@ impl PartialBlob {
     /// with the expected digest, make read-only, rename, fsync the directory. On a mismatch the
     /// partial file and its log are removed and nothing is published.
     pub fn commit(self, computed: Digest) -> Result<PutOutcome> {
-        self.file.sync_all().map_err(StoreError::io("fsync", &self.data_path))?;
+        self.file
+            .sync_all()
+            .map_err(StoreError::io("fsync", &self.data_path))?;
         if computed != self.digest {
             self.discard();
             return Err(StoreError::DigestMismatch {
@@ -189,11 +201,15 @@ impl PartialBlob {
             });
         }
         let target = self.store.blob_path(&self.digest);
-        let directory = target.parent().expect("blob paths have a parent").to_owned();
+        let directory = target
+            .parent()
+            .expect("blob paths have a parent")
+            .to_owned();
         fs::create_dir_all(&directory).map_err(StoreError::io("create directory", &directory))?;
         fs::set_permissions(&self.data_path, fs::Permissions::from_mode(0o444))
             .map_err(StoreError::io("make read-only", &self.data_path))?;
-        fs::rename(&self.data_path, &target).map_err(StoreError::io("rename into place", &target))?;
+        fs::rename(&self.data_path, &target)
+            .map_err(StoreError::io("rename into place", &target))?;
         sync_directory(&directory)?;
         remove_if_exists(&self.log_path);
         remove_if_exists(&self.store.lock_path(&self.digest));
@@ -216,4 +232,3 @@ impl std::fmt::Debug for PartialBlob {
         write!(f, "PartialBlob({}, {} bytes)", self.digest, self.size)
     }
 }
-
