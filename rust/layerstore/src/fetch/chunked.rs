@@ -9,7 +9,7 @@
 //! the digest covers exactly the bytes on disk.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -228,6 +228,7 @@ impl Fetcher {
             progress: Arc::clone(&progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
+            syncing: AtomicBool::new(false),
         });
 
         // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
@@ -287,6 +288,8 @@ struct Download {
     progress: Arc<Progress>,
     fetched: AtomicU64,
     requests: AtomicU32,
+    /// True while a background flush of the partial file runs.
+    syncing: AtomicBool,
 }
 
 /// How the probe response answered a range request.
@@ -538,7 +541,7 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
 /// Fetches `start..end` with as many requests as it takes: a truncated or stalled body is
 /// continued from the last byte written, never restarted.
 async fn fetch_range(
-    download: &Download,
+    download: &Arc<Download>,
     start: u64,
     end: u64,
     first: Option<Response>,
@@ -582,7 +585,24 @@ async fn fetch_range(
         tokio::time::sleep(backoff(base_delay, failures)).await;
     }
     download.partial.record_completed(start, end)?;
+    start_background_sync(download);
     Ok(())
+}
+
+/// Starts flushing the partial file to disk unless a flush is already running, so the disk
+/// writes during the download instead of all at once in the commit's fsync. A failed flush is
+/// only logged: the commit's own fsync reports it.
+fn start_background_sync(download: &Arc<Download>) {
+    if download.syncing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let download = Arc::clone(download);
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = download.partial.sync_data() {
+            tracing::debug!(%error, "background flush failed");
+        }
+        download.syncing.store(false, Ordering::Release);
+    });
 }
 
 fn check_range_response(

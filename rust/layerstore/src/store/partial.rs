@@ -176,6 +176,13 @@ impl PartialBlob {
             .map_err(StoreError::io("write", &self.log_path))
     }
 
+    /// Flushes written bytes to disk, so the fsync at commit has little left to write.
+    pub fn sync_data(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(StoreError::io("fsync", &self.data_path))
+    }
+
     /// Forgets every written range, for a restart from byte 0.
     pub fn reset(&mut self) -> Result<()> {
         let log = self.log.get_mut().expect("log lock is not poisoned");
