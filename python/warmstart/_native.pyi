@@ -57,7 +57,7 @@ class Problem:
     @property
     def kind(self) -> str:
         """The problem: ``digest_mismatch``, ``truncated``, ``size_mismatch``, ``missing``,
-        or ``invalid_name``."""
+        ``invalid_name`` or ``invalid_manifest``."""
 
     @property
     def digest(self) -> str | None: ...
@@ -71,6 +71,8 @@ class Problem:
     def actual_size(self) -> int | None: ...
     @property
     def referenced_by(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
 
 @final
 class VerifyReport:

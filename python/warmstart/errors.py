@@ -141,6 +141,11 @@ class ForeignLayerError(MissingBlobError):
 class StoreIOError(StoreError, OSError):
     """A file system operation of the store failed; ``filename`` and ``errno`` say which."""
 
+    def __str__(self) -> str:
+        # The message already names the path and the reason; OSError's default form would
+        # repeat the path and print ``[Errno None]`` when there is no errno.
+        return str(self.strerror if self.errno is not None else self.args[0])
+
 
 class RegistryError(WarmstartError):
     """A registry or HTTP request failed; ``status`` has the HTTP status when there was one."""

@@ -21,6 +21,26 @@ fn message_with_causes(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// Formats an I/O failure as `<operation> <path> failed: <reason>`, without the
+/// `(os error N)` suffix Rust adds (Python shows the errno itself) and with a hint for the
+/// common causes.
+fn io_message(operation: &str, path: &std::path::Path, source: &std::io::Error) -> String {
+    let reason = source.to_string();
+    let reason = match reason.find(" (os error ") {
+        Some(position) => reason[..position].to_owned(),
+        None => reason,
+    };
+    let hint = match source.kind() {
+        std::io::ErrorKind::PermissionDenied => "; check the permissions of the store directory",
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+            "; the path must be a directory or not exist"
+        }
+        std::io::ErrorKind::StorageFull => "; free disk space or use another store",
+        _ => "",
+    };
+    format!("{operation} {} failed: {reason}{hint}", path.display())
+}
+
 /// Converts a store error into an instance of its `warmstart.errors` class, with the failing
 /// values attached as attributes.
 pub fn to_py_err(error: StoreError) -> PyErr {
@@ -92,10 +112,18 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
             attributes.set_item("digest", digest.to_string())?;
             "ForeignLayerError"
         }
-        StoreError::Io { path, source, .. } => {
+        StoreError::Io {
+            operation,
+            path,
+            source,
+        } => {
             let class = py.import("warmstart.errors")?.getattr("StoreIOError")?;
-            let errno = source.raw_os_error();
-            let exception = class.call1((errno, message, path))?;
+            let message = io_message(operation, path, source);
+            let exception = match source.raw_os_error() {
+                Some(errno) => class.call1((errno, message))?,
+                None => class.call1((message,))?,
+            };
+            exception.setattr("filename", path)?;
             return Ok(PyErr::from_value(exception));
         }
     };

@@ -28,11 +28,16 @@ fn parse_digest(text: &str) -> PyResult<Digest> {
     Digest::parse(text).map_err(|error| to_py_err(error.into()))
 }
 
-fn expected(digest: Option<&str>, size: Option<u64>) -> PyResult<Expected> {
+fn expected(digest: Option<&str>, size: Option<i64>) -> PyResult<Expected> {
     Ok(Expected {
         digest: digest.map(parse_digest).transpose()?,
-        size,
+        size: size.map(|size| non_negative(size, "size")).transpose()?,
     })
+}
+
+fn non_negative(value: i64, name: &str) -> PyResult<u64> {
+    u64::try_from(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be at least 0, got {value}")))
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
@@ -72,7 +77,7 @@ impl PyLayerStore {
         py: Python<'_>,
         data: &[u8],
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let outcome = py
@@ -87,7 +92,7 @@ impl PyLayerStore {
         py: Python<'_>,
         path: PathBuf,
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let outcome = py
@@ -102,7 +107,7 @@ impl PyLayerStore {
         py: Python<'_>,
         stream: Bound<'_, PyAny>,
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let reader = PyReader::new(&stream)?;
@@ -119,10 +124,14 @@ impl PyLayerStore {
         &self,
         py: Python<'py>,
         digest: &str,
-        offset: u64,
-        length: Option<u64>,
+        offset: i64,
+        length: Option<i64>,
     ) -> PyResult<Vec<u8>> {
         let digest = parse_digest(digest)?;
+        let offset = non_negative(offset, "offset")?;
+        let length = length
+            .map(|length| non_negative(length, "length"))
+            .transpose()?;
         py.detach(|| self.store.read_range(&digest, offset, length))
             .map_err(to_py_err)
     }
