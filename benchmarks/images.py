@@ -275,32 +275,9 @@ def write_json_blob(blobs: Path, value: Any) -> tuple[str, int]:
     return f"sha256:{digest}", len(data)
 
 
-def build_image(spec: ImageSpec, cache: Path, sources: Sequence[tuple[Path, str]]) -> Path:
-    """Build one image as an OCI layout at ``cache/NAME`` unless it exists; return the path."""
-    layout = cache / spec.name
-    if (layout / "index.json").exists():
-        print(f"{spec.name}: already built at {layout}", flush=True)
-        return layout
-    partial = cache / f"{spec.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    blobs = partial / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    started = time.monotonic()
-    files = file_stream(sources, seed=len(spec.name))
-    layers = []
-    ratio_hint = 0.35
-    workers = os.cpu_count() or 1
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        for position, size in enumerate(spec.layer_sizes, start=1):
-            layer = write_layer(blobs, files, size, pool, workers, ratio_hint)
-            ratio_hint = layer.size / max(layer.uncompressed_size, 1)
-            layers.append(layer)
-            print(
-                f"{spec.name}: layer {position}/{len(spec.layer_sizes)} "
-                f"{layer.size / MB:.1f} MB gzip from {layer.uncompressed_size / MB:.1f} MB "
-                f"in {layer.files} files",
-                flush=True,
-            )
+def write_image_json(layout: Path, layers: Sequence[LayerResult]) -> None:
+    """Write the config, manifest and ``index.json`` (tag ``latest``) for ``layers``."""
+    blobs = layout / "blobs" / "sha256"
     config = {
         "architecture": "amd64",
         "os": "linux",
@@ -331,9 +308,39 @@ def build_image(spec: ImageSpec, cache: Path, sources: Sequence[tuple[Path, str]
             }
         ],
     }
-    (partial / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     # index.json is written last: its presence marks a complete build.
-    (partial / "index.json").write_text(json.dumps(index, indent=2))
+    (layout / "index.json").write_text(json.dumps(index, indent=2))
+
+
+def build_image(spec: ImageSpec, cache: Path, sources: Sequence[tuple[Path, str]]) -> Path:
+    """Build one image as an OCI layout at ``cache/NAME`` unless it exists; return the path."""
+    layout = cache / spec.name
+    if (layout / "index.json").exists():
+        print(f"{spec.name}: already built at {layout}", flush=True)
+        return layout
+    partial = cache / f"{spec.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    blobs = partial / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    started = time.monotonic()
+
+    files = file_stream(sources, seed=len(spec.name))
+    layers = []
+    ratio_hint = 0.35
+    workers = os.cpu_count() or 1
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        for position, size in enumerate(spec.layer_sizes, start=1):
+            layer = write_layer(blobs, files, size, pool, workers, ratio_hint)
+            ratio_hint = layer.size / max(layer.uncompressed_size, 1)
+            layers.append(layer)
+            print(
+                f"{spec.name}: layer {position}/{len(spec.layer_sizes)} "
+                f"{layer.size / MB:.1f} MB gzip from {layer.uncompressed_size / MB:.1f} MB "
+                f"in {layer.files} files",
+                flush=True,
+            )
+    write_image_json(partial, layers)
     partial.rename(layout)
     elapsed = time.monotonic() - started
     total = sum(layer.size for layer in layers)
@@ -391,6 +398,7 @@ def main() -> None:
         help="start docker-registry on 127.0.0.1 in a temporary directory, push, then stop it",
     )
     arguments = parser.parse_args()
+
     names = [name.strip() for name in arguments.only.split(",") if name.strip()]
     unknown = sorted(set(names) - set(IMAGES))
     if unknown:

@@ -5,9 +5,9 @@ MB/s and add time to first byte, which is what parallel range requests work arou
 put this proxy in front of a loopback registry to get those conditions back on one machine.
 
 Per connection, bytes from the upstream server to the client pass a token bucket of
-``rate_bytes_per_s`` (burst ``burst_bytes``), and the first upstream bytes after each piece of
-client data (a request, on a keep-alive connection) are held until ``first_byte_delay_s`` after
-that request was forwarded. Client-to-upstream bytes are not limited.
+``rate_bytes_per_s`` with a burst of ``burst_bytes``. Each piece of client data counts as a
+request, and the first upstream bytes after it are held until ``first_byte_delay_s`` after it
+was forwarded. Client-to-upstream bytes are not limited.
 
 Usage as a script (runs until interrupted, or for ``--duration`` seconds)::
 
@@ -265,6 +265,7 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     arguments = parser.parse_args()
+
     host, _, port = arguments.upstream.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     proxy = ThrottleProxy(

@@ -1,7 +1,7 @@
 """The registry test infrastructure behaves like the OCI Distribution protocol it stands for.
 
-Pushes to the real ``docker-registry`` are read back with plain HTTP; every fault of the fake
-registry fires as configured and is counted; the token flow works with urllib and curl; the
+Pushes to the real ``docker-registry`` are read back with plain HTTP. Every fault of the fake
+registry fires as configured and is counted. The token flow works with urllib and curl, and the
 throttling proxy caps each connection's rate.
 """
 

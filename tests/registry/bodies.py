@@ -65,7 +65,7 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
 async def send_blob(
     request: web.Request, data: bytes, digest: str, body_faults: Sequence[faults.Fault]
 ) -> web.StreamResponse:
-    """Send ``data`` (or the range the request asks for) with the given faults applied."""
+    """Send ``data``, or the range in the ``Range`` header, with ``body_faults`` applied."""
     size = len(data)
     headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
     headers["Accept-Ranges"] = "bytes"

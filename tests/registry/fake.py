@@ -76,9 +76,9 @@ class BasicAuth:
 class RecordedRequest:
     """One request as the fake saw it, logged on arrival.
 
-    ``authorization`` tells only whether the header was sent, and ``auth_scheme`` its scheme
-    (``Bearer`` or ``Basic``); the credential is never stored. ``status`` is ``None`` while the
-    response is still being sent, or when the handler failed without an HTTP status.
+    ``authorization`` is whether the header was sent and ``auth_scheme`` is its scheme
+    (``Bearer`` or ``Basic``). The credential itself is never stored. ``status`` is ``None``
+    while the response is still being sent, or when the handler failed without an HTTP status.
     """
 
     server: str
@@ -474,6 +474,7 @@ class FakeRegistry:
         faulted = self._status_fault(faults.BLOB, digest, request)
         if faulted is not None:
             return faulted
+
         if request.method == "HEAD":
             return web.Response(
                 headers={
@@ -484,6 +485,7 @@ class FakeRegistry:
                     **API_VERSION_HEADER,
                 }
             )
+
         body_faults = [
             fault
             for fault in self._firing(faults.BLOB, digest, "GET", "Range" in request.headers)

@@ -1,9 +1,9 @@
 """Faults the fake registry can inject, each counted in ``fired`` every time it applies.
 
-A fault applies to requests whose kind (``"blob"`` or ``"manifest"``) and method it covers and,
-when ``digest`` is set, only to that blob digest (or, for manifest faults, that manifest
-reference, a tag or a digest, as the client wrote it in the URL). ``times`` caps how many
-requests it applies to; ``None`` means every matching request.
+A fault applies to requests of the kinds (``"blob"`` or ``"manifest"``) and methods it covers.
+When ``digest`` is set, it applies only to that blob digest. For manifest faults ``digest`` is
+the manifest reference (a tag or a digest) as the client wrote it in the URL. ``times`` caps how
+many requests it applies to, and ``None`` means every matching request.
 
 Status faults answer before any content is read:
 - ``TooManyRequests``: 429, ``Retry-After`` and the ``TOOMANYREQUESTS`` error envelope.
@@ -113,7 +113,7 @@ class WrongRangeStart(Fault):
     """206 whose body starts ``shift`` bytes after the requested start.
 
     With ``honest_header`` the ``Content-Range`` states the range actually sent, so a client that
-    checks it can notice; without, the header repeats the requested range and only the digest
+    checks it can notice. Without it the header repeats the requested range, and only the digest
     check catches the wrong bytes.
     """
 
@@ -138,8 +138,8 @@ class EmptyBody(Fault):
 class WrongContentLength(Fault):
     """Declare ``Content-Length`` as the true length plus ``delta`` (may be negative).
 
-    A smaller declaration sends that many bytes as a complete response; a larger one sends every
-    byte there is and closes the connection short of the declared length.
+    A smaller declaration sends that many bytes as a complete response. A larger one sends every
+    byte there is and then closes the connection short of the declared length.
     """
 
     delta: int = -1

@@ -40,8 +40,8 @@ REGISTRY_BINARY = "docker-registry"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 SKOPEO_TIMEOUT_S = 600.0
-# The server picks its port by number, so another process can take it between free_port() and
-# the bind; a start that fails that way is retried on a new port this many times.
+# The server binds its port by number, so another process can take it after free_port() returns.
+# A start that fails that way is retried on a new port this many times.
 START_ATTEMPTS = 3
 
 DEFAULT_PLATFORMS: tuple[Mapping[str, str], ...] = (
