@@ -198,8 +198,8 @@ class FakeRegistry:
     def add_layout(self, repo: str, layout_dir: Path) -> dict[str, str]:
         """Serve every blob and manifest of an OCI layout from ``repo``; return tag to digest.
 
-        Manifests are found by walking ``index.json`` and nested indexes; their media types come
-        from the descriptors that point at them.
+        Manifests are found by walking ``index.json`` and nested indexes, and their media types
+        come from the descriptors that point at them. Every blob is read into memory.
         """
         repository = self.repository(repo)
         blob_root = layout_dir / "blobs"
@@ -448,6 +448,8 @@ class FakeRegistry:
             return error_response(
                 404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": reference}
             )
+        # NOTE: the Accept header is not checked. Every manifest is served with its stored media
+        # type, where a real registry may return 404 or convert a type the client did not accept.
         media_type, data = repository.manifests[digest]
         headers = {
             "Content-Type": media_type,
