@@ -27,6 +27,7 @@ from benchmarks.throttle_proxy import ThrottleProxy, TokenBucket
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.paths import SHARED_DATA
 from tests.registry import faults
 from tests.registry.bodies import Unsatisfiable, parse_range
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry, basic_header
@@ -42,13 +43,6 @@ from tests.registry.layout import (
 )
 from tests.registry.real import RegistryRepository, http_request
 
-# The fixtures are registered here as well as in tests/conftest.py, so this file also runs with
-# --noconftest while the warmstart extension that conftest.py imports is not built.
-pytest_plugins = ["tests.registry.plugin"]
-
-REPOSITORY = Path(__file__).resolve().parent.parent
-# NOTE: mirrors tests.conftest.SHARED_DATA, which cannot be imported without warmstart.
-SHARED_DATA = Path(os.environ.get("WARMSTART_SHARED_DATA", REPOSITORY.parent / "shared" / "data"))
 REPO = "library/sample"
 
 

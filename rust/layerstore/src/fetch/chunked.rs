@@ -8,7 +8,7 @@
 //! contiguous prefix back from the file as it grows, so verification overlaps the download and
 //! the digest covers exactly the bytes on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -228,7 +228,7 @@ impl Fetcher {
             progress: Arc::clone(&progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
-            syncing: AtomicBool::new(false),
+            syncing: Arc::new(AtomicBool::new(false)),
         });
 
         // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
@@ -289,7 +289,7 @@ struct Download {
     fetched: AtomicU64,
     requests: AtomicU32,
     /// True while a background flush of the partial file runs.
-    syncing: AtomicBool,
+    syncing: Arc<AtomicBool>,
 }
 
 /// How the probe response answered a range request.
@@ -481,17 +481,28 @@ async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
     };
     match probe {
         Probe::Ranged(response) => {
-            let mut others = JoinSet::new();
-            for &(start, end) in &missing[1..] {
-                let download = Arc::clone(download);
+            // Workers take ranges in ascending order as connections free up, so the written
+            // prefix (and the hashing behind it) grows steadily from byte 0.
+            let queue = Arc::new(Mutex::new(
+                missing[1..].iter().copied().collect::<VecDeque<_>>(),
+            ));
+            let workers = download.options.connections.min(missing.len() - 1);
+            let mut others: JoinSet<Result<(), PullError>> = JoinSet::new();
+            for _ in 0..workers {
+                let (download, queue) = (Arc::clone(download), Arc::clone(&queue));
                 others.spawn(async move {
-                    let permit = Arc::clone(&download.permits)
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
-                    let result = fetch_range(&download, start, end, None).await;
-                    drop(permit);
-                    result
+                    loop {
+                        let permit = Arc::clone(&download.permits)
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore is never closed");
+                        let Some((start, end)) = queue.lock().expect("not poisoned").pop_front()
+                        else {
+                            return Ok(());
+                        };
+                        fetch_range(&download, start, end, None).await?;
+                        drop(permit);
+                    }
                 });
             }
             let first = fetch_range(download, first_start, first_end, Some(response)).await;
@@ -591,17 +602,26 @@ async fn fetch_range(
 
 /// Starts flushing the partial file to disk unless a flush is already running, so the disk
 /// writes during the download instead of all at once in the commit's fsync. A failed flush is
-/// only logged: the commit's own fsync reports it.
-fn start_background_sync(download: &Arc<Download>) {
+/// only logged: the commit's own fsync reports it. The flush owns its own file handle, so it
+/// never keeps the download alive.
+fn start_background_sync(download: &Download) {
     if download.syncing.swap(true, Ordering::AcqRel) {
         return;
     }
-    let download = Arc::clone(download);
+    let file = match download.partial.sync_handle() {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::debug!(%error, "background flush not started");
+            download.syncing.store(false, Ordering::Release);
+            return;
+        }
+    };
+    let syncing = Arc::clone(&download.syncing);
     tokio::task::spawn_blocking(move || {
-        if let Err(error) = download.partial.sync_data() {
+        if let Err(error) = file.sync_data() {
             tracing::debug!(%error, "background flush failed");
         }
-        download.syncing.store(false, Ordering::Release);
+        syncing.store(false, Ordering::Release);
     });
 }
 

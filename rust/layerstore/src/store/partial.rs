@@ -174,11 +174,12 @@ impl PartialBlob {
             .map_err(StoreError::io("write", &self.log_path))
     }
 
-    /// Flushes written bytes to disk, so the fsync at commit has little left to write.
-    pub fn sync_data(&self) -> Result<()> {
+    /// A second handle on the partial file, for flushing it from another thread while the
+    /// download goes on, so the fsync at commit has little left to write.
+    pub fn sync_handle(&self) -> Result<File> {
         self.file
-            .sync_data()
-            .map_err(StoreError::io("fsync", &self.data_path))
+            .try_clone()
+            .map_err(StoreError::io("open", &self.data_path))
     }
 
     /// Forgets every written range, for a restart from byte 0.
