@@ -9,11 +9,11 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.engine.helpers import feed, tracking_spec
+from tests.engine.helpers import DIRECT, feed, tracking_spec
 from tests.mirror.conftest import Registry, make_image, push, tree_digests
 from tests.mirror.helpers import copy_from_mirror, get, running
-from warmstart import Engine, FakeClock, LayerStore
-from warmstart.mirror import Mirror, ScaleUpPrefetcher, Upstream, prefetch
+from warmstart import Decision, EndpointSpec, Engine, FakeClock, LayerStore, MetricSpec, Predictive
+from warmstart.mirror import ImagePrefetcher, Mirror, Upstream, prefetch
 from warmstart.mirror.prefetch import registry_of
 
 
@@ -82,7 +82,7 @@ def test_engine_scale_up_starts_prefetch() -> None:
         pulled.append(list(references))
 
     async def body() -> None:
-        prefetcher = ScaleUpPrefetcher({"llm": ["registry.example/llm:v1"]}, pull)
+        prefetcher = ImagePrefetcher({"llm": ["registry.example/llm:v1"]}, pull)
         clock = FakeClock(1000.0)
         engine = Engine([tracking_spec(initial_capacity=1)], clock=clock)
         engine.add_callback(prefetcher)
@@ -103,7 +103,7 @@ def test_scale_down_does_not_prefetch() -> None:
         pulled.append(list(references))
 
     async def body() -> None:
-        prefetcher = ScaleUpPrefetcher({"llm": ["registry.example/llm:v1"]}, pull)
+        prefetcher = ImagePrefetcher({"llm": ["registry.example/llm:v1"]}, pull)
         clock = FakeClock(1000.0)
         engine = Engine([tracking_spec(initial_capacity=8)], clock=clock)
         engine.add_callback(prefetcher)
@@ -113,3 +113,81 @@ def test_scale_down_does_not_prefetch() -> None:
 
     asyncio.run(body())
     assert pulled == []
+
+
+def ramp_spec(initial_capacity: int) -> EndpointSpec:
+    """An endpoint sized only by a forecast of ``rps`` at 10 requests per second per instance."""
+    return EndpointSpec(
+        "llm",
+        (MetricSpec("rps", stale_after_s=30.0, per_instance=False),),
+        (Predictive("rps", target=10.0, step_s=10.0, trend_window_s=300.0),),
+        min_capacity=1,
+        max_capacity=100,
+        behavior=DIRECT,
+        initial_capacity=initial_capacity,
+    )
+
+
+def ramp(engine: Engine, clock: FakeClock, seconds: int, slope: float) -> list[Decision]:
+    decisions = []
+    for _ in range(seconds):
+        load = max(1.0, slope * (clock.now() - 1000.0))
+        engine.ingest("llm", "rps", "lb", clock.now(), load)
+        decisions.extend(engine.tick())
+        clock.advance(1.0)
+    return decisions
+
+
+def test_forecast_above_capacity_calls_prefetch_hook_once() -> None:
+    pulled: list[list[str]] = []
+
+    async def pull(references: Sequence[str]) -> None:
+        pulled.append(list(references))
+
+    async def body() -> list[Decision]:
+        prefetcher = ImagePrefetcher({"llm": ["registry.example/llm:v1"]}, pull)
+        clock = FakeClock(1000.0)
+        seen: list[Decision] = []
+        engine = Engine([ramp_spec(1)], clock=clock, prefetch=prefetcher, on_decision=seen.append)
+        decisions = ramp(engine, clock, 200, slope=1.0)
+        await prefetcher.wait()
+        assert [d for d in seen if d.prefetch] == [d for d in decisions if d.prefetch]
+        return decisions
+
+    decisions = asyncio.run(body())
+    marked = [d for d in decisions if d.prefetch]
+    assert len(marked) == 1
+    assert "prefetch started" in marked[0].explain()
+    first_up = next(d for d in decisions if d.direction == "up")
+    assert marked[0].at <= first_up.at
+    assert pulled == [["registry.example/llm:v1"]]
+
+
+def test_flat_load_never_prefetches() -> None:
+    calls: list[Decision] = []
+    clock = FakeClock(1000.0)
+    engine = Engine([ramp_spec(5)], clock=clock, prefetch=calls.append)
+    decisions = ramp(engine, clock, 200, slope=0.0)
+    assert not any(d.prefetch for d in decisions)
+    assert calls == []
+
+
+def test_failing_prefetch_hook_does_not_stop_engine() -> None:
+    def broken(decision: Decision) -> None:
+        raise RuntimeError("hook failed")
+
+    clock = FakeClock(1000.0)
+    engine = Engine([ramp_spec(1)], clock=clock, prefetch=broken)
+    decisions = ramp(engine, clock, 200, slope=1.0)
+    assert any(d.prefetch for d in decisions)
+    assert any(d.direction == "up" for d in decisions)
+
+
+def test_prefetch_repeats_after_interval() -> None:
+    calls: list[Decision] = []
+    clock = FakeClock(1000.0)
+    engine = Engine([ramp_spec(1)], clock=clock, prefetch=calls.append, prefetch_interval_s=60.0)
+    ramp(engine, clock, 200, slope=1.0)
+    assert len(calls) >= 2
+    for earlier, later in zip(calls, calls[1:], strict=False):
+        assert later.at - earlier.at >= 60.0

@@ -10,7 +10,7 @@ from typing import Any
 from warmstart.cli.mirror import read_token
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
-from warmstart.mirror.prefetch import prefetch, registry_of, report_json
+from warmstart.mirror.prefetch import prefetch, prefetch_mirror, registry_of, report_json
 
 __all__ = ["add_parser"]
 
@@ -48,31 +48,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run_prefetch)
 
 
-async def prefetch_through_mirror(
-    url: str, body: dict[str, Any], token: str | None = None
-) -> dict[str, Any]:
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    endpoint = url.rstrip("/") + "/_warmstart/prefetch"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(endpoint, json=body, headers=headers) as response,
-    ):
-        result: dict[str, Any] = await response.json(content_type=None)
-        if response.status != 200:
-            message = result.get("errors", [{}])[0].get("message", response.reason)
-            raise OSError(f"mirror {url} rejected the prefetch: {message}")
-        return result
-
-
 def run_prefetch(arguments: argparse.Namespace) -> int:
     references: list[str] = arguments.reference
     target: str | None = arguments.to
     if target is not None and target.startswith(("http://", "https://")):
-        body = {"references": references, "platform": arguments.platform}
         token = read_token(arguments.token_file) if arguments.token_file is not None else None
-        result = asyncio.run(prefetch_through_mirror(target, body, token))
+        result = asyncio.run(
+            prefetch_mirror(target, references, platform=arguments.platform, token=token)
+        )
     else:
         arguments.store = Path(target) if target is not None else None
         store = open_store(arguments)

@@ -10,9 +10,11 @@ Routes (OCI distribution specification v1.1, pull side only):
 - ``POST /_warmstart/prefetch``: pull whole images of a configured upstream into the store.
 
 Pushes and deletes get 405 ``UNSUPPORTED``. With a token, every request must carry
-``Authorization: Bearer <token>`` or gets 401 ``UNAUTHORIZED``. Requests may carry ``?ns=<registry>`` (containerd
-adds it when it goes through a mirror); it picks the upstream to pull through to, and a registry
-that is not configured is served from the store only.
+``Authorization: Bearer <token>`` or gets 401 ``UNAUTHORIZED``.
+
+Requests may carry ``?ns=<registry>``, which containerd adds when it goes through a mirror. It
+picks the upstream to pull through to, and a registry that is not configured is served from the
+store only.
 """
 
 from __future__ import annotations

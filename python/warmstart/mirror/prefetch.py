@@ -1,9 +1,10 @@
 """Prefetch: pull whole images into a store ahead of need, by hand or when the engine scales up.
 
 ``prefetch`` pulls into a store directly. ``POST /_warmstart/prefetch`` on a running mirror does
-the same for references of its configured upstreams. ``ScaleUpPrefetcher`` is an engine decision
-callback that prefetches an endpoint's images whenever a decision raises its capacity, so the
-new instances find their layers in the mirror instead of in the remote registry.
+the same for references of its configured upstreams (``prefetch_mirror`` sends it).
+``ImagePrefetcher`` is the engine's prefetch hook: it pulls an endpoint's images when a forecast
+exceeds the endpoint's capacity, so new instances find their layers in the mirror instead of in
+the remote registry.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ if TYPE_CHECKING:
     from warmstart.mirror.app import Mirror
 
 __all__ = [
+    "ImagePrefetcher",
     "PrefetchRequestError",
-    "ScaleUpPrefetcher",
     "prefetch",
     "prefetch_from_request",
+    "prefetch_mirror",
     "registry_of",
 ]
 
@@ -131,14 +133,15 @@ async def prefetch_from_request(mirror: Mirror, body: bytes) -> dict[str, Any]:
     return {"images": [report_json(r, ref) for r, ref in zip(results, references, strict=True)]}
 
 
-class ScaleUpPrefetcher:
-    """Prefetch an endpoint's images when an engine decision raises its capacity.
+class ImagePrefetcher:
+    """The built-in prefetch hook: pull an endpoint's images when the engine asks for it.
 
-    Register it with ``engine.add_callback(prefetcher)``. ``images`` maps endpoint names to
-    image references; ``pull`` fetches a list of references (``prefetch`` into a store, or a
-    POST to a mirror). A prefetch for an endpoint is skipped while the previous one for it is
-    still running. Call it on the event loop the engine runs on, and ``await close()`` at the
-    end to cancel prefetches still running.
+    Pass it as ``Engine(..., prefetch=prefetcher)``: it is then called when a forecast exceeds
+    an endpoint's capacity. Registered with ``engine.add_callback(prefetcher)`` it also acts on
+    every decision that raises capacity. ``images`` maps endpoint names to image references;
+    ``pull`` fetches a list of references (see ``to_store`` and ``to_mirror``). A prefetch for
+    an endpoint is skipped while the previous one for it still runs. Call it on the engine's
+    event loop, and ``await close()`` at the end to cancel prefetches still running.
     """
 
     def __init__(
@@ -151,18 +154,42 @@ class ScaleUpPrefetcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self.started = 0
 
+    @classmethod
+    def to_store(
+        cls, store: LayerStore, images: Mapping[str, Sequence[str]], **options: Any
+    ) -> ImagePrefetcher:
+        """Warm a local store; ``options`` go to ``prefetch``."""
+
+        async def pull(references: Sequence[str]) -> None:
+            for result in await prefetch(store, references, **options):
+                if isinstance(result, BaseException):
+                    raise result
+
+        return cls(images, pull)
+
+    @classmethod
+    def to_mirror(
+        cls, url: str, images: Mapping[str, Sequence[str]], *, token: str | None = None
+    ) -> ImagePrefetcher:
+        """Warm a running mirror at ``url`` through ``POST /_warmstart/prefetch``."""
+
+        async def pull(references: Sequence[str]) -> None:
+            await prefetch_mirror(url, references, token=token)
+
+        return cls(images, pull)
+
     def __call__(self, decision: Decision) -> None:
-        if decision.direction != "up":
+        if not (decision.prefetch or decision.direction == "up"):
             return
         references = self.images.get(decision.endpoint)
         if not references or decision.endpoint in self._running:
             return
         logger.info(
-            "endpoint %s scales %d -> %d, prefetching %s",
+            "endpoint %s: prefetching %s (capacity %d -> %d)",
             decision.endpoint,
+            ", ".join(references),
             decision.current,
             decision.desired,
-            ", ".join(references),
         )
         task = asyncio.get_running_loop().create_task(self._run(decision.endpoint, references))
         self._running[decision.endpoint] = task
@@ -186,3 +213,31 @@ class ScaleUpPrefetcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def prefetch_mirror(
+    url: str, references: Sequence[str], *, platform: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """Ask the mirror at ``url`` to pull ``references`` into its store; returns its JSON reply.
+
+    Raises ``OSError`` when the mirror rejects the request or an image fails.
+    """
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    body = {"references": list(references), "platform": platform}
+    endpoint = url.rstrip("/") + "/_warmstart/prefetch"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(endpoint, json=body, headers=headers) as response,
+    ):
+        result: dict[str, Any] = await response.json(content_type=None)
+        if response.status != 200:
+            message = result.get("errors", [{}])[0].get("message", response.reason)
+            raise OSError(f"mirror {url} rejected the prefetch: {message}")
+    failed = [image for image in result.get("images", []) if "error" in image]
+    if failed:
+        raise OSError(
+            f"mirror {url} failed to prefetch {failed[0]['reference']}: {failed[0]['error']}"
+        )
+    return result
