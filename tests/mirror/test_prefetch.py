@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -189,5 +190,5 @@ def test_prefetch_repeats_after_interval() -> None:
     engine = Engine([ramp_spec(1)], clock=clock, prefetch=calls.append, prefetch_interval_s=60.0)
     ramp(engine, clock, 200, slope=1.0)
     assert len(calls) >= 2
-    for earlier, later in zip(calls, calls[1:], strict=False):
+    for earlier, later in itertools.pairwise(calls):
         assert later.at - earlier.at >= 60.0
