@@ -51,7 +51,7 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout_s} s") from None
+                raise TimeoutError(f"{url} did not respond within {timeout_s} s") from None
             time.sleep(0.05)
 
 

@@ -177,3 +177,23 @@ def test_unknown_namespace_serves_store_only(
             assert status == 200
 
     asyncio.run(body())
+
+
+def test_digest_of_served_tag_stays_available(
+    store: LayerStore, registry: Registry, tmp_path: Path
+) -> None:
+    upstream_image(tmp_path, registry, [1000])
+    mirror = Mirror(store, upstreams=[Upstream(registry.host)], warm=False)
+
+    async def body() -> None:
+        async with running(mirror) as server:
+            status, headers, _ = await get(server, "/v2/team/app/manifests/v1", "HEAD")
+            assert status == 200
+            os.kill(registry.process.pid, signal.SIGKILL)
+            registry.process.wait()
+            digest = headers["Docker-Content-Digest"]
+            status, headers, _ = await get(server, f"/v2/team/app/manifests/{digest}")
+            assert status == 200
+            assert headers["Docker-Content-Digest"] == digest
+
+    asyncio.run(body())

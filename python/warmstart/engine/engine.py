@@ -538,8 +538,8 @@ class Engine:
     def _maybe_prefetch(
         self, runtime: _Endpoint, decision: Decision, current: int, hook: PrefetchHook
     ) -> Decision:
-        # TODO: the forecast looks ahead by the endpoint's time to ready only; a separate image
-        # lead time would let the hook start earlier than the scale-out it prepares.
+        # TODO: the forecast looks ahead by the endpoint's time to ready only. A separate image
+        # lead time would start the hook earlier than the scale-out it prepares.
         expects_more = any(
             isinstance(policy, Predictive)
             and recommendation.valid

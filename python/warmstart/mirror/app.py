@@ -62,7 +62,7 @@ class Mirror:
     The first upstream is used for requests without ``?ns=``. With no upstream, the mirror
     serves only what is in the store. ``warm`` starts fetching every blob of an image manifest
     as soon as a client reads that manifest, so layers are already on their way when the client
-    asks for them, and tags the image in the store once all its blobs are in. ``tag_ttl_s``
+    requests them. Once all its blobs are in, the image is tagged in the store. ``tag_ttl_s``
     is how long, in seconds, a tag resolved upstream is served without asking again, measured
     by ``clock``. Without upstreams, a tag ``T`` of repository ``N`` is looked up in the store as
     ``N:T``, then as the bare tag ``T`` (how ``warmstart store import`` names images).

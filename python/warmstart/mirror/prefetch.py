@@ -134,7 +134,7 @@ async def prefetch_from_request(mirror: Mirror, body: bytes) -> dict[str, Any]:
 
 
 class ImagePrefetcher:
-    """The built-in prefetch hook: pull an endpoint's images when the engine asks for it.
+    """The built-in prefetch hook, which pulls an endpoint's images when the engine calls it.
 
     Pass it as ``Engine(..., prefetch=prefetcher)``: it is then called when a forecast exceeds
     an endpoint's capacity. Registered with ``engine.add_callback(prefetcher)`` it also acts on

@@ -1,8 +1,8 @@
 """The pull-through cache: what the mirror fetches from its upstream registry, and when.
 
 Blobs and manifests requested by digest are immutable, so once they are in the store they are
-served from it for good. Tags move, so a tag is resolved again upstream once its cached answer
-is older than ``tag_ttl_s``; when the upstream cannot be reached, the last known digest is
+served from it for good. Tags move, so a tag is resolved again upstream once its cached digest
+is older than ``tag_ttl_s``. When the upstream cannot be reached, the last known digest is
 served instead (stale-if-error), from memory or from the store's ``index.json``.
 """
 
@@ -81,7 +81,7 @@ class Resolved:
 
 
 def _unreachable(error: RegistryError) -> bool:
-    """True for failures where serving a stale tag beats failing: no answer or a 5xx."""
+    """True for failures where serving a stale tag beats failing: no response or a 5xx."""
     if isinstance(error, RegistryConnectionError | RegistryTimeoutError):
         return True
     return error.status is not None and error.status >= 500
@@ -160,7 +160,7 @@ class UpstreamCache:
     async def resolve_tag(self, repository: str, tag: str) -> Resolved:
         """Resolve ``repository:tag`` to a manifest digest, fetching the manifest when stale.
 
-        Raises ``RegistryError`` when the upstream fails and no earlier answer is known, and
+        Raises ``RegistryError`` when the upstream fails and no earlier digest is known, and
         ``RegistryNotFoundError`` when the upstream says the tag does not exist.
         """
         key = (repository, tag)
@@ -232,8 +232,8 @@ class UpstreamCache:
     ) -> None:
         """Fetch every blob an image manifest lists, then tag it in the store when ``tag`` is set.
 
-        An index is not warmed because the platform the client wants is not known yet; the
-        client's next request, for the platform's manifest by digest, warms that one.
+        An index is not warmed because the platform the client wants is not known yet. The
+        client's next request, for the platform's manifest by digest, warms that manifest.
         """
         blobs = self.remember_sizes(manifest)
         if not blobs:
