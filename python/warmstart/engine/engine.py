@@ -115,7 +115,7 @@ class Engine:
 
     ``prefetch`` is called with the decision when a valid ``Predictive`` recommendation, which
     sizes for the load expected when a new instance would be ready, exceeds the endpoint's
-    current capacity (ready plus pending), at most once per ``prefetch_interval_s`` seconds per
+    current capacity (``Capacity.current``), at most once per ``prefetch_interval_s`` seconds per
     endpoint, because the images a prefetch warms stay warm. That decision has ``prefetch`` set
     and is emitted even without a change. Exceptions from the hook are logged.
     """
