@@ -15,6 +15,7 @@ __all__ = [
     "GcReport",
     "ImportReport",
     "LayerStore",
+    "ManifestReport",
     "Problem",
     "PullProgress",
     "PullReport",
@@ -175,6 +176,15 @@ class PullReport:
     def seconds(self) -> float: ...
 
 @final
+class ManifestReport:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+@final
 class PullProgress:
     @property
     def total_bytes(self) -> int: ...
@@ -261,5 +271,34 @@ class LayerStore:
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
     ) -> Awaitable[BlobReport]: ...
+    def pull_manifest(
+        self,
+        reference: str,
+        *,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+    ) -> Awaitable[ManifestReport]:
+        """Fetch one manifest or index by tag or digest into the store, without tagging it."""
+
+    def pull_blob(
+        self,
+        reference: str,
+        *,
+        digest: str,
+        size: int | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+    ) -> Awaitable[BlobReport]:
+        """Fetch one blob of the reference's repository by digest, unless it is in the store.
+
+        Without ``size``, a HEAD request reads it from ``Content-Length``.
+        """
 
 def parse_digest_string(text: str) -> str: ...

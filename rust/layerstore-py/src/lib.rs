@@ -334,6 +334,86 @@ impl PyLayerStore {
         })
     }
 
+    /// Fetches one manifest or index by tag or digest into the store without tagging it;
+    /// returns an awaitable of a `ManifestReport`.
+    #[pyo3(signature = (
+        reference, *, insecure_registries=Vec::new(), ca_certificates=Vec::new(),
+        stall_timeout_s=30.0, max_attempts=5
+    ))]
+    fn pull_manifest<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let reference = pull::parse_reference(reference)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let fetched = puller
+                .pull_manifest(&reference)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyManifestReport::from(fetched))
+        })
+    }
+
+    /// Fetches one blob of the reference's repository by digest; returns an awaitable of a
+    /// `BlobReport`.
+    #[pyo3(signature = (
+        reference, *, digest, size=None, connections=8, chunk_size=16777216,
+        insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
+        max_attempts=5, progress=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn pull_blob<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        digest: &str,
+        size: Option<u64>,
+        connections: usize,
+        chunk_size: u64,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let reference = pull::parse_reference(reference)?;
+        let digest = pull::parse_digest(digest)?;
+        let options = pull::fetch_options(connections, chunk_size)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let counters = Arc::new(Progress::default());
+            let work = puller.pull_blob(&reference, &digest, size, &options, &counters);
+            let report = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyBlobReport::from(report))
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!("LayerStore({:?})", self.store.root().display().to_string())
     }
@@ -381,6 +461,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<pull::PyPullReport>()?;
     module.add_class::<pull::PyBlobReport>()?;
     module.add_class::<pull::PyPullProgress>()?;
+    module.add_class::<pull::PyManifestReport>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -9,7 +9,7 @@ use layerstore::reference::Reference;
 use layerstore::registry::auth::CredentialStore;
 use layerstore::registry::error::PullError;
 use layerstore::registry::platform::Platform;
-use layerstore::registry::{ClientOptions, RegistryClient};
+use layerstore::registry::{ClientOptions, FetchedManifest, RegistryClient};
 use layerstore::{Digest, Store};
 use pyo3::prelude::*;
 
@@ -130,6 +130,34 @@ impl From<PullReport> for PyPullReport {
             bytes_fetched: report.bytes_fetched,
             bytes_reused: report.bytes_reused,
             seconds: report.seconds,
+        }
+    }
+}
+
+/// A manifest or index fetched on its own and committed to the store as a blob.
+#[pyclass(module = "warmstart._native", name = "ManifestReport", frozen, get_all)]
+pub struct PyManifestReport {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[pymethods]
+impl PyManifestReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "ManifestReport(digest={:?}, media_type={:?}, size={})",
+            self.digest, self.media_type, self.size
+        )
+    }
+}
+
+impl From<FetchedManifest> for PyManifestReport {
+    fn from(fetched: FetchedManifest) -> PyManifestReport {
+        PyManifestReport {
+            digest: fetched.digest.to_string(),
+            media_type: fetched.media_type,
+            size: fetched.bytes.len() as u64,
         }
     }
 }

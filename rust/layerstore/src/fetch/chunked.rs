@@ -241,7 +241,18 @@ impl Fetcher {
             && download.requests.load(Ordering::Relaxed) > 1;
         let fetched_bytes = download.fetched.load(Ordering::Relaxed);
         let requests = download.requests.load(Ordering::Relaxed);
-        let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
+        // A background flush started by the last chunk may still hold a reference; it ends
+        // after one sync_data call.
+        let mut shared = download;
+        let download = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(download) => break download,
+                Err(still_shared) => {
+                    shared = still_shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
         let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
             .await
             .expect("commit does not panic");
