@@ -241,18 +241,9 @@ impl Fetcher {
             && download.requests.load(Ordering::Relaxed) > 1;
         let fetched_bytes = download.fetched.load(Ordering::Relaxed);
         let requests = download.requests.load(Ordering::Relaxed);
-        // A background flush started by the last chunk may still hold a reference; it ends
-        // after one sync_data call.
-        let mut shared = download;
-        let download = loop {
-            match Arc::try_unwrap(shared) {
-                Ok(download) => break download,
-                Err(still_shared) => {
-                    shared = still_shared;
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            }
-        };
+        // The range tasks and the hashing task have ended, and background flushes own their
+        // own file handle, so this is the last reference.
+        let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
         let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
             .await
             .expect("commit does not panic");
