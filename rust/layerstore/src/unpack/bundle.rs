@@ -10,9 +10,9 @@
 //! <target>/.lock                 held (flock) by the unpack working on the target
 //! ```
 //!
-//! A layer directory, `rootfs/` and `lowerdir` appear only by rename once their content is
-//! complete and flushed to disk (`syncfs`), so a crash at any point leaves only `.partial-*`
-//! directories, which the next run removes, and complete layers, which it keeps.
+//! A layer directory, `rootfs/` and `lowerdir` appear only by rename, once their content is
+//! complete and flushed to disk (`syncfs`). A crash therefore leaves `.partial-*` directories,
+//! which the next run removes, and complete layers, which it keeps.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
