@@ -14,11 +14,13 @@ __all__ = [
     "Descriptor",
     "GcReport",
     "ImportReport",
+    "LayerReport",
     "LayerStore",
     "ManifestReport",
     "Problem",
     "PullProgress",
     "PullReport",
+    "UnpackReport",
     "Usage",
     "VerifyReport",
     "__version__",
@@ -199,6 +201,54 @@ class PullProgress:
     @property
     def finished(self) -> bool: ...
 
+@final
+class LayerReport:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def diff_id(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def compressed_bytes(self) -> int: ...
+    @property
+    def uncompressed_bytes(self) -> int:
+        """Bytes of the tar stream; 0 when an earlier run had already unpacked the layer."""
+
+    @property
+    def entries(self) -> int: ...
+    @property
+    def reused(self) -> bool:
+        """True when an earlier run had already published this layer."""
+
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class UnpackReport:
+    @property
+    def target(self) -> Path: ...
+    @property
+    def manifest_digest(self) -> str: ...
+    @property
+    def layout(self) -> str:
+        """``overlay`` or ``flatten``."""
+
+    @property
+    def result(self) -> Path:
+        """The ``rootfs`` directory (flatten) or the ``lowerdir`` file (overlay)."""
+
+    @property
+    def layers(self) -> list[LayerReport]:
+        """From the bottom layer up."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Metadata that could not be kept, one line per kind of loss."""
+
+    @property
+    def seconds(self) -> float: ...
+
 @disjoint_base
 class LayerStore:
     def __new__(cls, path: str | os.PathLike[str]) -> LayerStore: ...
@@ -300,5 +350,24 @@ class LayerStore:
 
         Without ``size``, a HEAD request reads it from ``Content-Length``.
         """
+    def unpack(
+        self, reference: str, target: str | os.PathLike[str], *, flatten: bool = False
+    ) -> UnpackReport: ...
+    def pull_and_unpack(
+        self,
+        reference: str,
+        target: str | os.PathLike[str],
+        *,
+        flatten: bool = False,
+        platform: str | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        tag: str | None = None,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+    ) -> Awaitable[tuple[PullReport, UnpackReport]]: ...
 
 def parse_digest_string(text: str) -> str: ...

@@ -40,7 +40,9 @@ def range_starts(registry: FakeRegistry, digest: str) -> list[int]:
     return starts
 
 
-def test_ignored_range_falls_back_to_one_stream(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_ignored_range_falls_back_to_one_stream(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry)
     fault = fake_registry.add_fault(faults.IgnoreRange(layer_digest(image)))
     report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
@@ -71,7 +73,9 @@ def test_range_at_wrong_offset_is_not_used(
         assert not store.has(layer_digest(image))
 
 
-def test_truncated_range_fetches_only_missing_bytes(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_truncated_range_fetches_only_missing_bytes(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry)
     digest = layer_digest(image)
     fault = fake_registry.add_fault(faults.TruncateBody(digest, after_bytes=100_000, times=1))
@@ -85,7 +89,9 @@ def test_truncated_range_fetches_only_missing_bytes(store: LayerStore, fake_regi
 
 def test_429_waits_for_retry_after(store: LayerStore, fake_registry: FakeRegistry) -> None:
     image = big_image(fake_registry, size=100_000)
-    fault = fake_registry.add_fault(faults.TooManyRequests(layer_digest(image), retry_after_s=1, times=1))
+    fault = fake_registry.add_fault(
+        faults.TooManyRequests(layer_digest(image), retry_after_s=1, times=1)
+    )
     started = time.monotonic()
     pull(store, f"{fake_registry.host}/app:v1")
     assert fault.fired == 1
@@ -101,7 +107,9 @@ def test_503_twice_then_success(store: LayerStore, fake_registry: FakeRegistry) 
     assert store.resolve(report.tag).digest == report.manifest_digest
 
 
-def test_persistent_500_reports_status_and_repository(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_persistent_500_reports_status_and_repository(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     big_image(fake_registry, size=1000)
     fault = fake_registry.add_fault(faults.ManifestServerError(digest="v1"))
     with pytest.raises(errors.RegistryError) as caught:
@@ -156,7 +164,9 @@ def test_wrong_bytes_fail_with_digest_mismatch_and_leave_nothing(
     assert store.tags() == []
 
 
-def test_content_length_disagreeing_with_descriptor(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_content_length_disagreeing_with_descriptor(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry, size=50_000)
     fake_registry.add_fault(faults.WrongContentLength(layer_digest(image), delta=10))
     with pytest.raises(errors.SizeMismatchError) as caught:
@@ -166,7 +176,9 @@ def test_content_length_disagreeing_with_descriptor(store: LayerStore, fake_regi
     assert not store.has(layer_digest(image))
 
 
-def test_empty_body_is_retried_then_reported(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_empty_body_is_retried_then_reported(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry, size=50_000)
     fault = fake_registry.add_fault(faults.EmptyBody(layer_digest(image)))
     with pytest.raises(errors.RegistryError) as caught:
@@ -176,7 +188,9 @@ def test_empty_body_is_retried_then_reported(store: LayerStore, fake_registry: F
     assert not store.has(layer_digest(image))
 
 
-def test_stalled_body_is_abandoned_and_continued(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_stalled_body_is_abandoned_and_continued(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry)
     digest = layer_digest(image)
     fault = fake_registry.add_fault(faults.Stall(digest, seconds=5, after_bytes=50_000, times=1))
@@ -218,7 +232,9 @@ def test_bearer_credentials_from_docker_config(
         assert any(r.auth_scheme == "Basic" for r in registry.requests if r.path == "/token")
 
 
-def test_cancelled_pull_leaves_store_consistent(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_cancelled_pull_leaves_store_consistent(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = big_image(fake_registry)
     digest = layer_digest(image)
     fake_registry.add_fault(faults.Stall(digest, seconds=30, after_bytes=10_000))
@@ -253,7 +269,9 @@ class StallAfterFirst(faults.Stall):
         return len(self.registry.blob_requests(target)) > 1
 
 
-def test_killed_pull_resumes_from_finished_ranges(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_killed_pull_resumes_from_finished_ranges(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     size = 2 << 20
     image = big_image(fake_registry, size=size)
     digest = layer_digest(image)
@@ -293,20 +311,35 @@ def test_killed_pull_resumes_from_finished_ranges(store: LayerStore, fake_regist
 def pull_in_process(root: str, reference: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "warmstart", "pull", reference, "--store", root, "--json"],
-        check=True, capture_output=True, cwd=REPOSITORY, timeout=120,
+        check=True,
+        capture_output=True,
+        cwd=REPOSITORY,
+        timeout=120,
     )
 
 
-def test_concurrent_pulls_download_each_blob_once(store: LayerStore, fake_registry: FakeRegistry) -> None:
+def test_concurrent_pulls_download_each_blob_once(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
     image = fake_registry.add_image(
         "app", "v1", [os.urandom(300_000), os.urandom(200_000)], compress=False
     )
     fake_registry.add_fault(faults.Stall(seconds=0.5, after_bytes=1000))
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "warmstart", "pull", f"{fake_registry.host}/app:v1",
-             "--store", str(store.root), "--json"],
-            cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "warmstart",
+                "pull",
+                f"{fake_registry.host}/app:v1",
+                "--store",
+                str(store.root),
+                "--json",
+            ],
+            cwd=REPOSITORY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for _ in range(3)
     ]

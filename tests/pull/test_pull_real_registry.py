@@ -36,7 +36,9 @@ def test_pull_is_byte_identical_and_readable_by_skopeo(
     assert store.verify().ok
     inspect = subprocess.run(
         [skopeo, "inspect", f"oci:{store.root}:{report.tag}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(inspect.stdout)["Digest"] == image.digest
 
@@ -52,7 +54,9 @@ def test_second_pull_fetches_nothing(store: LayerStore, registry_repo: RegistryR
     assert second.bytes_reused == sum(blob.size for blob in first.blobs)
 
 
-def test_large_layer_is_fetched_in_ranges(store: LayerStore, registry_repo: RegistryRepository) -> None:
+def test_large_layer_is_fetched_in_ranges(
+    store: LayerStore, registry_repo: RegistryRepository
+) -> None:
     layer = os.urandom(3 << 20)
     image = registry_repo.push_generated("v1", [layer], compress=False)
     report = pull(store, f"{registry_repo.reference_prefix}:v1", chunk_size=256 << 10)
@@ -92,7 +96,9 @@ def test_duplicate_and_empty_layers(store: LayerStore, registry_repo: RegistryRe
     assert store.resolve(report.tag).digest == image.digest
 
 
-def test_artifact_with_custom_media_type(store: LayerStore, registry_repo: RegistryRepository) -> None:
+def test_artifact_with_custom_media_type(
+    store: LayerStore, registry_repo: RegistryRepository
+) -> None:
     weights = os.urandom(1 << 20)
     registry_repo.push_artifact("model", [("model.safetensors", weights)])
     report = pull(store, f"{registry_repo.reference_prefix}:model")
@@ -113,7 +119,9 @@ def test_real_fixture_layout_round_trip(
         assert store.read(blob.digest) == source.read_bytes()
 
 
-def test_missing_tag_names_the_repository(store: LayerStore, registry_repo: RegistryRepository) -> None:
+def test_missing_tag_names_the_repository(
+    store: LayerStore, registry_repo: RegistryRepository
+) -> None:
     with pytest.raises(errors.RegistryNotFoundError) as caught:
         pull(store, f"{registry_repo.reference_prefix}:absent")
     assert caught.value.status == 404

@@ -5,6 +5,8 @@
 //! `StoreError` variant does not compile until it has a Python class.
 
 use layerstore::registry::error::PullError;
+use layerstore::unpack::pull::PullUnpackError;
+use layerstore::unpack::UnpackError;
 use layerstore::StoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -210,5 +212,85 @@ fn classify_pull(error: &PullError) -> Classified<'_> {
         PullError::PlatformNotFound { .. } => (Some("PlatformNotFoundError"), None, None),
         PullError::InvalidCredentials { .. } => (Some("RegistryAuthError"), None, None),
         PullError::Store(_) => (None, None, None),
+    }
+}
+
+/// Converts an unpack error into an instance of its `warmstart.errors` class. A store failure
+/// inside an unpack keeps its store class.
+pub fn unpack_to_py_err(error: UnpackError) -> PyErr {
+    Python::attach(|py| match build_unpack(py, &error) {
+        Ok(exception) => exception,
+        Err(lookup_failure) => lookup_failure,
+    })
+}
+
+fn build_unpack(py: Python<'_>, error: &UnpackError) -> PyResult<PyErr> {
+    let message = message_with_causes(error);
+    let attributes = PyDict::new(py);
+    let class_name = match error {
+        UnpackError::Store(inner) => {
+            let converted = build(py, inner)?;
+            converted.value(py).setattr("args", (message,))?;
+            return Ok(converted);
+        }
+        UnpackError::UnsafeEntry {
+            layer,
+            entry,
+            reason,
+        } => {
+            attributes.set_item("layer", layer.to_string())?;
+            attributes.set_item("entry", entry)?;
+            attributes.set_item("reason", reason)?;
+            "UnsafeEntryError"
+        }
+        UnpackError::InvalidLayer { layer, .. }
+        | UnpackError::CompressionMismatch { layer, .. }
+        | UnpackError::UnsupportedMediaType { layer, .. } => {
+            attributes.set_item("layer", layer.to_string())?;
+            "InvalidLayerError"
+        }
+        UnpackError::DiffIdMismatch {
+            layer,
+            expected,
+            actual,
+        } => {
+            attributes.set_item("layer", layer.to_string())?;
+            attributes.set_item("expected", expected.to_string())?;
+            attributes.set_item("actual", actual.to_string())?;
+            "DiffIdMismatchError"
+        }
+        UnpackError::InvalidImage { image, .. } => {
+            attributes.set_item("image", image)?;
+            "InvalidImageError"
+        }
+        UnpackError::TargetInUse { path, .. } => {
+            let class = py
+                .import("warmstart.errors")?
+                .getattr("UnpackTargetError")?;
+            let exception = class.call1((EEXIST, message, path))?;
+            return Ok(PyErr::from_value(exception));
+        }
+        UnpackError::Io { path, source, .. } => {
+            let class = py.import("warmstart.errors")?.getattr("UnpackIOError")?;
+            let exception = class.call1((source.raw_os_error(), message, path))?;
+            return Ok(PyErr::from_value(exception));
+        }
+    };
+    let class = py.import("warmstart.errors")?.getattr(class_name)?;
+    let exception = class.call1((message,))?;
+    for (key, value) in attributes.iter() {
+        exception.setattr(key.extract::<String>()?.as_str(), value)?;
+    }
+    Ok(PyErr::from_value(exception))
+}
+
+/// `EEXIST` on Linux and macOS, the errno `FileExistsError` stands for.
+const EEXIST: i32 = 17;
+
+/// Converts a failure of a pull with overlapped unpack.
+pub fn pull_unpack_to_py_err(error: PullUnpackError) -> PyErr {
+    match error {
+        PullUnpackError::Pull(inner) => pull_to_py_err(inner),
+        PullUnpackError::Unpack(inner) => unpack_to_py_err(inner),
     }
 }

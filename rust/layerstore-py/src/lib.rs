@@ -7,6 +7,7 @@ mod errors;
 mod pull;
 mod stream;
 mod types;
+mod unpack;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use layerstore::fetch::Progress;
 use layerstore::store::GcOptions;
+use layerstore::unpack::UnpackOptions;
 use layerstore::{Digest, Expected, Store};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -23,6 +25,7 @@ use crate::stream::PyReader;
 use crate::types::{
     PyBlobInfo, PyDescriptor, PyGcReport, PyImportReport, PyProblem, PyUsage, PyVerifyReport,
 };
+use crate::unpack::{PyLayerReport, PyUnpackReport};
 
 fn parse_digest(text: &str) -> PyResult<Digest> {
     Digest::parse(text).map_err(|error| to_py_err(error.into()))
@@ -414,6 +417,79 @@ impl PyLayerStore {
         })
     }
 
+    /// Unpacks an image (a tag or a manifest digest) into `target`; returns an `UnpackReport`.
+    #[pyo3(signature = (reference, target, *, flatten=false))]
+    fn unpack(
+        &self,
+        py: Python<'_>,
+        reference: &str,
+        target: PathBuf,
+        flatten: bool,
+    ) -> PyResult<PyUnpackReport> {
+        let options = UnpackOptions { flatten };
+        let report = py
+            .detach(|| layerstore::unpack::unpack(&self.store, reference, &target, &options))
+            .map_err(errors::unpack_to_py_err)?;
+        Ok(report.into())
+    }
+
+    /// Pulls an image and unpacks it into `target`, extracting each layer as soon as its blob
+    /// is committed; returns an awaitable of `(PullReport, UnpackReport)`.
+    #[pyo3(signature = (
+        reference, target, *, flatten=false, platform=None, connections=8,
+        chunk_size=16777216, tag=None, insecure_registries=Vec::new(),
+        ca_certificates=Vec::new(), stall_timeout_s=30.0, max_attempts=5, progress=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn pull_and_unpack<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        target: PathBuf,
+        flatten: bool,
+        platform: Option<&str>,
+        connections: usize,
+        chunk_size: u64,
+        tag: Option<String>,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let reference = pull::parse_reference(reference)?;
+        let options = pull::pull_options(platform, connections, chunk_size, tag)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        let unpack_options = UnpackOptions { flatten };
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let counters = Arc::new(Progress::default());
+            let work = layerstore::unpack::pull::pull_and_unpack(
+                &puller,
+                &reference,
+                &options,
+                &target,
+                &unpack_options,
+                &counters,
+            );
+            let (pulled, unpacked) = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_unpack_to_py_err)?;
+            Ok((
+                pull::PyPullReport::from(pulled),
+                PyUnpackReport::from(unpacked),
+            ))
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!("LayerStore({:?})", self.store.root().display().to_string())
     }
@@ -462,6 +538,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<pull::PyBlobReport>()?;
     module.add_class::<pull::PyPullProgress>()?;
     module.add_class::<pull::PyManifestReport>()?;
+    module.add_class::<PyLayerReport>()?;
+    module.add_class::<PyUnpackReport>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

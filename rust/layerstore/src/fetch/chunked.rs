@@ -92,6 +92,21 @@ pub struct Progress {
     pub reused_bytes: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_done: AtomicU64,
+    /// Blobs committed or found in the store so far, with their media types, in that order, so
+    /// a consumer (unpack during a pull) can start on each one before the pull ends.
+    pub committed: Mutex<Vec<(Digest, String)>>,
+    /// Notified (`notify_waiters`) whenever `committed` grows.
+    pub committed_changed: Notify,
+}
+
+impl Progress {
+    fn record_committed(&self, digest: &Digest, media_type: &str) {
+        self.committed
+            .lock()
+            .expect("not poisoned")
+            .push((digest.clone(), media_type.to_owned()));
+        self.committed_changed.notify_waiters();
+    }
 }
 
 /// Fetches blobs into a store. One fetcher shares its per-host connection limits between every
@@ -184,6 +199,7 @@ impl Fetcher {
             PartialStart::Exists(_) => {
                 progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
                 progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                progress.record_committed(&job.digest, &job.media_type);
                 return Ok(BlobReport {
                     digest: job.digest,
                     size: job.size,
@@ -249,6 +265,7 @@ impl Fetcher {
             .expect("commit does not panic");
         let committed = outcome?;
         progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+        progress.record_committed(&committed.digest, &media_type);
         Ok(BlobReport {
             digest: committed.digest,
             size: committed.size,
