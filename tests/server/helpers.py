@@ -92,8 +92,13 @@ async def receive_json(ws: ClientWebSocketResponse, timeout_s: float = 5.0) -> d
 
 
 async def reply_to(ws: ClientWebSocketResponse) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Read the reply to one sample frame: an optional error frame, then the ack or error."""
+    """Read the reply to one sample frame: an optional error frame, then the ack or error.
+
+    ``slow_down`` notices, sent when the ingest queue is full, are skipped.
+    """
     first = await receive_json(ws)
+    while first["type"] == "slow_down":
+        first = await receive_json(ws)
     if first["type"] == "error" and first["code"] == "samples_rejected":
         return first, await receive_json(ws)
     return None, first

@@ -323,16 +323,22 @@ def test_hundred_concurrent_clients() -> None:
                             "timestamp_s": [now] * 100, "value": [1.0] * 100}))
                         _, ack = await reply_to(ws)
                         accepted += ack["accepted"]
-                    await barrier.wait()
+                    finished.append(number)
+                    if len(finished) == 100:
+                        all_finished.set()
+                    await release.wait()
                 return accepted
 
-            barrier = asyncio.Barrier(101)
+            finished: list[int] = []
+            all_finished = asyncio.Event()
+            release = asyncio.Event()
             tasks = [asyncio.create_task(one(n)) for n in range(100)]
-            await barrier.wait()
+            await asyncio.wait_for(all_finished.wait(), 60)
             # The test client's session allows 100 connections, all held by the websockets.
             async with aiohttp.ClientSession() as other:
                 response = await other.get(client.make_url("/metrics"))
                 metrics = await response.text()
+            release.set()
             results = await asyncio.gather(*tasks)
         assert sum(results) == 100_000
         assert "warmstart_connected_clients 100" in metrics

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from warmstart.engine import (
     Decision,
@@ -218,7 +218,7 @@ class Hub:
         await asyncio.gather(*(c.flushed(timeout_s) for c in connections))
         await asyncio.gather(
             *(
-                c.ws.close(code=web.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
                 for c in connections
             ),
             return_exceptions=True,
