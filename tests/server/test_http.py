@@ -10,13 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .helpers import columns, make_engine, receive_json, reply_to, serving
+from .helpers import columns, make_engine, reply_to, serving
 
 ENDPOINT = {
     "min_capacity": 1,
@@ -218,12 +217,12 @@ def test_sigterm_finishes_batches_and_closes_1001(tmp_path: Path) -> None:
                     return len(acks), acks, ws.close_code
 
         count, acks, close_code = asyncio.run(scenario())
-        status = process.wait(timeout=30)
-        stderr = process.stderr.read() if process.stderr else ""
+        _, stderr = process.communicate(timeout=30)
+        status = process.returncode
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+            process.communicate()
     assert close_code == 1001
     assert count == 20
     assert sum(int(a["accepted"]) for a in acks) == 20_000  # type: ignore[call-overload]
@@ -236,5 +235,3 @@ def test_sigterm_finishes_batches_and_closes_1001(tmp_path: Path) -> None:
 def run(coroutine: object) -> None:
     asyncio.run(coroutine)  # type: ignore[arg-type]
 
-
-_ = (time, receive_json)
