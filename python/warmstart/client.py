@@ -47,6 +47,8 @@ class StreamStats:
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    events_accepted: int = 0
+    events_rejected: Counter[str] = field(default_factory=Counter)
     batches_sent: int = 0
     reconnects: int = 0
     slow_downs: int = 0
@@ -300,7 +302,12 @@ class MetricStream:
             self._changed.set()
 
     def _on_ack(self, frame: dict[str, Any]) -> None:
-        if self._in_flight.pop(frame.get("id"), None) is None:  # type: ignore[arg-type]
+        batch = self._in_flight.pop(frame.get("id"), None)  # type: ignore[arg-type]
+        if batch is None:
+            return
+        if not batch.samples:
+            self.stats.events_accepted += int(frame.get("accepted", 0))
+            self.stats.events_rejected.update(frame.get("rejected") or {})
             return
         self.stats.accepted += int(frame.get("accepted", 0))
         self.stats.rejected.update(frame.get("rejected") or {})
