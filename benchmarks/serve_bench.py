@@ -68,13 +68,26 @@ def rss_mib(pid: int) -> float:
 def batch_frame(frame_id: int, instance: str, size: int, value: float = 5.0) -> str:
     now = time.time()
     return json.dumps(
-        {"type": "columns", "id": frame_id, "endpoint": "llm", "metric": "concurrency",
-         "instance": instance, "timestamp_s": [now] * size, "value": [value] * size}
+        {
+            "type": "columns",
+            "id": frame_id,
+            "endpoint": "llm",
+            "metric": "concurrency",
+            "instance": instance,
+            "timestamp_s": [now] * size,
+            "value": [value] * size,
+        }
     )
 
 
-async def pump(session: aiohttp.ClientSession, url: str, instance: str, seconds: float,
-               window: int = 8, size: int = 1000) -> int:
+async def pump(
+    session: aiohttp.ClientSession,
+    url: str,
+    instance: str,
+    seconds: float,
+    window: int = 8,
+    size: int = 1000,
+) -> int:
     """Send batches with at most ``window`` unacknowledged for ``seconds``; return accepted."""
     accepted = 0
     frame = batch_frame(0, instance, size)
@@ -102,10 +115,13 @@ async def ingest(url: str, connections: int, seconds: float) -> float:
 
 
 async def latency(url: str, samples: int) -> tuple[list[float], list[float]]:
-    """Send a load step, wait for the decision it triggers; return (send-to-decision, after-tick) ms."""
+    """Send load steps and time the decisions; return send-to-decision and after-tick ms."""
     totals, beyond = [], []
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as feeder, \
-            session.ws_connect(url) as watcher:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url) as feeder,
+        session.ws_connect(url) as watcher,
+    ):
         await watcher.send_str(json.dumps({"type": "subscribe", "endpoints": ["llm"]}))
         await watcher.receive()
         load = 10.0
@@ -165,9 +181,19 @@ def main() -> None:
         config = Path(directory) / "serve.toml"
         config.write_text(CONFIG)
         server = subprocess.Popen(
-            [sys.executable, "-m", "warmstart", "serve", "--config", str(config),
-             "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "warmstart",
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
             assert server.stdout is not None

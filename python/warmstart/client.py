@@ -114,7 +114,9 @@ class MetricStream:
 
     # -- producer API ------------------------------------------------------------------------
 
-    def add(self, endpoint: str, metric: str, instance: str, timestamp_s: float, value: float) -> bool:
+    def add(
+        self, endpoint: str, metric: str, instance: str, timestamp_s: float, value: float
+    ) -> bool:
         """Buffer one sample (event time in seconds); return False if it was dropped."""
         if len(self._buffer) >= self._max_buffered:
             self._drop(BUFFER_FULL, 1)
@@ -241,7 +243,9 @@ class MetricStream:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None]) -> None:
+    async def _send_loop(
+        self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         last_send = loop.time()
         while not reader.done():
@@ -266,7 +270,9 @@ class MetricStream:
     def _next_batch(self) -> str:
         count = min(self._batch_size, len(self._buffer))
         samples = [self._buffer.popleft() for _ in range(count)]
-        endpoints, metrics, instances, timestamps, values = (list(c) for c in zip(*samples, strict=True))
+        endpoints, metrics, instances, timestamps, values = (
+            list(c) for c in zip(*samples, strict=True)
+        )
         frame_id = next(self._ids)
         text = json.dumps(
             {

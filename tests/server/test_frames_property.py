@@ -61,9 +61,12 @@ JUNK = st.one_of(
     st.text(max_size=200),
     st.recursive(
         st.none() | st.booleans() | st.floats() | st.text(max_size=5),
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(st.sampled_from(["type", "id", "samples", "value", "x"]), children,
-                          max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["type", "id", "samples", "value", "x"]), children, max_size=4
+            )
+        ),
         max_leaves=12,
     ).map(json.dumps),
 )
@@ -117,9 +120,10 @@ def server() -> Iterator[ServerThread]:
 
 def exchange(port: int, frames: list[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
     async def scenario() -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            f"http://127.0.0.1:{port}/v1/stream"
-        ) as ws:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/v1/stream") as ws,
+        ):
             replies = []
             for frame in frames:
                 await ws.send_str(frame)
@@ -129,7 +133,9 @@ def exchange(port: int, frames: list[str]) -> list[tuple[dict[str, Any] | None, 
     return asyncio.run(scenario())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rows=st.lists(sample_rows(), max_size=30))
 def test_valid_samples_of_mixed_batch_accepted(server: ServerThread, rows: list[Any]) -> None:
     frame = json.dumps({"type": "samples", "id": 1, "samples": [s for s, _ in rows]})
@@ -141,13 +147,23 @@ def test_valid_samples_of_mixed_batch_accepted(server: ServerThread, rows: list[
     assert (error is not None) == (expected < len(rows))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(junk=JUNK)
 def test_junk_frame_answered_and_socket_kept(server: ServerThread, junk: str) -> None:
     now = time.time()
-    probe = json.dumps({"type": "columns", "id": "probe", "endpoint": "llm",
-                        "metric": "concurrency", "instance": "p", "timestamp_s": [now],
-                        "value": [1.0]})
+    probe = json.dumps(
+        {
+            "type": "columns",
+            "id": "probe",
+            "endpoint": "llm",
+            "metric": "concurrency",
+            "instance": "p",
+            "timestamp_s": [now],
+            "value": [1.0],
+        }
+    )
     replies = exchange(server.port, [junk, probe])
     assert replies[0][1]["type"] in ("ack", "error", "subscribed")
     assert replies[1][1] == {"type": "ack", "id": "probe", "accepted": 1, "rejected": {}}

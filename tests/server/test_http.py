@@ -49,8 +49,10 @@ def test_endpoint_put_get_delete() -> None:
 
 def test_endpoint_put_invalid_names_key() -> None:
     async def scenario() -> None:
-        document = dict(ENDPOINT, policies=[{"type": "target_tracking", "metric": "concurrency",
-                                             "target": "eight"}])
+        document = dict(
+            ENDPOINT,
+            policies=[{"type": "target_tracking", "metric": "concurrency", "target": "eight"}],
+        )
         async with serving() as client:
             response = await client.put("/v1/endpoints/bad", json=document)
             body = await response.json()
@@ -126,9 +128,7 @@ def test_token_required_and_never_logged(caplog: pytest.LogCaptureFixture) -> No
         async with serving(token=token.encode()) as client:
             bare = await client.get("/v1/endpoints")
             wrong = await client.get("/v1/endpoints", headers={"Authorization": "Bearer nope"})
-            right = await client.get(
-                "/v1/endpoints", headers={"Authorization": f"Bearer {token}"}
-            )
+            right = await client.get("/v1/endpoints", headers={"Authorization": f"Bearer {token}"})
             health = await client.get("/healthz")
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await client.ws_connect("/v1/stream", headers={"Authorization": "Bearer x"})
@@ -188,8 +188,17 @@ def test_sigterm_finishes_batches_and_closes_1001(tmp_path: Path) -> None:
     config.write_text(CONFIG)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "warmstart", "-v", "serve", "--config", str(config),
-         "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "warmstart",
+            "-v",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -234,4 +243,3 @@ def test_sigterm_finishes_batches_and_closes_1001(tmp_path: Path) -> None:
 
 def run(coroutine: object) -> None:
     asyncio.run(coroutine)  # type: ignore[arg-type]
-

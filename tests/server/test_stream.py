@@ -41,8 +41,13 @@ def test_sample_list_is_acked_per_instance() -> None:
         engine = make_engine()
         now = time.time()
         samples = [
-            {"endpoint": "llm", "metric": "concurrency", "instance": f"pod-{i}",
-             "timestamp_s": now, "value": 25.0}
+            {
+                "endpoint": "llm",
+                "metric": "concurrency",
+                "instance": f"pod-{i}",
+                "timestamp_s": now,
+                "value": 25.0,
+            }
             for i in range(4)
         ]
         async with serving(engine) as client, client.ws_connect("/v1/stream") as ws:
@@ -96,9 +101,15 @@ def test_nan_and_infinity_rejected_by_reason() -> None:
             now = time.time()
             # Python's json module writes and reads NaN and Infinity tokens.
             text = json.dumps(
-                {"type": "columns", "id": 1, "endpoint": "llm", "metric": "concurrency",
-                 "instance": "pod-a", "timestamp_s": [now] * 3,
-                 "value": [float("nan"), float("inf"), 4.0]}
+                {
+                    "type": "columns",
+                    "id": 1,
+                    "endpoint": "llm",
+                    "metric": "concurrency",
+                    "instance": "pod-a",
+                    "timestamp_s": [now] * 3,
+                    "value": [float("nan"), float("inf"), 4.0],
+                }
             )
             await ws.send_str(text)
             error, ack = await reply_to(ws)
@@ -115,14 +126,21 @@ FRAME_ERRORS = [
     pytest.param("{not json", "invalid_json", id="malformed-json"),
     pytest.param("[1, 2]", "invalid_frame", id="array-frame"),
     pytest.param('{"type": "bogus", "id": 3}', "unknown_type", id="unknown-type"),
-    pytest.param('{"type": "columns", "id": 3, "endpoint": "llm", "metric": "m", '
-                 '"instance": "i", "timestamp_s": [1], "value": [1, 2]}',
-                 "length_mismatch", id="misaligned-columns"),
-    pytest.param('{"type": "columns", "id": 3, "endpoint": 5, "metric": "m", '
-                 '"instance": "i", "timestamp_s": [1], "value": [1]}',
-                 "invalid_frame", id="endpoint-number"),
-    pytest.param('{"type": "samples", "id": 3, "samples": {}}', "invalid_frame",
-                 id="samples-object"),
+    pytest.param(
+        '{"type": "columns", "id": 3, "endpoint": "llm", "metric": "m", '
+        '"instance": "i", "timestamp_s": [1], "value": [1, 2]}',
+        "length_mismatch",
+        id="misaligned-columns",
+    ),
+    pytest.param(
+        '{"type": "columns", "id": 3, "endpoint": 5, "metric": "m", '
+        '"instance": "i", "timestamp_s": [1], "value": [1]}',
+        "invalid_frame",
+        id="endpoint-number",
+    ),
+    pytest.param(
+        '{"type": "samples", "id": 3, "samples": {}}', "invalid_frame", id="samples-object"
+    ),
 ]
 
 
@@ -216,27 +234,33 @@ def test_invalid_instance_event_names_it() -> None:
 def test_subscriber_on_other_socket_gets_decisions() -> None:
     async def scenario() -> None:
         engine = make_engine("llm", "other")
-        async with serving(engine) as client:
-            async with client.ws_connect("/v1/stream") as feeder, \
-                    client.ws_connect("/v1/stream") as watcher:
-                await watcher.send_str(json.dumps({"type": "subscribe", "id": 1,
-                                                   "endpoints": ["llm"]}))
-                reply = await receive_json(watcher)
-                await feeder.send_str(columns([45.0] * 10))
-                await reply_to(feeder)
-                await feeder.send_str(columns([45.0] * 10, endpoint="other"))
-                await reply_to(feeder)
-                engine.evaluate()
-                decision = await receive_json(watcher)
-                with pytest.raises(asyncio.TimeoutError):
-                    await watcher.receive(timeout=0.3)
-                history = await (await client.get("/v1/endpoints/llm/decisions?since=0")).json()
-        assert reply == {"type": "subscribed", "id": 1, "all": False, "endpoints": ["llm"],
-                         "excluded": []}
+        async with (
+            serving(engine) as client,
+            client.ws_connect("/v1/stream") as feeder,
+            client.ws_connect("/v1/stream") as watcher,
+        ):
+            await watcher.send_str(json.dumps({"type": "subscribe", "id": 1, "endpoints": ["llm"]}))
+            reply = await receive_json(watcher)
+            await feeder.send_str(columns([45.0] * 10))
+            await reply_to(feeder)
+            await feeder.send_str(columns([45.0] * 10, endpoint="other"))
+            await reply_to(feeder)
+            engine.evaluate()
+            decision = await receive_json(watcher)
+            with pytest.raises(asyncio.TimeoutError):
+                await watcher.receive(timeout=0.3)
+            history = await (await client.get("/v1/endpoints/llm/decisions?since=0")).json()
+        assert reply == {
+            "type": "subscribed",
+            "id": 1,
+            "all": False,
+            "endpoints": ["llm"],
+            "excluded": [],
+        }
         assert decision["type"] == "decision"
         assert decision["endpoint"] == "llm"
         assert decision["desired"] == 5
-        assert [s["name"] for s in decision["stages"]][0] == "raw"
+        assert next(s["name"] for s in decision["stages"]) == "raw"
         assert [d["seq"] for d in history["decisions"]] == [decision["seq"]]
 
     run(scenario())
@@ -270,9 +294,11 @@ def test_slow_subscriber_blocks_nobody() -> None:
         settings = ServerSettings(subscriber_queue=16)
         async with serving(engine, settings=settings) as client:
             hub = client.app[HUB]  # type: ignore[index]
-            async with client.ws_connect("/v1/stream") as slow, \
-                    client.ws_connect("/v1/stream") as fast, \
-                    client.ws_connect("/v1/stream") as feeder:
+            async with (
+                client.ws_connect("/v1/stream") as slow,
+                client.ws_connect("/v1/stream") as fast,
+                client.ws_connect("/v1/stream") as feeder,
+            ):
                 for ws in (slow, fast):
                     await ws.send_str(json.dumps({"type": "subscribe", "id": 1}))
                     await receive_json(ws)
@@ -289,7 +315,7 @@ def test_slow_subscriber_blocks_nobody() -> None:
                     while True:
                         try:
                             message = await fast.receive(timeout=0.001 if index < total - 1 else 5)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             break
                         frame = json.loads(message.data)
                         assert frame["type"] == "decision"
@@ -312,15 +338,25 @@ def test_hundred_concurrent_clients() -> None:
     async def scenario() -> None:
         engine = make_engine()
         async with serving(engine) as client:
+
             async def one(number: int) -> int:
                 accepted = 0
                 async with client.ws_connect("/v1/stream") as ws:
                     for batch in range(10):
                         now = time.time()
-                        await ws.send_str(json.dumps({
-                            "type": "columns", "id": batch, "endpoint": "llm",
-                            "metric": "concurrency", "instance": f"pod-{number}",
-                            "timestamp_s": [now] * 100, "value": [1.0] * 100}))
+                        await ws.send_str(
+                            json.dumps(
+                                {
+                                    "type": "columns",
+                                    "id": batch,
+                                    "endpoint": "llm",
+                                    "metric": "concurrency",
+                                    "instance": f"pod-{number}",
+                                    "timestamp_s": [now] * 100,
+                                    "value": [1.0] * 100,
+                                }
+                            )
+                        )
                         _, ack = await reply_to(ws)
                         accepted += ack["accepted"]
                     finished.append(number)

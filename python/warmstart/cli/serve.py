@@ -32,7 +32,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     except ValueError:
         port = -1
     if not separator or not host or not 0 <= port <= 65535:
-        raise ConfigError(f"invalid listen address {text!r}; expected HOST:PORT such as {DEFAULT_LISTEN}")
+        raise ConfigError(
+            f"invalid listen address {text!r}; expected HOST:PORT such as {DEFAULT_LISTEN}"
+        )
     return host, port
 
 
@@ -44,15 +46,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(see docs/serve.md). Stops cleanly on SIGTERM or SIGINT.",
     )
     parser.add_argument(
-        "--config", type=Path, default=None, metavar="FILE",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="TOML configuration; without it the service starts with no endpoints",
     )
     parser.add_argument(
-        "--listen", default=None, metavar="HOST:PORT",
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
         help=f"address to listen on (default: server.listen or {DEFAULT_LISTEN})",
     )
     parser.add_argument(
-        "--token-file", type=Path, default=None, metavar="FILE",
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="require 'Authorization: Bearer <token>' with the token in FILE",
     )
     parser.set_defaults(run=run)
@@ -80,9 +90,7 @@ async def _serve(config: ServeConfig, host: str, port: int, token: bytes | None)
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        logger.info(
-            "listening on %s:%d (authentication %s)", host, port, "on" if token else "off"
-        )
+        logger.info("listening on %s:%d (authentication %s)", host, port, "on" if token else "off")
         print(f"warmstart serve: listening on http://{host}:{port}", flush=True)
         await stop.wait()
         logger.info("stop signal received")

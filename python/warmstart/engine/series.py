@@ -143,8 +143,8 @@ class SeriesStore:
             if self.endpoint[sid] == endpoint:
                 del self.keys[key]
                 self.active[sid] = False
-        for key in [k for k in self.instance_series if k[0] == endpoint]:
-            del self.instance_series[key]
+        for instance_key in [k for k in self.instance_series if k[0] == endpoint]:
+            del self.instance_series[instance_key]
         self.watch[endpoint] = False
 
     def table_for(self, bucket_s: float, n_buckets: int) -> int:

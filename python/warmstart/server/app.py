@@ -1,9 +1,9 @@
 """The aiohttp application: the ``/v1/stream`` websocket and the HTTP routes.
 
 ``make_app(engine)`` returns an application that can run alone (``warmstart serve``) or be
-mounted in another aiohttp service. On startup it starts the hub's ingest task and, unless
-``start_engine=False``, the engine; on shutdown it finishes queued batches, closes sockets with
-1001 (going away) and stops what it started.
+mounted in another aiohttp service. On startup it starts the hub's ingest task and also the
+engine, unless ``start_engine=False``. On shutdown it finishes queued batches, closes sockets
+with 1001 (going away) and stops what it started.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Middleware
 
 from warmstart.engine import Engine, EngineConfigError, UnknownEndpointError
 from warmstart.server import metrics
@@ -52,7 +53,7 @@ def make_app(
     hub = Hub(engine, settings if settings is not None else ServerSettings())
     for name in engine.endpoints:
         hub.documents[name] = (documents or {}).get(name)
-    middlewares = []
+    middlewares: list[Middleware] = []
     if token is not None:
 
         def on_reject(request: web.Request) -> None:
@@ -83,8 +84,10 @@ def make_app(
         logger.info("service started with %d endpoint(s)", len(engine.endpoints))
 
     async def on_shutdown(app: web.Application) -> None:
-        logger.info("service stopping: finishing queued batches and closing %d socket(s)",
-                    len(hub.connections))
+        logger.info(
+            "service stopping: finishing queued batches and closing %d socket(s)",
+            len(hub.connections),
+        )
         await hub.drain()
 
     async def on_cleanup(app: web.Application) -> None:
@@ -131,10 +134,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) -> None:
-    """Answer one data frame; every path ends in exactly one ``reply`` (one credit)."""
+    """Reply to one data frame. Every path ends in exactly one ``reply``, which returns one credit."""
     if kind is WSMsgType.BINARY:
-        _reject_frame(hub, connection, None, "binary_frame", "binary frames are not supported; "
-                      "send JSON in text frames")
+        _reject_frame(
+            hub,
+            connection,
+            None,
+            "binary_frame",
+            "binary frames are not supported; send JSON in text frames",
+        )
         return
     if kind is not WSMsgType.TEXT:
         _reject_frame(hub, connection, None, "unexpected_frame", f"unexpected frame {kind.name}")
@@ -147,8 +155,7 @@ async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) 
             connection,
             None,
             "frame_too_large",
-            f"frame of {len(text)} characters is over the limit of {limit} bytes; "
-            f"split the batch",
+            f"frame of {len(text)} characters is over the limit of {limit} bytes; split the batch",
         )
         return
     try:
@@ -158,8 +165,13 @@ async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) 
         return
     if isinstance(message, SampleBatch | InstanceEvents):
         if hub.draining:
-            _reject_frame(hub, connection, message.frame_id, "shutting_down",
-                          "server is shutting down; resend to another instance")
+            _reject_frame(
+                hub,
+                connection,
+                message.frame_id,
+                "shutting_down",
+                "server is shutting down; resend to another instance",
+            )
             return
         await hub.submit(connection, message)
         return
@@ -170,9 +182,7 @@ async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) 
     connection.reply(subscribed(message.frame_id, connection))
 
 
-def _reject_frame(
-    hub: Hub, connection: Connection, frame_id: Any, code: str, message: str
-) -> None:
+def _reject_frame(hub: Hub, connection: Connection, frame_id: Any, code: str, message: str) -> None:
     hub.counters.frames_rejected[code] += 1
     hub.log_rejected(code, connection.id, f"rejected frame: {message}")
     connection.reply(error_frame(frame_id, code, message))
@@ -210,9 +220,9 @@ async def get_endpoint(request: web.Request) -> web.Response:
                 "pending": state.pending,
                 "draining": state.draining,
                 "time_to_ready_s": state.time_to_ready_s,
-                "last_decision": None if last is None else {
-                    "at": last.at, "desired": last.desired, "reason": last.reason
-                },
+                "last_decision": None
+                if last is None
+                else {"at": last.at, "desired": last.desired, "reason": last.reason},
             },
         }
     )
@@ -298,4 +308,3 @@ async def get_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format."""
     body = metrics.render(request.app[HUB])
     return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
-

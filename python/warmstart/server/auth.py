@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from warmstart.server.errors import ConfigError
 
@@ -15,8 +16,6 @@ logger = logging.getLogger("warmstart.server.auth")
 
 # Kubelet and load balancer probes carry no credentials.
 OPEN_PATHS = frozenset(("/healthz", "/readyz"))
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def read_token(path: Path) -> bytes:
@@ -30,9 +29,7 @@ def read_token(path: Path) -> bytes:
     return token
 
 
-def bearer_middleware(
-    token: bytes, on_reject: Callable[[web.Request], None]
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def bearer_middleware(token: bytes, on_reject: Callable[[web.Request], None]) -> Middleware:
     """Return middleware that answers 401 unless ``Authorization: Bearer <token>`` matches.
 
     The comparison takes the same time wherever the first wrong byte is (``hmac.compare_digest``).

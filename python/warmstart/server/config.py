@@ -41,7 +41,6 @@ from warmstart.engine import (
     TargetTracking,
     preset,
 )
-from warmstart.engine.behavior import HPA_SCALE_DOWN, HPA_SCALE_UP
 from warmstart.engine.presets import HPA_BEHAVIOR, KNATIVE_BEHAVIOR, SAGEMAKER_BEHAVIOR
 from warmstart.server.errors import ConfigError
 
@@ -56,14 +55,6 @@ BEHAVIOR_PRESETS = {
     "knative": KNATIVE_BEHAVIOR,
     "sagemaker": SAGEMAKER_BEHAVIOR,
 }
-_ENUMS: dict[str, type[enum.Enum]] = {
-    "Statistic": Statistic,
-    "AdjustmentType": AdjustmentType,
-    "Aggregation": Aggregation,
-    "MetricKind": MetricKind,
-}
-
-
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """Limits and options of the service; every duration is in seconds.
@@ -213,13 +204,19 @@ def _explicit_spec(name: str, document: Mapping[str, Any], where: str) -> Endpoi
     metrics_raw = _required(document, "metrics", where, list)
     policies_raw = _required(document, "policies", where, list)
     metrics = tuple(
-        MetricSpec(**_converted(MetricSpec, _item(m, f"{where}.metrics[{i}]"), f"{where}.metrics[{i}]"))
+        MetricSpec(
+            **_converted(MetricSpec, _item(m, f"{where}.metrics[{i}]"), f"{where}.metrics[{i}]")
+        )
         for i, m in enumerate(metrics_raw)
     )
     policies = tuple(_policy(p, f"{where}.policies[{i}]") for i, p in enumerate(policies_raw))
     scalars = {k: v for k, v in document.items() if k not in ("metrics", "policies", "behavior")}
     arguments = _converted(EndpointSpec, scalars, where)
-    behavior = _behavior(document["behavior"], f"{where}.behavior") if "behavior" in document else Behavior()
+    behavior = (
+        _behavior(document["behavior"], f"{where}.behavior")
+        if "behavior" in document
+        else Behavior()
+    )
     return EndpointSpec(name, metrics, policies, behavior=behavior, **arguments)
 
 
@@ -232,7 +229,9 @@ def _policy(raw: Any, where: str) -> Policy:
     rest = {k: v for k, v in table.items() if k != "type"}
     _only(rest, where, _field_names(cls))
     if cls is StepScaling and "steps" in rest:
-        rest["steps"] = tuple(_step(s, f"{where}.steps[{i}]") for i, s in enumerate(_list(rest, "steps", where)))
+        rest["steps"] = tuple(
+            _step(s, f"{where}.steps[{i}]") for i, s in enumerate(_list(rest, "steps", where))
+        )
     arguments = _converted(cls, rest, where, skip={"steps"})
     if "steps" in rest:
         arguments["steps"] = rest["steps"]
@@ -337,7 +336,7 @@ def _required(table: Mapping[str, Any], key: str, where: str, kind: type) -> Any
     if key not in table:
         raise ConfigError(f"{where}.{key}: missing")
     value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}.{key}: must be {_kind_name(kind)}, got {value!r}")
     return value
 
@@ -347,7 +346,7 @@ def _optional(table: Mapping[str, Any], where: str, kind: type, key: str | None 
     if key not in table:
         return None
     value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}: must be {_kind_name(kind)}, got {value!r}")
     return value
 
@@ -397,7 +396,9 @@ def _converted(
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UNION) else (hint,)
+    options = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UNION) else (hint,)
+    )
     if value is None and type(None) in options:
         return None
     for option in options:

@@ -297,7 +297,7 @@ class Hub:
         engine = self.engine
         rows = len(batch)
         sids = self._resolve(batch)
-        for row, reason in batch.problems.items():
+        for row in batch.problems:
             sids[row] = -1
         ok = sids >= 0
         # Flushing first means the reject totals move only by this batch's rejections.
@@ -306,17 +306,18 @@ class Hub:
         accepted = engine.ingest_batch(sids[ok], batch.timestamps_s[ok], batch.values[ok])
         after = engine.rejects.totals
         rejected: Counter[str] = Counter(batch.problems.values())
-        for reason in RejectReason:
-            count = after[reason] - before[reason]
+        for engine_reason in RejectReason:
+            count = after[engine_reason] - before[engine_reason]
             if count:
-                rejected[reason.value] += count
+                rejected[engine_reason.value] += count
         self.counters.samples_accepted += accepted
         self.counters.samples_rejected.update(rejected)
         ack = ack_frame(batch.frame_id, accepted, rejected)
         if not rejected:
             return (ack,)
         details = "; ".join(
-            f"{reason}: {count}" + (f" (first {batch.details[reason]})" if reason in batch.details else "")
+            f"{reason}: {count}"
+            + (f" (first {batch.details[reason]})" if reason in batch.details else "")
             for reason, count in sorted(rejected.items())
         )
         message = f"rejected {sum(rejected.values())} of {rows} samples: {details}"

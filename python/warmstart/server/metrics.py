@@ -66,9 +66,7 @@ def render(hub: Hub) -> str:
         "Capacity the next evaluation starts from (ready plus pending instances).",
         current,
     )
-    _family(
-        lines, "warmstart_capacity_desired", "gauge", "Last decided capacity.", desired
-    )
+    _family(lines, "warmstart_capacity_desired", "gauge", "Last decided capacity.", desired)
     _family(
         lines,
         "warmstart_connected_clients",

@@ -100,9 +100,7 @@ def parse_frame(text: str) -> Message:
     if not isinstance(document, dict):
         raise FrameError("invalid_frame", f"frame must be a JSON object, got {_kind(document)}")
     frame_id = document.get("id")
-    if frame_id is not None and (
-        isinstance(frame_id, bool) or not isinstance(frame_id, int | str)
-    ):
+    if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, int | str)):
         raise FrameError("invalid_frame", f"id must be an integer or string, got {_kind(frame_id)}")
     kind = document.get("type")
     if kind == "columns":
@@ -182,7 +180,9 @@ def _parse_columns(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
         elif not all(type(name) is str and name for name in column):
             for row, name in enumerate(column):
                 if type(name) is not str or not name:
-                    batch.reject(row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}")
+                    batch.reject(
+                        row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}"
+                    )
     return batch
 
 
@@ -217,7 +217,9 @@ def _parse_samples(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
     endpoints = [""] * rows
     metrics = [""] * rows
     instances = [""] * rows
-    batch = SampleBatch(frame_id, endpoints, metrics, instances, np.full(rows, np.nan), np.full(rows, np.nan))
+    batch = SampleBatch(
+        frame_id, endpoints, metrics, instances, np.full(rows, np.nan), np.full(rows, np.nan)
+    )
     for row, sample in enumerate(samples):
         if not isinstance(sample, dict):
             batch.reject(row, INVALID_SAMPLE, f"sample must be an object, got {_kind(sample)}")
@@ -229,7 +231,9 @@ def _parse_samples(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
         for key, column in (("endpoint", endpoints), ("metric", metrics), ("instance", instances)):
             name = sample[key]
             if type(name) is not str or not name:
-                batch.reject(row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}")
+                batch.reject(
+                    row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}"
+                )
             else:
                 column[row] = name
         for key, target, reason in (
