@@ -20,14 +20,12 @@ from typing import Any
 
 from warmstart.engine import (
     PRESETS,
-    AdjustmentType,
     Aggregation,
     Behavior,
     Burst,
     EndpointSpec,
     EngineConfigError,
     IngestConfig,
-    MetricKind,
     MetricSpec,
     Policy,
     Predictive,
@@ -35,7 +33,6 @@ from warmstart.engine import (
     RatePolicy,
     ScalingRules,
     SelectPolicy,
-    Statistic,
     Step,
     StepScaling,
     TargetTracking,
@@ -55,6 +52,8 @@ BEHAVIOR_PRESETS = {
     "knative": KNATIVE_BEHAVIOR,
     "sagemaker": SAGEMAKER_BEHAVIOR,
 }
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """Limits and options of the service; every duration is in seconds.
