@@ -134,7 +134,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) -> None:
-    """Reply to one data frame. Every path ends in exactly one ``reply``, which returns one credit."""
+    """Reply to one data frame; every path ends in one ``reply``, which returns a credit."""
     if kind is WSMsgType.BINARY:
         _reject_frame(
             hub,
