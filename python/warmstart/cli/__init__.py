@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
-from warmstart.cli import mirror, prefetch, pull, store, unpack
+from warmstart.cli import mirror, prefetch, pull, serve, store, unpack
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_parser(commands)
     mirror.add_parser(commands)
     prefetch.add_parser(commands)
+    serve.add_parser(commands)
     unpack.add_parser(commands)
     return parser
 

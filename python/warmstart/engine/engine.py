@@ -158,6 +158,7 @@ class Engine:
         self._endpoints: dict[str, _Endpoint] = {}
         self._ordered: list[_Endpoint] = []
         self._groups = 0
+        self._created = len(specs)
         for index, spec in enumerate(specs):
             self._add_endpoint(index, spec)
         self._buffer: tuple[list[int], list[float], list[float], list[float]] = ([], [], [], [])
@@ -201,6 +202,38 @@ class Engine:
         self._endpoints[spec.name] = endpoint
         self._ordered.append(endpoint)
         self._store.watch[index] = endpoint.requested == 0
+
+    def add_endpoint(self, spec: EndpointSpec) -> None:
+        """Start scaling a new endpoint; raise ``EngineConfigError`` if the name is taken.
+
+        The endpoint starts like one given to the constructor: no data, the restart hold, and
+        ``spec.start_capacity``.
+        """
+        self._check_open()
+        if spec.name in self._endpoints:
+            raise EngineConfigError(f"endpoint {spec.name!r} already exists")
+        self.flush()
+        index = self._created
+        self._created += 1
+        self._store.add_endpoint_slot()
+        self._add_endpoint(index, spec)
+        if self._wake is not None:
+            self._wake.set()
+        logger.info("endpoint %s added", spec.name)
+
+    def remove_endpoint(self, name: str) -> None:
+        """Stop scaling ``name`` and forget its series and state.
+
+        Later samples for ``name`` are rejected as unknown until it is added again. Raise
+        ``UnknownEndpointError`` if there is no such endpoint.
+        """
+        self._check_open()
+        runtime = self._endpoint(name)
+        self.flush()
+        del self._endpoints[name]
+        self._ordered.remove(runtime)
+        self._store.forget_endpoint(runtime.index)
+        logger.info("endpoint %s removed", name)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
