@@ -2,7 +2,7 @@
 
 import builtins
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, final
 
@@ -11,6 +11,7 @@ from typing_extensions import disjoint_base
 __all__ = [
     "BlobInfo",
     "BlobReport",
+    "CancelToken",
     "Descriptor",
     "GcReport",
     "ImportReport",
@@ -187,6 +188,13 @@ class ManifestReport:
     def size(self) -> int: ...
 
 @final
+class CancelToken:
+    def __new__(cls) -> CancelToken: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+
+@final
 class PullProgress:
     @property
     def total_bytes(self) -> int: ...
@@ -295,7 +303,7 @@ class LayerStore:
     def export_layout(
         self, path: str | os.PathLike[str], *, tags: builtins.list[str] | None = None
     ) -> ImportReport: ...
-    def pull(
+    def _pull(
         self,
         reference: str,
         *,
@@ -308,8 +316,9 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[PullReport]: ...
-    def fetch(
+        cancel: CancelToken | None = None,
+    ) -> PullReport: ...
+    def _fetch(
         self,
         url: str,
         *,
@@ -320,8 +329,9 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[BlobReport]: ...
-    def pull_manifest(
+        cancel: CancelToken | None = None,
+    ) -> BlobReport: ...
+    def _pull_manifest(
         self,
         reference: str,
         *,
@@ -329,10 +339,11 @@ class LayerStore:
         ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
-    ) -> Awaitable[ManifestReport]:
+        cancel: CancelToken | None = None,
+    ) -> ManifestReport:
         """Fetch one manifest or index by tag or digest into the store, without tagging it."""
 
-    def pull_blob(
+    def _pull_blob(
         self,
         reference: str,
         *,
@@ -345,7 +356,8 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[BlobReport]:
+        cancel: CancelToken | None = None,
+    ) -> BlobReport:
         """Fetch one blob of the reference's repository by digest, unless it is in the store.
 
         Without ``size``, a HEAD request reads it from ``Content-Length``.
@@ -353,7 +365,7 @@ class LayerStore:
     def unpack(
         self, reference: str, target: str | os.PathLike[str], *, flatten: bool = False
     ) -> UnpackReport: ...
-    def pull_and_unpack(
+    def _pull_and_unpack(
         self,
         reference: str,
         target: str | os.PathLike[str],
@@ -368,6 +380,7 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[tuple[PullReport, UnpackReport]]: ...
+        cancel: CancelToken | None = None,
+    ) -> tuple[PullReport, UnpackReport]: ...
 
 def parse_digest_string(text: str) -> str: ...

@@ -38,6 +38,10 @@ operations = st.one_of(
         lambda path, target: with_parents(path, Member(path, tarfile.SYMTYPE, link=target)),
         st.sampled_from(LEAVES),
         st.sampled_from(["top", "/etc/passwd", "b/g", "../c/h"]),
+    ).filter(
+        # A relative "../" target from the top level leaves the root, which unpack rejects
+        # (tested on its own); the model covers links that stay inside.
+        lambda members: not (members[-1].link.startswith("../") and "/" not in members[-1].name)
     ),
     st.builds(
         lambda path, mode: with_parents(path, Member(path, tarfile.DIRTYPE, mode=mode)),

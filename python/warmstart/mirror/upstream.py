@@ -150,7 +150,7 @@ class UpstreamCache:
 
         async def work() -> ManifestReport:
             self.upstream_manifest_requests += 1
-            report = await self.store.pull_manifest(reference, **self._client_options())  # type: ignore[arg-type]
+            report = await self.store.pull_manifest(reference, **self._client_options())
             self._media_types[report.digest] = report.media_type
             logger.info("fetched manifest %s (%s)", reference, report.digest)
             return report
@@ -212,7 +212,7 @@ class UpstreamCache:
                 size=size,
                 connections=self.connections,
                 chunk_size=self.chunk_size,
-                **self._client_options(),  # type: ignore[arg-type]
+                **self._client_options(),
             )
             if not report.reused:
                 logger.info(

@@ -258,13 +258,15 @@ impl PyLayerStore {
         Ok(report.into())
     }
 
-    /// Pulls an image or artifact; returns an awaitable of a `PullReport`.
+    /// Pulls an image or artifact; blocks until it ends and returns a `PullReport`.
+    /// `warmstart.LayerStore.pull` runs it on a worker thread as an awaitable.
     #[pyo3(signature = (
         reference, *, platform=None, connections=8, chunk_size=16777216, tag=None,
         insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
         max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull")]
     fn pull<'py>(
         &self,
         py: Python<'py>,
@@ -278,7 +280,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyPullReport> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
         let key = client_key(
@@ -291,7 +294,7 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.pull(&reference, &options, &counters);
             let report = pull::with_progress(Arc::clone(&counters), progress, work)
@@ -301,12 +304,13 @@ impl PyLayerStore {
         })
     }
 
-    /// Downloads one blob from an HTTP(S) URL; returns an awaitable of a `BlobReport`.
+    /// Downloads one blob from an HTTP(S) URL; blocks until it ends and returns a `BlobReport`.
     #[pyo3(signature = (
         url, *, digest, size=None, connections=8, chunk_size=16777216, stall_timeout_s=30.0,
         max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_fetch")]
     fn fetch<'py>(
         &self,
         py: Python<'py>,
@@ -318,7 +322,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyBlobReport> {
         let url = pull::parse_url(url)?;
         let digest = pull::parse_digest(digest)?;
         let options = pull::fetch_options(connections, chunk_size)?;
@@ -327,7 +332,7 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.fetch_url(&url, &digest, size, &options, &counters);
             let report = pull::with_progress(Arc::clone(&counters), progress, work)
@@ -338,11 +343,13 @@ impl PyLayerStore {
     }
 
     /// Fetches one manifest or index by tag or digest into the store without tagging it;
-    /// returns an awaitable of a `ManifestReport`.
+    /// blocks until it ends and returns a `ManifestReport`.
     #[pyo3(signature = (
         reference, *, insecure_registries=Vec::new(), ca_certificates=Vec::new(),
         stall_timeout_s=30.0, max_attempts=5
-    ))]
+    , cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_manifest")]
     fn pull_manifest<'py>(
         &self,
         py: Python<'py>,
@@ -351,7 +358,8 @@ impl PyLayerStore {
         ca_certificates: Vec<PathBuf>,
         stall_timeout_s: f64,
         max_attempts: u32,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyManifestReport> {
         let reference = pull::parse_reference(reference)?;
         let key = client_key(
             insecure_registries,
@@ -363,7 +371,7 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let fetched = puller
                 .pull_manifest(&reference)
                 .await
@@ -372,14 +380,15 @@ impl PyLayerStore {
         })
     }
 
-    /// Fetches one blob of the reference's repository by digest; returns an awaitable of a
+    /// Fetches one blob of the reference's repository by digest; blocks until it ends and returns a
     /// `BlobReport`.
     #[pyo3(signature = (
         reference, *, digest, size=None, connections=8, chunk_size=16777216,
         insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
         max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_blob")]
     fn pull_blob<'py>(
         &self,
         py: Python<'py>,
@@ -393,7 +402,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyBlobReport> {
         let reference = pull::parse_reference(reference)?;
         let digest = pull::parse_digest(digest)?;
         let options = pull::fetch_options(connections, chunk_size)?;
@@ -407,7 +417,7 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.pull_blob(&reference, &digest, size, &options, &counters);
             let report = pull::with_progress(Arc::clone(&counters), progress, work)
@@ -434,13 +444,14 @@ impl PyLayerStore {
     }
 
     /// Pulls an image and unpacks it into `target`, extracting each layer as soon as its blob
-    /// is committed; returns an awaitable of `(PullReport, UnpackReport)`.
+    /// is committed; blocks until it ends and returns `(PullReport, UnpackReport)`.
     #[pyo3(signature = (
         reference, target, *, flatten=false, platform=None, connections=8,
         chunk_size=16777216, tag=None, insecure_registries=Vec::new(),
         ca_certificates=Vec::new(), stall_timeout_s=30.0, max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_and_unpack")]
     fn pull_and_unpack<'py>(
         &self,
         py: Python<'py>,
@@ -456,7 +467,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<(pull::PyPullReport, PyUnpackReport)> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
         let key = client_key(
@@ -470,7 +482,7 @@ impl PyLayerStore {
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
         let unpack_options = UnpackOptions { flatten };
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = layerstore::unpack::pull::pull_and_unpack(
                 &puller,
@@ -537,6 +549,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<pull::PyPullReport>()?;
     module.add_class::<pull::PyBlobReport>()?;
     module.add_class::<pull::PyPullProgress>()?;
+    module.add_class::<pull::CancelToken>()?;
     module.add_class::<pull::PyManifestReport>()?;
     module.add_class::<PyLayerReport>()?;
     module.add_class::<PyUnpackReport>()?;
