@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -384,3 +385,33 @@ def test_cli_pull_json_and_errors(tmp_path: Path, fake_registry: FakeRegistry) -
     invalid = subprocess.run([*command, "UPPER/case"], capture_output=True, text=True, timeout=60)
     assert invalid.returncode == 1
     assert 'invalid reference "UPPER/case"' in invalid.stderr
+
+
+def test_sha512_addressed_blob(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    weights = os.urandom(300_000)
+    digest = "sha512:" + hashlib.sha512(weights).hexdigest()
+    fake_registry.repository("models").blobs[digest] = weights
+    config = b"{}"
+    config_digest = fake_registry.add_blob("models", config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.warmstart.model.v1",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/octet-stream", "digest": digest, "size": len(weights)}
+            ],
+        }
+    ).encode()
+    fake_registry.add_manifest(
+        "models", manifest, "application/vnd.oci.image.manifest.v1+json", "v1"
+    )
+    report = pull(store, f"{fake_registry.host}/models:v1", chunk_size=CHUNK)
+    assert digest in {blob.digest for blob in report.blobs}
+    assert store.read(digest) == weights
+    assert store.path(digest).parent.name == "sha512"

@@ -65,7 +65,7 @@ impl Puller {
         let client = self.fetcher.client();
         let text = format!(
             "{}/v2/{}/blobs/{digest}",
-            client.registry_url(reference),
+            client.registry_url(reference).await,
             reference.repository()
         );
         let url = Url::parse(&text).map_err(|error| PullError::InvalidUrl {

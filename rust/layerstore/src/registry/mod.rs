@@ -92,6 +92,8 @@ pub struct RegistryClient {
     options: ClientOptions,
     /// `Authorization` header values by `registry/repository`.
     tokens: Mutex<HashMap<String, String>>,
+    /// The scheme each loopback registry answered to, by host.
+    schemes: Mutex<HashMap<String, &'static str>>,
 }
 
 impl RegistryClient {
@@ -121,6 +123,7 @@ impl RegistryClient {
             http,
             options,
             tokens: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -128,14 +131,50 @@ impl RegistryClient {
         &self.options
     }
 
-    /// `http://` for loopback and insecure registries, `https://` otherwise.
-    pub fn registry_url(&self, reference: &Reference) -> String {
-        let insecure = reference.is_loopback()
-            || self.options.insecure_registries.iter().any(|registry| {
-                registry == reference.registry() || registry == reference.api_host()
-            });
-        let scheme = if insecure { "http" } else { "https" };
-        format!("{scheme}://{}", reference.api_host())
+    /// The registry's base URL: `http://` for registries marked insecure, `https://` for
+    /// the rest, except loopback registries, which get HTTPS when they speak it and plain HTTP
+    /// otherwise, as Docker treats them. The first request to a loopback registry probes
+    /// `https://host/v2/` once; the answer is remembered for the client's lifetime.
+    pub async fn registry_url(&self, reference: &Reference) -> String {
+        let host = reference.api_host();
+        let marked_insecure = self
+            .options
+            .insecure_registries
+            .iter()
+            .any(|registry| registry == reference.registry() || registry == host);
+        let scheme = if marked_insecure {
+            "http"
+        } else if reference.is_loopback() {
+            self.loopback_scheme(host).await
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}")
+    }
+
+    async fn loopback_scheme(&self, host: &str) -> &'static str {
+        if let Some(scheme) = self.schemes.lock().expect("not poisoned").get(host) {
+            return scheme;
+        }
+        let probe = self
+            .http
+            .get(format!("https://{host}/v2/"))
+            .timeout(self.options.connect_timeout)
+            .send()
+            .await;
+        let scheme = match probe {
+            Ok(_) => "https",
+            // A certificate the client does not trust is a TLS server: keep HTTPS, so the pull
+            // fails with that error instead of speaking plain HTTP to it.
+            Err(error) if error_chain_mentions(&error, "certificate") => "https",
+            Err(_) => "http",
+        };
+        tracing::debug!(host, scheme, "chose the scheme of a loopback registry");
+        self.schemes
+            .lock()
+            .expect("not poisoned")
+            .insert(host.to_owned(), scheme);
+        scheme
     }
 
     /// Fetches a manifest or index by tag or digest and checks its digest: against the
@@ -147,7 +186,7 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, PullError> {
         let url = self.parse_url(&format!(
             "{}/v2/{}/manifests/{manifest_reference}",
-            self.registry_url(reference),
+            self.registry_url(reference).await,
             reference.repository()
         ))?;
         let target = Target {
@@ -203,7 +242,7 @@ impl RegistryClient {
     ) -> Result<Response, PullError> {
         let url = self.parse_url(&format!(
             "{}/v2/{}/blobs/{digest}",
-            self.registry_url(reference),
+            self.registry_url(reference).await,
             reference.repository()
         ))?;
         let target = Target {
@@ -526,6 +565,18 @@ impl RegistryClient {
             },
         }
     }
+}
+
+/// True when `needle` appears in the error or any of its causes.
+fn error_chain_mentions(error: &dyn std::error::Error, needle: &str) -> bool {
+    let mut current: Option<&dyn std::error::Error> = Some(error);
+    while let Some(error) = current {
+        if error.to_string().to_ascii_lowercase().contains(needle) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn method_name(method: &Method) -> &'static str {

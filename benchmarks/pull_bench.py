@@ -1,0 +1,224 @@
+"""Pull benchmarks: warmstart against skopeo and curl in one run, direct and throttled.
+
+Usage, from the repository root (the images come from ``python -m benchmarks.images build``)::
+
+    python -m benchmarks.pull_bench [--cache /work/bench-images] [--only large,medium]
+
+For each image the same blobs are fetched by:
+- ``warmstart pull`` into a fresh store (8 connections, 16 MiB ranges, hashing and fsync);
+- ``skopeo copy docker://... oci:DIR`` (its defaults: one connection per layer);
+- ``curl``, 8 parallel range requests of equal size per blob (16 MiB ranges through the
+  throttle), written to files without hashing: the transport's ceiling on this machine.
+Each is run once directly against the real registry on loopback, and once through a proxy
+that caps each TCP connection at 50 MB/s with 20 ms to the first byte. It also times a warm
+pull (every blob present) of the 20-layer image and reads the peak memory of a large pull.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.images import DEFAULT_CACHE, build_images
+from benchmarks.throttle_proxy import ThrottleProxy
+from tests.registry.real import RealRegistry
+
+from warmstart import LayerStore
+
+MIB = 1 << 20
+TAG = "latest"
+
+
+def manifest_blobs(layout: Path) -> list[tuple[str, int]]:
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+    blobs = [manifest["config"], *manifest["layers"]]
+    return [(blob["digest"], blob["size"]) for blob in blobs]
+
+
+def time_warmstart(reference: str, work: Path) -> float:
+    store_root = work / "warmstart-store"
+    shutil.rmtree(store_root, ignore_errors=True)
+    store = LayerStore(store_root)
+
+    async def pull() -> None:
+        await store.pull(reference, connections=8, chunk_size=16 * MIB)
+
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    asyncio.run(pull())
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(store_root)
+    return elapsed
+
+
+def time_skopeo(reference: str, work: Path) -> float:
+    target = work / "skopeo-layout"
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{reference}",
+            f"oci:{target}:x",
+        ],
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(target)
+    return elapsed
+
+
+def time_curl(
+    host: str,
+    repository: str,
+    blobs: list[tuple[str, int]],
+    work: Path,
+    parallel: int,
+    range_size: int | None,
+) -> float:
+    """Fetch every blob with `parallel` concurrent range requests into files, no hashing."""
+    target = work / "curl"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    for digest, size in blobs:
+        piece = range_size or max(1, -(-size // parallel))
+        ranges = [(start, min(start + piece, size) - 1) for start in range(0, size, piece)]
+        url = f"http://{host}/v2/{repository}/blobs/{digest}"
+        for batch_start in range(0, len(ranges), parallel):
+            batch = ranges[batch_start : batch_start + parallel]
+            processes = [
+                subprocess.Popen(
+                    [
+                        "curl",
+                        "-sf",
+                        "-r",
+                        f"{first}-{last}",
+                        "-o",
+                        str(target / f"{digest[7:19]}-{first}"),
+                        url,
+                    ]
+                )
+                for first, last in batch
+            ]
+            for process in processes:
+                if process.wait() != 0:
+                    raise RuntimeError(f"curl failed for {url}")
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(target)
+    return elapsed
+
+
+def warm_pull_seconds(reference: str, work: Path, repeat: int = 5) -> float:
+    store = LayerStore(work / "warm-store")
+
+    async def pull() -> None:
+        await store.pull(reference)
+
+    asyncio.run(pull())
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        asyncio.run(pull())
+        times.append(time.perf_counter() - started)
+    shutil.rmtree(work / "warm-store")
+    return min(times)
+
+
+def peak_memory_mib(reference: str, work: Path) -> float:
+    """Pull in a fresh process and return its peak resident memory (VmHWM) in MiB."""
+    store_root = work / "memory-store"
+    shutil.rmtree(store_root, ignore_errors=True)
+    code = (
+        "import asyncio, sys\n"
+        "from warmstart import LayerStore\n"
+        "store = LayerStore(sys.argv[1])\n"
+        "async def main():\n"
+        "    await store.pull(sys.argv[2])\n"
+        "asyncio.run(main())\n"
+        "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code, str(store_root), reference],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    shutil.rmtree(store_root)
+    return int(output.split()[-1]) / MIB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", default="large,medium")
+    parser.add_argument("--rate-mb", type=float, default=50.0, help="per-connection cap, MB/s")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="time to first byte, ms")
+    arguments = parser.parse_args()
+    names = arguments.only.split(",")
+    layouts = build_images([*names, "small"], arguments.cache)
+    work = Path(tempfile.mkdtemp(prefix="warmstart-pull-bench-"))
+    registry = RealRegistry.start(work / "registry")
+    results: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "command": " ".join(["python -m benchmarks.pull_bench", *sys.argv[1:]]),
+    }
+    try:
+        for name in [*names, "small"]:
+            registry.push_layout(layouts[name], TAG, f"bench/{name}", TAG)
+        proxy = ThrottleProxy(
+            "127.0.0.1",
+            registry.port,
+            rate_bytes_per_s=arguments.rate_mb * 1e6,
+            first_byte_delay_s=arguments.delay_ms / 1000,
+        ).start()
+        try:
+            for name in names:
+                blobs = manifest_blobs(layouts[name])
+                total = sum(size for _, size in blobs)
+                figures: dict[str, float] = {"bytes": total}
+                for route, host, range_size in [
+                    ("direct", registry.host, None),
+                    ("throttled", proxy.host, 16 * MIB),
+                ]:
+                    reference = f"{host}/bench/{name}:{TAG}"
+                    figures[f"{route}_warmstart_s"] = time_warmstart(reference, work)
+                    figures[f"{route}_skopeo_s"] = time_skopeo(reference, work)
+                    figures[f"{route}_curl_s"] = time_curl(
+                        host, f"bench/{name}", blobs, work, 8, range_size
+                    )
+                    print(name, route, {k: round(v, 2) for k, v in figures.items()}, flush=True)
+                results[name] = figures
+            results["warm_pull_small_s"] = warm_pull_seconds(
+                f"{registry.host}/bench/small:{TAG}", work
+            )
+            if "large" in names:
+                results["large_pull_peak_rss_mib"] = peak_memory_mib(
+                    f"{registry.host}/bench/large:{TAG}", work
+                )
+        finally:
+            proxy.stop()
+    finally:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
