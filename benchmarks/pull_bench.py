@@ -9,7 +9,9 @@ For each image the same blobs are fetched by:
 - ``skopeo copy docker://... oci:DIR`` (its defaults: one connection per layer);
 - ``curl``, 8 parallel range requests of equal size per blob (16 MiB ranges through the
   throttle), written to files without hashing: the transport's ceiling on this machine.
-Each is run once directly against the real registry on loopback, and once through a proxy
+``curl`` runs twice: once as is, and once followed by ``sync``, because warmstart's time includes
+making every blob durable (fsync before commit) and the peers' does not. Each is run once
+directly against the real registry on loopback, and once through a proxy
 that caps each TCP connection at 50 MB/s with 20 ms to the first byte. It also times a warm
 pull (every blob present) of the 20-layer image and reads the peak memory of a large pull.
 """
@@ -90,6 +92,7 @@ def time_curl(
     work: Path,
     parallel: int,
     range_size: int | None,
+    keep: bool = False,
 ) -> float:
     """Fetch every blob with `parallel` concurrent range requests into files, no hashing."""
     target = work / "curl"
@@ -121,8 +124,16 @@ def time_curl(
                 if process.wait() != 0:
                     raise RuntimeError(f"curl failed for {url}")
     elapsed = time.perf_counter() - started
-    shutil.rmtree(target)
+    if not keep:
+        shutil.rmtree(target)
     return elapsed
+
+
+def time_sync() -> float:
+    """Return the seconds `sync` takes: what a peer that skipped fsync still owed the disk."""
+    started = time.perf_counter()
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - started
 
 
 def warm_pull_seconds(reference: str, work: Path, repeat: int = 5) -> float:
@@ -203,6 +214,12 @@ def main() -> None:
                     figures[f"{route}_curl_s"] = time_curl(
                         host, f"bench/{name}", blobs, work, 8, range_size
                     )
+                    # warmstart's time includes making the blobs durable; the peers' does not.
+                    figures[f"{route}_curl_then_sync_s"] = (
+                        time_curl(host, f"bench/{name}", blobs, work, 8, range_size, keep=True)
+                        + time_sync()
+                    )
+                    shutil.rmtree(work / "curl", ignore_errors=True)
                     print(name, route, {k: round(v, 2) for k, v in figures.items()}, flush=True)
                 results[name] = figures
             results["warm_pull_small_s"] = warm_pull_seconds(

@@ -155,7 +155,7 @@ class ForeignLayerError(MissingBlobError):
 
 
 class StoreIOError(StoreError, OSError):
-    """A file system operation of the store failed; ``filename`` and ``errno`` say which."""
+    """A file system operation of the store failed, on the path in ``filename`` with ``errno``."""
 
     def __str__(self) -> str:
         # The message already names the path and the reason; OSError's default form would
@@ -234,7 +234,7 @@ class InvalidImageError(UnpackError, ValueError):
 
 
 class UnpackTargetError(UnpackError, FileExistsError):
-    """The target directory holds another image or files warmstart did not write."""
+    """The target directory contains another image or files warmstart did not write."""
 
 
 class UnpackIOError(UnpackError, OSError):

@@ -72,10 +72,11 @@ class LayerStore(_native.LayerStore):
     ) -> _native.PullReport:
         """Pull an image or OCI artifact into the store and tag it; see ``docs/pull.md``.
 
-        ``platform`` is ``os/arch[/variant]`` (default: this host). ``connections`` is per
-        host; ``chunk_size`` is in bytes; ``stall_timeout_s`` is how long a connection may send
-        nothing before it is abandoned; ``progress`` is called every 0.2 s with a
-        ``PullProgress`` and once at the end. Blobs already in the store are not fetched.
+        ``platform`` is ``os/arch[/variant]`` (default: this host). ``connections`` counts per
+        host, and ``chunk_size`` is in bytes. A connection that sends nothing for
+        ``stall_timeout_s`` seconds is abandoned and its range retried. ``progress`` is called
+        every 0.2 s with a ``PullProgress``, and once at the end. Blobs already in the store are
+        not fetched.
         """
         return await _run_transfer(
             self._pull,
