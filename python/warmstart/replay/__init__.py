@@ -15,6 +15,7 @@ from warmstart.replay.profile import (
     ProfileError,
     builtin_profiles,
     load_profile,
+    parse_profile,
 )
 from warmstart.replay.results import RunResult, ScaleOut, Summary, Timeline, summarize
 from warmstart.replay.runner import ReplayPlan, run_one, run_plan
@@ -44,6 +45,7 @@ __all__ = [
     "fit_connection_rate",
     "load_profile",
     "load_trace",
+    "parse_profile",
     "policy_spec",
     "pull_times",
     "run_one",

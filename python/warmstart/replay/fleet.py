@@ -218,7 +218,7 @@ class _Simulation:
     changes: list[tuple[float, int, int, str]] = field(default_factory=list)
     sums: dict[int, float] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
-    buffer: tuple[list[int], list[float], list[float]] = ([], [], [])
+    buffer: tuple[list[int], list[float], list[float]] = field(default_factory=lambda: ([], [], []))
     buffered_steps: int = 0
     standby_wanted: deque[tuple[float, int]] = field(default_factory=deque)
     next_arrival: int = 0

@@ -4,9 +4,9 @@
 ``warmstart.engine.presets`` for their values and sources). ``warmstart`` is this project's
 configuration for slow-starting instances: 1 s evaluations of a 10 s mean, Knative-style
 panic on a 6 s window, and a predictive floor that sizes for the load one time-to-ready ahead
-from the trend of 60 s means over 15 minutes, with the HPA's 300 s scale-down stabilization. Every configuration tracks the same
-per-instance concurrency target, so the comparison is between reaction and start-up, not
-targets.
+from the trend of 60 s means over 15 minutes, with the HPA's 300 s scale-down stabilization.
+Every configuration tracks the same per-instance concurrency target, so the comparison is
+between reaction and start-up, not targets.
 """
 
 from __future__ import annotations

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BUILTIN_DURATION_S", "Workload", "WorkloadError", "builtin_workload"]
+__all__ = [
+    "BUILTIN_DURATION_S",
+    "Workload",
+    "WorkloadError",
+    "builtin_workload",
+    "workload_from_rate",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -91,22 +97,55 @@ def builtin_workload(seed: int = 0, duration_s: float = BUILTIN_DURATION_S) -> W
     and generated token counts are lognormal with medians of 600 and 150 tokens. The same seed
     gives the same workload.
     """
-    rng = np.random.default_rng(seed)
     knots_s = np.array([0, 600, 1500, 2100, 2110, 2400, 2410, 3600], dtype=np.float64)
     rates = np.array([2.0, 2.0, 5.0, 5.0, 15.0, 15.0, 3.0, 3.0])
     knots_s = knots_s * (duration_s / BUILTIN_DURATION_S)
-    peak = float(rates.max())
-    # Thinning: draw a homogeneous process at the peak rate and keep each arrival with
-    # probability rate(t) / peak, which gives a Poisson process with rate(t).
-    candidates = np.cumsum(rng.exponential(1.0 / peak, size=int(peak * duration_s * 1.2) + 16))
-    candidates = candidates[candidates < duration_s]
-    keep = rng.random(candidates.shape[0]) < np.interp(candidates, knots_s, rates) / peak
-    arrivals = candidates[keep]
+    return workload_from_rate(
+        "builtin-chat", knots_s, rates, duration_s, seed=seed, interpolate=True
+    )
+
+
+def workload_from_rate(
+    name: str,
+    times_s: npt.ArrayLike,
+    rates: npt.ArrayLike,
+    duration_s: float,
+    *,
+    seed: int = 0,
+    interpolate: bool = False,
+) -> Workload:
+    """Generate Poisson arrivals whose rate (requests per second) follows ``rates``.
+
+    The rate is ``rates[i]`` from ``times_s[i]`` until the next time (a step function), or a
+    straight line between points when ``interpolate`` is set. Token counts are lognormal with
+    medians of 600 prompt and 150 generated tokens, the built-in chat workload's. The same
+    seed gives the same workload.
+    """
+    times = np.asarray(times_s, dtype=np.float64)
+    values = np.asarray(rates, dtype=np.float64)
+    if times.shape != values.shape or times.ndim != 1 or times.size == 0:
+        raise WorkloadError(f"{name}: need equal, non-empty columns of times and rates")
+    if np.any(~np.isfinite(values)) or np.any(values < 0):
+        raise WorkloadError(f"{name}: rates must be finite and non-negative requests per second")
+    rng = np.random.default_rng(seed)
+    peak = float(values.max())
+    arrivals = np.zeros(0)
+    if peak > 0 and duration_s > 0:
+        # Thinning: draw a homogeneous process at the peak rate and keep each arrival with
+        # probability rate(t) / peak, which gives a Poisson process with rate(t).
+        size = int(peak * duration_s * 1.2) + 64
+        candidates = np.cumsum(rng.exponential(1.0 / peak, size=size))
+        candidates = candidates[candidates < duration_s]
+        if interpolate:
+            rate_at = np.interp(candidates, times, values)
+        else:
+            rate_at = values[np.clip(np.searchsorted(times, candidates, "right") - 1, 0, None)]
+        arrivals = candidates[rng.random(candidates.shape[0]) < rate_at / peak]
     n = arrivals.shape[0]
     input_tokens = np.maximum(1, rng.lognormal(math.log(600), 0.8, n)).astype(np.int64)
     output_tokens = np.maximum(1, rng.lognormal(math.log(150), 0.7, n)).astype(np.int64)
     return Workload(
-        name="builtin-chat",
+        name=name,
         arrival_s=arrivals,
         duration_s=float(duration_s),
         input_tokens=input_tokens,
