@@ -7,7 +7,7 @@ share ``node_bytes_per_s`` equally when their sum would exceed it. Two pullers a
 - ``containerd``: the containerd and Docker default, 3 layers at a time with one connection
   per layer and no byte ranges;
 - ``chunked``: the layer store's puller, ``connections`` byte-range requests of ``chunk_size``
-  bytes in flight across all blobs.
+  bytes in flight across all blobs, largest blob first.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
 one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
@@ -145,9 +145,12 @@ def download_times(
         return done
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, got {connections!r}")
     chunks: list[float] = []
     owner: list[int] = []
-    for layer in missing:
+    # The layer store fetches the largest blob first, since it is the critical path.
+    for layer in sorted(missing, key=lambda i: -layers[i]):
         size = layers[layer]
         for offset in range(0, size, chunk_size):
             chunks.append(float(min(chunk_size, size - offset)))
