@@ -43,7 +43,7 @@ def burst(arrival_s: float = 100.0, service_s: float = 50.0, duration_s: float =
 
 def test_burst_waits_for_new_instances() -> None:
     # One instance with one slot takes the first request at 100 s; the other two queue. The
-    # engine sees concurrency 3 at 100 s and launches 2 instances, ready 10 s later (provision
+    # engine observes concurrency 3 at 100 s and launches 2 instances, ready 10 s later (provision
     # 10 s, image 0 s because the layer is 0 bytes), so the queued requests wait 10 s.
     profile = small_profile(image__layers=[0])
 

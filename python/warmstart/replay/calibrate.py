@@ -171,7 +171,8 @@ async def calibrate(
         )
     cap = fit_node_cap(layers, network, connections, chunk_size, chunked.seconds)
     network = dataclasses.replace(network, node_bytes_per_s=cap)
-    # Downloads only: the store does not unpack, so compare without unpack time.
+    # TODO: unpack time is not measured, because the store does not unpack layers; the
+    # comparison covers downloads only and the base profile's unpack rate is kept.
     download = dataclasses.replace(network, unpack_bytes_per_s=math.inf)
 
     def modeled(puller: Puller, lanes: int, chunk: int, present: bool) -> float:

@@ -5,9 +5,9 @@ steps of ``step_s`` (1 s). Within a step the simulation is event driven: arrival
 completions and instances becoming ready are processed in time order.
 
 Serving: requests wait in one FIFO queue at the load balancer. A request starts on the ready
-instance with the fewest requests in flight once that instance has a free slot, and holds the
-slot for its service time, however busy the instance is. Time to first token is queueing time
-plus prefill time; latency is queueing time plus service time.
+instance with the fewest requests in flight once that instance has a free slot, and keeps the
+slot for its service time. Service time does not depend on how busy the instance is. Time
+to first token is queueing time plus prefill time; latency is queueing time plus service time.
 
 Metrics: each ready instance reports its requests in flight and the load balancer its queue
 length, as series of the summed metric ``concurrency``, so their total is the endpoint's
@@ -70,8 +70,9 @@ class FleetOptions:
     pipelines); a multiple of ``step_s``. ``drain_limit_s``: how long the run continues after
     the workload's span while requests are still queued or in flight.
     ``standby_interval_s``: how often the predictive policy resizes the standby pool in
-    ``prefetch`` mode. ``warmup_s``: the fleet starts idle, so the engine starts this long
-    into the workload, once concurrency has built up; until then capacity stays as it started.
+    ``prefetch`` mode. ``warmup_s``: the engine starts this long into the workload, because
+    the fleet starts idle and concurrency needs time to build up. Until then capacity stays as
+    it started.
     """
 
     step_s: float = 1.0
@@ -107,6 +108,8 @@ def service_times(workload: Workload, profile: Profile) -> tuple[FloatArray, Flo
     assert workload.input_tokens is not None
     assert workload.output_tokens is not None
     model = profile.service
+    # TODO: decode speed does not fall as an instance's batch grows, so a busy instance is as
+    # fast as an idle one.
     prefill = model.overhead_s + workload.input_tokens / model.prefill_tokens_per_s
     return prefill, prefill + workload.output_tokens / model.decode_tokens_per_s
 
@@ -275,7 +278,7 @@ class _Simulation:
         if instance.state == _STARTING:
             self.starting -= 1
         elif instance.ready_at is not None:
-            # The node served, so its store holds the image for the next launch.
+            # The node served, so its store contains the image for the next launch.
             self.launches.warm_nodes += 1
         instance.state = _GONE
         instance.gone_at = now
@@ -398,9 +401,9 @@ class _Simulation:
         observation = Observation(recent_demand, 1, 0, Aggregation.SUM)
         inputs = PolicyInputs(now, capacity, {self.forecaster.query: observation})
         recommendation, self.forecast_state = self.forecaster.recommend(inputs, self.forecast_state)
-        # At least one standby node, so a burst nobody forecast still finds a warm node; the
-        # pool keeps its largest size of the last 300 s, so a forecast dip does not discard
-        # nodes that took minutes to warm.
+        # At least one standby node, so a burst that no forecast predicted still finds a warm
+        # node. The pool keeps its largest size of the last 300 s, so a forecast dip does not
+        # discard nodes that took minutes to warm.
         wanted = max(1, recommendation.desired - active if recommendation.valid else 1)
         history = self.standby_wanted
         history.append((now, wanted))
@@ -478,7 +481,7 @@ class _Simulation:
         return total
 
     def scale_out_records(self, timeline: Timeline, capacity: FloatArray) -> tuple[ScaleOut, ...]:
-        """Pair each scale-out with the start of the overload it answered and its ready time."""
+        """Pair each scale-out with the start of the overload before it and its ready time."""
         target = self.profile.service.target_concurrency
         over = timeline.demand > target * capacity
         # run_start[k]: the first step of the overload run that contains step k.

@@ -40,7 +40,7 @@ CONTAINERD_LAYERS_AT_ONCE = 3
 
 
 class Puller(enum.Enum):
-    """How a node downloads blobs: containerd defaults or the layer store's chunked pull."""
+    """Download strategy of a node: containerd defaults or the layer store's chunked pull."""
 
     CONTAINERD = "containerd"
     CHUNKED = "chunked"

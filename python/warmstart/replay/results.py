@@ -60,7 +60,7 @@ class RunResult:
     Per request: ``ttft_s`` (queueing plus prefill) and ``latency_s`` (queueing plus service),
     both ``inf`` for requests unfinished when the run ended. ``instance_seconds`` counts every
     serving instance from launch to gone and ``standby_seconds`` every standby node, both
-    clipped to the workload's span. ``stages_s`` holds the mean seconds of each scale-out stage
+    clipped to the workload's span. ``stages_s`` contains the mean seconds of each scale-out stage
     over the run's launches. ``changes`` lists ``(time_s, current, desired, reason)`` for each
     decision that changed capacity.
     """

@@ -106,7 +106,7 @@ def run_plan(
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            # Longest runs first: 1 s policies cost the most, so they should not start last.
+            # Runs of the 1 s warmstart policy take the most time, so they start first.
             order = sorted(range(len(runs)), key=lambda i: runs[i][0] not in ("warmstart",))
             futures = [pool.submit(_run_indexed, plan, index) for index in order]
             for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):

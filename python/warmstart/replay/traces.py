@@ -12,7 +12,7 @@ Formats, detected from the file name and the CSV header when not given:
   not report, not that it served nothing: its last value holds for two sample periods.
   Rows without an instance (gateway totals) are skipped.
 - ``time-value``: a ``time,value`` CSV of the endpoint's request rate (seconds, requests per
-  second); the rate holds until the next row.
+  second); each rate applies until the next row.
 - ``azure-functions``: the Azure Functions invocation trace of 2021
   (``app,func,end_timestamp,duration``); arrival is end minus duration, in seconds.
 - ``requests``: ``arrival_s`` and either ``input_tokens,output_tokens`` or ``service_s``.

@@ -1,6 +1,6 @@
 """Workloads: request arrivals with token counts or service times, and the built-in one.
 
-A ``Workload`` holds one row per request, sorted by arrival: arrival time in seconds from the
+A ``Workload`` contains one row per request, sorted by arrival: arrival time in seconds from the
 start, and either prompt and generated token counts (LLM traces) or a service time in seconds
 (traces that record durations). ``builtin_workload`` generates a one-hour chat workload from a
 seed, so ``warmstart replay`` runs with no trace at hand.
