@@ -76,3 +76,21 @@ def test_replay_bad_trace_is_usage_error(
 
     assert status == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_replay_coarse_metrics_and_containerd_pull(capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["replay", *SHORT, "--policy", "sagemaker", "--cache", "cold"]
+
+    status = main([*arguments, "--metric-period", "60", "--pull", "containerd", "--json"])
+
+    document = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert document["runs"][0]["policy"] == "sagemaker"
+
+
+def test_replay_rejects_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["replay", "--policy", "fastest"])
+
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -181,3 +181,32 @@ def test_run_invariants(workload: Workload, policy: str, mode: CacheMode, seed: 
             assert scale_out.time_to_capacity_s >= 0.0
     assert np.array_equal(result.latency_s, again.latency_s)
     assert result.changes == again.changes
+
+
+def test_coarse_metrics_delay_scale_out() -> None:
+    # With 10 s metric periods the burst at 100 s is first reported at 109 s, as the mean of
+    # steps 100 to 109, so the new instances are ready at 119 s instead of 110 s.
+    profile = small_profile(image__layers=[0])
+    options = FleetOptions(warmup_s=0.0, metric_period_s=10.0)
+
+    result = simulate(burst(), profile, reactive_spec(), CacheMode.COLD, options=options)
+
+    assert result.scale_outs[0].decided_at_s == 109.0
+    assert result.ttft_s.tolist() == pytest.approx([0.0, 19.0, 19.0])
+
+
+def test_knative_scales_from_zero_on_queued_request() -> None:
+    # Knative's minimum is 0: after the first request the fleet goes to zero, and the request
+    # at 300 s waits in the load balancer's queue for a cold start of 20 s (10 s provision,
+    # 1000 B at 100 B/s).
+    profile = small_profile()
+    workload = Workload("gap", np.array([0.0, 300.0]), 400.0, service_s=np.array([5.0, 5.0]))
+    spec = policy_spec("knative", target=1.0, time_to_ready_s=20.0, initial_capacity=1)
+
+    result = simulate(workload, profile, spec, CacheMode.COLD, options=NO_WARMUP)
+
+    to_zero = [at for at, _, desired, _ in result.changes if desired == 0]
+    assert to_zero
+    assert to_zero[0] < 300.0
+    assert (300.0, 0, 1) in [(at, current, desired) for at, current, desired, _ in result.changes]
+    assert result.ttft_s.tolist() == pytest.approx([0.0, 20.0])
