@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.paths import IN_CI, REPOSITORY, SHARED_DATA
 from warmstart import LayerStore
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-# Real public inputs live outside the repository (some are licensed for testing only).
-SHARED_DATA = Path(os.environ.get("WARMSTART_SHARED_DATA", REPOSITORY.parent / "shared" / "data"))
-IN_CI = os.environ.get("CI") == "true"
+pytest_plugins = ["tests.registry.plugin"]
+
+__all__ = ["IN_CI", "REPOSITORY", "SHARED_DATA", "require_tool"]
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import builtins
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, final
 
@@ -11,13 +11,17 @@ from typing_extensions import disjoint_base
 __all__ = [
     "BlobInfo",
     "BlobReport",
+    "CancelToken",
     "Descriptor",
     "GcReport",
     "ImportReport",
+    "LayerReport",
     "LayerStore",
+    "ManifestReport",
     "Problem",
     "PullProgress",
     "PullReport",
+    "UnpackReport",
     "Usage",
     "VerifyReport",
     "__version__",
@@ -57,7 +61,7 @@ class Problem:
     @property
     def kind(self) -> str:
         """The problem: ``digest_mismatch``, ``truncated``, ``size_mismatch``, ``missing``,
-        or ``invalid_name``."""
+        ``invalid_name`` or ``invalid_manifest``."""
 
     @property
     def digest(self) -> str | None: ...
@@ -71,6 +75,8 @@ class Problem:
     def actual_size(self) -> int | None: ...
     @property
     def referenced_by(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
 
 @final
 class VerifyReport:
@@ -173,6 +179,22 @@ class PullReport:
     def seconds(self) -> float: ...
 
 @final
+class ManifestReport:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+@final
+class CancelToken:
+    def __new__(cls) -> CancelToken: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+
+@final
 class PullProgress:
     @property
     def total_bytes(self) -> int: ...
@@ -186,6 +208,54 @@ class PullProgress:
     def blobs_done(self) -> int: ...
     @property
     def finished(self) -> bool: ...
+
+@final
+class LayerReport:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def diff_id(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def compressed_bytes(self) -> int: ...
+    @property
+    def uncompressed_bytes(self) -> int:
+        """Bytes of the tar stream; 0 when an earlier run had already unpacked the layer."""
+
+    @property
+    def entries(self) -> int: ...
+    @property
+    def reused(self) -> bool:
+        """True when an earlier run had already published this layer."""
+
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class UnpackReport:
+    @property
+    def target(self) -> Path: ...
+    @property
+    def manifest_digest(self) -> str: ...
+    @property
+    def layout(self) -> str:
+        """``overlay`` or ``flatten``."""
+
+    @property
+    def result(self) -> Path:
+        """The ``rootfs`` directory (flatten) or the ``lowerdir`` file (overlay)."""
+
+    @property
+    def layers(self) -> list[LayerReport]:
+        """From the bottom layer up."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Metadata that could not be kept, one line per kind of loss."""
+
+    @property
+    def seconds(self) -> float: ...
 
 @disjoint_base
 class LayerStore:
@@ -233,7 +303,7 @@ class LayerStore:
     def export_layout(
         self, path: str | os.PathLike[str], *, tags: builtins.list[str] | None = None
     ) -> ImportReport: ...
-    def pull(
+    def _pull(
         self,
         reference: str,
         *,
@@ -246,8 +316,9 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[PullReport]: ...
-    def fetch(
+        cancel: CancelToken | None = None,
+    ) -> PullReport: ...
+    def _fetch(
         self,
         url: str,
         *,
@@ -258,6 +329,58 @@ class LayerStore:
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
         progress: Callable[[PullProgress], object] | None = None,
-    ) -> Awaitable[BlobReport]: ...
+        cancel: CancelToken | None = None,
+    ) -> BlobReport: ...
+    def _pull_manifest(
+        self,
+        reference: str,
+        *,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        cancel: CancelToken | None = None,
+    ) -> ManifestReport:
+        """Fetch one manifest or index by tag or digest into the store, without tagging it."""
+
+    def _pull_blob(
+        self,
+        reference: str,
+        *,
+        digest: str,
+        size: int | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> BlobReport:
+        """Fetch one blob of the reference's repository by digest, unless it is in the store.
+
+        Without ``size``, a HEAD request reads it from ``Content-Length``.
+        """
+    def unpack(
+        self, reference: str, target: str | os.PathLike[str], *, flatten: bool = False
+    ) -> UnpackReport: ...
+    def _pull_and_unpack(
+        self,
+        reference: str,
+        target: str | os.PathLike[str],
+        *,
+        flatten: bool = False,
+        platform: str | None = None,
+        connections: int = 8,
+        chunk_size: int = 16777216,
+        tag: str | None = None,
+        insecure_registries: builtins.list[str] = ...,
+        ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[PullProgress], object] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> tuple[PullReport, UnpackReport]: ...
 
 def parse_digest_string(text: str) -> str: ...

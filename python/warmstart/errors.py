@@ -25,6 +25,13 @@ Each class also inherits the standard library category it belongs to, so callers
     │   ├── RegistryTimeoutError    (TimeoutError) a connection stalled
     │   ├── RegistryConnectionError (ConnectionError)  a connection failed
     │   └── RegistryProtocolError                  the server broke the protocol
+    ├── UnpackError                                unpacking an image from the store failed
+    │   ├── UnsafeEntryError        (ValueError)   a layer entry would write outside the target
+    │   ├── InvalidLayerError       (ValueError)   a layer is corrupt or not what its type says
+    │   ├── DiffIdMismatchError     (ValueError)   a layer's tar stream is not the config's diff_id
+    │   ├── InvalidImageError       (ValueError)   a manifest or config cannot be unpacked
+    │   ├── UnpackTargetError       (FileExistsError)  the target holds another image or other files
+    │   └── UnpackIOError           (OSError)      a file system operation failed
     └── EngineError                                the scaling engine (warmstart.engine.errors)
 
 A pull that fails because of content (a digest or size mismatch) raises the store error of that
@@ -34,6 +41,8 @@ kind. ``RegistryError`` and its subclasses carry ``status`` (the HTTP status or 
 Attributes name the failing values: ``DigestMismatchError.expected`` and ``.actual`` (digest
 strings) and ``.bytes_read``; ``SizeMismatchError.expected`` and ``.actual`` (bytes);
 ``BlobNotFoundError.digest``; ``TagNotFoundError.tag``; ``StoreIOError.filename`` and ``.errno``.
+``UnsafeEntryError.layer``, ``.entry`` and ``.reason`` name the rejected tar entry. A store failure
+during an unpack (a blob missing from the store, say) raises the store error of that kind.
 """
 
 from __future__ import annotations
@@ -41,9 +50,12 @@ from __future__ import annotations
 __all__ = [
     "BlobInUseError",
     "BlobNotFoundError",
+    "DiffIdMismatchError",
     "DigestMismatchError",
     "ForeignLayerError",
     "InvalidDigestError",
+    "InvalidImageError",
+    "InvalidLayerError",
     "InvalidLayoutError",
     "InvalidRangeError",
     "InvalidReferenceError",
@@ -60,6 +72,10 @@ __all__ = [
     "StoreError",
     "StoreIOError",
     "TagNotFoundError",
+    "UnpackError",
+    "UnpackIOError",
+    "UnpackTargetError",
+    "UnsafeEntryError",
     "WarmstartError",
 ]
 
@@ -141,6 +157,11 @@ class ForeignLayerError(MissingBlobError):
 class StoreIOError(StoreError, OSError):
     """A file system operation of the store failed; ``filename`` and ``errno`` say which."""
 
+    def __str__(self) -> str:
+        # The message already names the path and the reason; OSError's default form would
+        # repeat the path and print ``[Errno None]`` when there is no errno.
+        return str(self.strerror if self.errno is not None else self.args[0])
+
 
 class RegistryError(WarmstartError):
     """A registry or HTTP request failed; ``status`` has the HTTP status when there was one."""
@@ -178,3 +199,43 @@ class RegistryConnectionError(RegistryError, ConnectionError):
 
 class RegistryProtocolError(RegistryError):
     """The server sent something the OCI distribution protocol does not allow."""
+
+
+class UnpackError(WarmstartError):
+    """Unpacking an image from the store into a directory failed; nothing was published."""
+
+
+class UnsafeEntryError(UnpackError, ValueError):
+    """A layer entry would write outside the target or create a device node without root."""
+
+    layer: str
+    entry: str
+    reason: str
+
+
+class InvalidLayerError(UnpackError, ValueError):
+    """A layer is corrupt, has an unsupported media type, or its bytes show another compression."""
+
+    layer: str
+
+
+class DiffIdMismatchError(UnpackError, ValueError):
+    """A layer's uncompressed tar stream does not hash to the diff_id in the image config."""
+
+    layer: str
+    expected: str
+    actual: str
+
+
+class InvalidImageError(UnpackError, ValueError):
+    """A manifest or image config lacks what an unpack needs (layers, ``rootfs.diff_ids``)."""
+
+    image: str
+
+
+class UnpackTargetError(UnpackError, FileExistsError):
+    """The target directory holds another image or files warmstart did not write."""
+
+
+class UnpackIOError(UnpackError, OSError):
+    """A file system operation of an unpack failed; ``filename`` and ``errno`` say which."""

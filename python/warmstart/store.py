@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
-from typing import BinaryIO
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, TypeVar
 
 from warmstart import _native
 
 __all__ = ["LayerStore"]
+
+T = TypeVar("T")
+
+# Transfers block a thread each while the Rust runtime moves the bytes. A dedicated pool keeps
+# them from starving asyncio's default executor; its threads are joined at interpreter exit.
+_TRANSFERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="warmstart-transfer")
+
+
+async def _run_transfer(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run a blocking transfer on the pool; cancelling the awaitable cancels the transfer.
+
+    The transfer stops within moments of the cancellation: its downloads are dropped, and
+    partial blobs stay in ``ingest/`` for a resume.
+    """
+    token = _native.CancelToken()
+    call = functools.partial(function, *args, cancel=token, **kwargs)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_TRANSFERS, call)
+    except asyncio.CancelledError:
+        token.cancel()
+        raise
 
 
 class LayerStore(_native.LayerStore):
@@ -15,9 +40,10 @@ class LayerStore(_native.LayerStore):
 
     Every blob under ``blobs/`` is complete and verified: writes go to ``ingest/`` and are moved
     into place only after their size and digest are checked. Several threads and processes may
-    use one store at once. Every method releases the GIL while it hashes or does I/O.
+    use one store at once. Every blocking method releases the GIL while it hashes or does I/O;
+    the transfer methods (``pull``, ``fetch`` and friends) are coroutines.
 
-    Raises ``StoreError`` subclasses from :mod:`warmstart.errors`.
+    Raises ``StoreError`` and ``RegistryError`` subclasses from :mod:`warmstart.errors`.
     """
 
     def open(self, digest: str) -> BinaryIO:
@@ -29,3 +55,90 @@ class LayerStore(_native.LayerStore):
 
     def __fspath__(self) -> str:
         return os.fspath(self.root)
+
+    async def pull(
+        self,
+        reference: str,
+        *,
+        platform: str | None = None,
+        connections: int = 8,
+        chunk_size: int = 16 << 20,
+        tag: str | None = None,
+        insecure_registries: Sequence[str] = (),
+        ca_certificates: Sequence[str | os.PathLike[str]] = (),
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[_native.PullProgress], object] | None = None,
+    ) -> _native.PullReport:
+        """Pull an image or OCI artifact into the store and tag it; see ``docs/pull.md``.
+
+        ``platform`` is ``os/arch[/variant]`` (default: this host). ``connections`` is per
+        host; ``chunk_size`` is in bytes; ``stall_timeout_s`` is how long a connection may send
+        nothing before it is abandoned; ``progress`` is called every 0.2 s with a
+        ``PullProgress`` and once at the end. Blobs already in the store are not fetched.
+        """
+        return await _run_transfer(
+            self._pull,
+            reference,
+            platform=platform,
+            connections=connections,
+            chunk_size=chunk_size,
+            tag=tag,
+            insecure_registries=list(insecure_registries),
+            ca_certificates=list(ca_certificates),
+            stall_timeout_s=stall_timeout_s,
+            max_attempts=max_attempts,
+            progress=progress,
+        )
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        digest: str,
+        size: int | None = None,
+        connections: int = 8,
+        chunk_size: int = 16 << 20,
+        stall_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        progress: Callable[[_native.PullProgress], object] | None = None,
+    ) -> _native.BlobReport:
+        """Download one blob from an HTTP(S) URL, verified against ``digest``.
+
+        Without ``size`` (bytes), a HEAD request reads it from ``Content-Length``.
+        """
+        return await _run_transfer(
+            self._fetch,
+            url,
+            digest=digest,
+            size=size,
+            connections=connections,
+            chunk_size=chunk_size,
+            stall_timeout_s=stall_timeout_s,
+            max_attempts=max_attempts,
+            progress=progress,
+        )
+
+    async def pull_manifest(self, reference: str, **options: Any) -> _native.ManifestReport:
+        """Fetch one manifest or index into the store without tagging it.
+
+        ``options`` are those of ``pull`` that configure the client (``insecure_registries``,
+        ``ca_certificates``, ``stall_timeout_s``, ``max_attempts``).
+        """
+        return await _run_transfer(self._pull_manifest, reference, **options)
+
+    async def pull_blob(self, reference: str, **options: Any) -> _native.BlobReport:
+        """Fetch one blob of the reference's repository by ``digest=`` unless it is present.
+
+        ``options`` are ``digest`` (required), ``size`` and those of ``pull``.
+        """
+        return await _run_transfer(self._pull_blob, reference, **options)
+
+    async def pull_and_unpack(
+        self, reference: str, target: str | os.PathLike[str], **options: Any
+    ) -> tuple[_native.PullReport, _native.UnpackReport]:
+        """Pull an image and unpack each layer into ``target`` as soon as it is committed.
+
+        ``options`` are ``flatten`` and those of ``pull``; see ``docs/unpack.md``.
+        """
+        return await _run_transfer(self._pull_and_unpack, reference, target, **options)

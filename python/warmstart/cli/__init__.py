@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
-from warmstart.cli import calibrate, pull, replay, store
+from warmstart.cli import calibrate, mirror, prefetch, pull, replay, serve, store, unpack
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pull.add_parsers(commands)
     store.add_parser(commands)
+    mirror.add_parser(commands)
+    prefetch.add_parser(commands)
+    serve.add_parser(commands)
+    unpack.add_parser(commands)
     replay.add_parser(commands)
     calibrate.add_parser(commands)
     return parser

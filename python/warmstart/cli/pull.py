@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from warmstart import BlobReport, PullProgress, PullReport
+from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
 
@@ -86,6 +87,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="trust this certificate authority too (repeatable)",
     )
     add_common(pull)
+    unpack.add_pull_arguments(pull)
     pull.set_defaults(run=run_pull)
 
     fetch = commands.add_parser(
@@ -156,6 +158,8 @@ def run_pull(arguments: argparse.Namespace) -> int:
     store = open_store(arguments)
     reference: str = arguments.reference
     insecure = [reference.split("/", 1)[0]] if arguments.insecure else []
+    if arguments.unpack is not None:
+        return unpack.run_pull_and_unpack(arguments, store, insecure, progress_display(arguments))
 
     async def pull() -> PullReport:
         return await store.pull(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -68,14 +69,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub.add_argument("--dry-run", action="store_true", help="report without removing anything")
     sub.add_argument(
         "--grace-period",
-        type=float,
+        type=seconds,
         default=3600.0,
         metavar="SECONDS",
         help="keep unreachable blobs younger than this (default: 3600)",
     )
     sub.add_argument(
         "--ingest-max-age",
-        type=float,
+        type=seconds,
         default=86400.0,
         metavar="SECONDS",
         help="remove partial downloads idle longer than this (default: 86400)",
@@ -84,6 +85,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     sub = action("du", "show the disk space the store uses")
     sub.set_defaults(run=run_du)
+
+
+def seconds(text: str) -> float:
+    """Parse a duration in seconds for argparse: a finite number, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def open_store(arguments: argparse.Namespace) -> LayerStore:
@@ -184,6 +196,7 @@ def run_verify(arguments: argparse.Namespace) -> int:
                         "expected_size": p.expected_size,
                         "actual_size": p.actual_size,
                         "referenced_by": p.referenced_by,
+                        "detail": p.detail,
                     }
                     for p in report.problems
                 ],
@@ -209,7 +222,9 @@ def describe_problem(problem: Any) -> str:
         return f" ({problem.actual_size} bytes, manifest declares {problem.expected_size})"
     if problem.kind == "missing":
         return f" (referenced by {problem.referenced_by})"
-    return " (file name is not a digest)"
+    if problem.kind == "invalid_manifest":
+        return f" ({problem.detail})"
+    return " (not a regular file named by its digest)"
 
 
 def run_gc(arguments: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ class Decision:
     reason: str
     stages: tuple[Stage, ...]
     recommendations: tuple[Recommendation, ...]
+    prefetch: bool = False
 
     @property
     def changed(self) -> bool:
@@ -61,6 +62,8 @@ class Decision:
     def explain(self) -> str:
         """Return a multi-line account: the decision, every stage, every recommendation."""
         lines = [f"{self.endpoint} at {self.at:.3f}s: {self.reason}"]
+        if self.prefetch:
+            lines.append("  prefetch started: a forecast exceeds the current capacity")
         lines += [f"  {s.name:<13} {s.value:>6}  {s.note}" for s in self.stages]
         for rec in self.recommendations:
             flags = "" if rec.valid else " (invalid)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ from warmstart.engine.decision import Decision
 from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
 from warmstart.engine.policy.base import Capacity, PolicyInputs
+from warmstart.engine.policy.predictive import Predictive
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
 from warmstart.engine.spec import EndpointSpec, MetricKind, MetricSpec
@@ -40,6 +42,7 @@ from warmstart.engine.window import Statistic
 logger = logging.getLogger("warmstart.engine")
 
 DecisionCallback = Callable[[Decision], None]
+PrefetchHook = Callable[[Decision], object]
 
 # Buckets per table are rounded up to a multiple of this, so endpoints with similar windows
 # share one table (a 60 s window of 1 s buckets gets 64).
@@ -88,6 +91,7 @@ class _Endpoint:
     next_due: float | None = None
     zero_since: float | None = None
     last_decision: Decision | None = None
+    last_prefetch: float | None = None
 
     def capacity(self) -> Capacity:
         tracker = self.instances
@@ -108,6 +112,12 @@ class Engine:
     to ``decisions()`` iterators. ``tick`` and ``evaluate`` return every decision either way.
     ``queue_size`` bounds each ``decisions()`` iterator; when a consumer falls behind, the
     oldest queued decision is dropped and counted in ``dropped_decisions``.
+
+    ``prefetch`` is called with the decision when a valid ``Predictive`` recommendation, which
+    sizes for the load expected when a new instance would be ready, exceeds the endpoint's
+    current capacity (``Capacity.current``), at most once per ``prefetch_interval_s`` seconds per
+    endpoint, because the images a prefetch warms stay warm. That decision has ``prefetch`` set
+    and is emitted even without a change. Exceptions from the hook are logged.
     """
 
     def __init__(
@@ -119,6 +129,8 @@ class Engine:
         on_decision: DecisionCallback | None = None,
         emit: Literal["changes", "all"] = "changes",
         queue_size: int = 1024,
+        prefetch: PrefetchHook | None = None,
+        prefetch_interval_s: float = 300.0,
     ) -> None:
         specs = list(endpoints)
         names = [spec.name for spec in specs]
@@ -126,6 +138,10 @@ class Engine:
             raise EngineConfigError(f"duplicate endpoint names in {names}")
         if emit not in ("changes", "all"):
             raise EngineConfigError(f"emit must be 'changes' or 'all', got {emit!r}")
+        if not prefetch_interval_s >= 0:
+            raise EngineConfigError(
+                f"prefetch_interval_s must be at least 0 seconds, got {prefetch_interval_s!r}"
+            )
         if queue_size < 1:
             raise EngineConfigError(f"queue_size must be at least 1, got {queue_size!r}")
         self.clock: Clock = clock if clock is not None else MonotonicClock()
@@ -133,6 +149,8 @@ class Engine:
         self.rejects = RejectCounter()
         self._store = SeriesStore(self.ingest_config, len(specs))
         self._callbacks: list[DecisionCallback] = [on_decision] if on_decision else []
+        self._prefetch = prefetch
+        self._prefetch_interval_s = prefetch_interval_s
         self._emit_all = emit == "all"
         self._queue_size = queue_size
         self._subscribers: list[asyncio.Queue[Decision | None]] = []
@@ -140,6 +158,7 @@ class Engine:
         self._endpoints: dict[str, _Endpoint] = {}
         self._ordered: list[_Endpoint] = []
         self._groups = 0
+        self._created = len(specs)
         for index, spec in enumerate(specs):
             self._add_endpoint(index, spec)
         self._buffer: tuple[list[int], list[float], list[float], list[float]] = ([], [], [], [])
@@ -183,6 +202,38 @@ class Engine:
         self._endpoints[spec.name] = endpoint
         self._ordered.append(endpoint)
         self._store.watch[index] = endpoint.requested == 0
+
+    def add_endpoint(self, spec: EndpointSpec) -> None:
+        """Start scaling a new endpoint; raise ``EngineConfigError`` if the name is taken.
+
+        The endpoint starts like one given to the constructor: no data, the restart hold, and
+        ``spec.start_capacity``.
+        """
+        self._check_open()
+        if spec.name in self._endpoints:
+            raise EngineConfigError(f"endpoint {spec.name!r} already exists")
+        self.flush()
+        index = self._created
+        self._created += 1
+        self._store.add_endpoint_slot()
+        self._add_endpoint(index, spec)
+        if self._wake is not None:
+            self._wake.set()
+        logger.info("endpoint %s added", spec.name)
+
+    def remove_endpoint(self, name: str) -> None:
+        """Stop scaling ``name`` and forget its series and state.
+
+        Later samples for ``name`` are rejected as unknown until it is added again. Raise
+        ``UnknownEndpointError`` if there is no such endpoint.
+        """
+        self._check_open()
+        runtime = self._endpoint(name)
+        self.flush()
+        del self._endpoints[name]
+        self._ordered.remove(runtime)
+        self._store.forget_endpoint(runtime.index)
+        logger.info("endpoint %s removed", name)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -432,7 +483,7 @@ class Engine:
                     1, math.floor((now - runtime.next_due) / interval) + 1
                 )
         for decision in decisions:
-            if self._emit_all or decision.changed:
+            if self._emit_all or decision.changed or decision.prefetch:
                 self._deliver(decision)
         return decisions
 
@@ -512,7 +563,38 @@ class Engine:
             woken=woken,
         )
         decision = decide(spec.behavior, runtime.behavior_state, context, recommendations)
+        if self._prefetch is not None:
+            decision = self._maybe_prefetch(runtime, decision, capacity.current, self._prefetch)
         self._apply(runtime, decision)
+        return decision
+
+    def _maybe_prefetch(
+        self, runtime: _Endpoint, decision: Decision, current: int, hook: PrefetchHook
+    ) -> Decision:
+        # TODO: the forecast looks ahead by the endpoint's time to ready only. A separate image
+        # lead time would start the hook earlier than the scale-out it prepares.
+        expects_more = any(
+            isinstance(policy, Predictive)
+            and recommendation.valid
+            and recommendation.desired > current
+            for policy, recommendation in zip(
+                runtime.spec.policies, decision.recommendations, strict=True
+            )
+        )
+        last = runtime.last_prefetch
+        if not expects_more or (
+            last is not None and decision.at - last < self._prefetch_interval_s
+        ):
+            return decision
+        runtime.last_prefetch = decision.at
+        decision = dataclasses.replace(decision, prefetch=True)
+        logger.info(
+            "endpoint %s: forecast exceeds capacity %d, prefetching", decision.endpoint, current
+        )
+        try:
+            hook(decision)
+        except Exception:
+            logger.exception("prefetch hook %r failed for %s", hook, decision.endpoint)
         return decision
 
     def _apply(self, runtime: _Endpoint, decision: Decision) -> None:

@@ -128,6 +128,25 @@ class SeriesStore:
             self.ready = _grown(self.ready, size, capacity, False)
         self._capacity = capacity
 
+    def add_endpoint_slot(self) -> None:
+        """Grow the per-endpoint arrays by one endpoint."""
+        self.last_active = np.append(self.last_active, -np.inf)
+        self.watch = np.append(self.watch, False)
+
+    def forget_endpoint(self, endpoint: int) -> None:
+        """Deactivate and unintern every series of ``endpoint``, so its names are unknown again.
+
+        TODO: the rows of removed series stay allocated in their bucket table until the engine
+        is recreated.
+        """
+        for key, sid in list(self.keys.items()):
+            if self.endpoint[sid] == endpoint:
+                del self.keys[key]
+                self.active[sid] = False
+        for instance_key in [k for k in self.instance_series if k[0] == endpoint]:
+            del self.instance_series[instance_key]
+        self.watch[endpoint] = False
+
     def table_for(self, bucket_s: float, n_buckets: int) -> int:
         """Return the id of the table with these dimensions, creating it if needed."""
         for index, table in enumerate(self.tables):

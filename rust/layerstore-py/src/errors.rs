@@ -5,6 +5,8 @@
 //! `StoreError` variant does not compile until it has a Python class.
 
 use layerstore::registry::error::PullError;
+use layerstore::unpack::pull::PullUnpackError;
+use layerstore::unpack::UnpackError;
 use layerstore::StoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -19,6 +21,26 @@ fn message_with_causes(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// Formats an I/O failure as `<operation> <path> failed: <reason>`, without the
+/// `(os error N)` suffix Rust adds (Python shows the errno itself) and with a hint for the
+/// common causes.
+fn io_message(operation: &str, path: &std::path::Path, source: &std::io::Error) -> String {
+    let reason = source.to_string();
+    let reason = match reason.find(" (os error ") {
+        Some(position) => reason[..position].to_owned(),
+        None => reason,
+    };
+    let hint = match source.kind() {
+        std::io::ErrorKind::PermissionDenied => "; check the permissions of the store directory",
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+            "; the path must be a directory or not exist"
+        }
+        std::io::ErrorKind::StorageFull => "; free disk space or use another store",
+        _ => "",
+    };
+    format!("{operation} {} failed: {reason}{hint}", path.display())
 }
 
 /// Converts a store error into an instance of its `warmstart.errors` class, with the failing
@@ -92,10 +114,18 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
             attributes.set_item("digest", digest.to_string())?;
             "ForeignLayerError"
         }
-        StoreError::Io { path, source, .. } => {
+        StoreError::Io {
+            operation,
+            path,
+            source,
+        } => {
             let class = py.import("warmstart.errors")?.getattr("StoreIOError")?;
-            let errno = source.raw_os_error();
-            let exception = class.call1((errno, message, path))?;
+            let message = io_message(operation, path, source);
+            let exception = match source.raw_os_error() {
+                Some(errno) => class.call1((errno, message))?,
+                None => class.call1((message,))?,
+            };
+            exception.setattr("filename", path)?;
             return Ok(PyErr::from_value(exception));
         }
     };
@@ -182,5 +212,85 @@ fn classify_pull(error: &PullError) -> Classified<'_> {
         PullError::PlatformNotFound { .. } => (Some("PlatformNotFoundError"), None, None),
         PullError::InvalidCredentials { .. } => (Some("RegistryAuthError"), None, None),
         PullError::Store(_) => (None, None, None),
+    }
+}
+
+/// Converts an unpack error into an instance of its `warmstart.errors` class. A store failure
+/// inside an unpack keeps its store class.
+pub fn unpack_to_py_err(error: UnpackError) -> PyErr {
+    Python::attach(|py| match build_unpack(py, &error) {
+        Ok(exception) => exception,
+        Err(lookup_failure) => lookup_failure,
+    })
+}
+
+fn build_unpack(py: Python<'_>, error: &UnpackError) -> PyResult<PyErr> {
+    let message = message_with_causes(error);
+    let attributes = PyDict::new(py);
+    let class_name = match error {
+        UnpackError::Store(inner) => {
+            let converted = build(py, inner)?;
+            converted.value(py).setattr("args", (message,))?;
+            return Ok(converted);
+        }
+        UnpackError::UnsafeEntry {
+            layer,
+            entry,
+            reason,
+        } => {
+            attributes.set_item("layer", layer.to_string())?;
+            attributes.set_item("entry", entry)?;
+            attributes.set_item("reason", reason)?;
+            "UnsafeEntryError"
+        }
+        UnpackError::InvalidLayer { layer, .. }
+        | UnpackError::CompressionMismatch { layer, .. }
+        | UnpackError::UnsupportedMediaType { layer, .. } => {
+            attributes.set_item("layer", layer.to_string())?;
+            "InvalidLayerError"
+        }
+        UnpackError::DiffIdMismatch {
+            layer,
+            expected,
+            actual,
+        } => {
+            attributes.set_item("layer", layer.to_string())?;
+            attributes.set_item("expected", expected.to_string())?;
+            attributes.set_item("actual", actual.to_string())?;
+            "DiffIdMismatchError"
+        }
+        UnpackError::InvalidImage { image, .. } => {
+            attributes.set_item("image", image)?;
+            "InvalidImageError"
+        }
+        UnpackError::TargetInUse { path, .. } => {
+            let class = py
+                .import("warmstart.errors")?
+                .getattr("UnpackTargetError")?;
+            let exception = class.call1((EEXIST, message, path))?;
+            return Ok(PyErr::from_value(exception));
+        }
+        UnpackError::Io { path, source, .. } => {
+            let class = py.import("warmstart.errors")?.getattr("UnpackIOError")?;
+            let exception = class.call1((source.raw_os_error(), message, path))?;
+            return Ok(PyErr::from_value(exception));
+        }
+    };
+    let class = py.import("warmstart.errors")?.getattr(class_name)?;
+    let exception = class.call1((message,))?;
+    for (key, value) in attributes.iter() {
+        exception.setattr(key.extract::<String>()?.as_str(), value)?;
+    }
+    Ok(PyErr::from_value(exception))
+}
+
+/// `EEXIST` on Linux and macOS, the errno `FileExistsError` stands for.
+const EEXIST: i32 = 17;
+
+/// Converts a failure of a pull with overlapped unpack.
+pub fn pull_unpack_to_py_err(error: PullUnpackError) -> PyErr {
+    match error {
+        PullUnpackError::Pull(inner) => pull_to_py_err(inner),
+        PullUnpackError::Unpack(inner) => unpack_to_py_err(inner),
     }
 }

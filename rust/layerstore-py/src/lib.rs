@@ -7,6 +7,7 @@ mod errors;
 mod pull;
 mod stream;
 mod types;
+mod unpack;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use layerstore::fetch::Progress;
 use layerstore::store::GcOptions;
+use layerstore::unpack::UnpackOptions;
 use layerstore::{Digest, Expected, Store};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -23,16 +25,22 @@ use crate::stream::PyReader;
 use crate::types::{
     PyBlobInfo, PyDescriptor, PyGcReport, PyImportReport, PyProblem, PyUsage, PyVerifyReport,
 };
+use crate::unpack::{PyLayerReport, PyUnpackReport};
 
 fn parse_digest(text: &str) -> PyResult<Digest> {
     Digest::parse(text).map_err(|error| to_py_err(error.into()))
 }
 
-fn expected(digest: Option<&str>, size: Option<u64>) -> PyResult<Expected> {
+fn expected(digest: Option<&str>, size: Option<i64>) -> PyResult<Expected> {
     Ok(Expected {
         digest: digest.map(parse_digest).transpose()?,
-        size,
+        size: size.map(|size| non_negative(size, "size")).transpose()?,
     })
+}
+
+fn non_negative(value: i64, name: &str) -> PyResult<u64> {
+    u64::try_from(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be at least 0, got {value}")))
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
@@ -72,7 +80,7 @@ impl PyLayerStore {
         py: Python<'_>,
         data: &[u8],
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let outcome = py
@@ -87,7 +95,7 @@ impl PyLayerStore {
         py: Python<'_>,
         path: PathBuf,
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let outcome = py
@@ -102,7 +110,7 @@ impl PyLayerStore {
         py: Python<'_>,
         stream: Bound<'_, PyAny>,
         digest: Option<&str>,
-        size: Option<u64>,
+        size: Option<i64>,
     ) -> PyResult<PyBlobInfo> {
         let expected = expected(digest, size)?;
         let reader = PyReader::new(&stream)?;
@@ -119,10 +127,14 @@ impl PyLayerStore {
         &self,
         py: Python<'py>,
         digest: &str,
-        offset: u64,
-        length: Option<u64>,
+        offset: i64,
+        length: Option<i64>,
     ) -> PyResult<Vec<u8>> {
         let digest = parse_digest(digest)?;
+        let offset = non_negative(offset, "offset")?;
+        let length = length
+            .map(|length| non_negative(length, "length"))
+            .transpose()?;
         py.detach(|| self.store.read_range(&digest, offset, length))
             .map_err(to_py_err)
     }
@@ -246,13 +258,15 @@ impl PyLayerStore {
         Ok(report.into())
     }
 
-    /// Pulls an image or artifact; returns an awaitable of a `PullReport`.
+    /// Pulls an image or artifact; blocks until it ends and returns a `PullReport`.
+    /// `warmstart.LayerStore.pull` runs it on a worker thread as an awaitable.
     #[pyo3(signature = (
         reference, *, platform=None, connections=8, chunk_size=16777216, tag=None,
         insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
         max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull")]
     fn pull<'py>(
         &self,
         py: Python<'py>,
@@ -266,7 +280,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyPullReport> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
         let key = client_key(
@@ -279,7 +294,7 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.pull(&reference, &options, &counters);
             let report = pull::with_progress(Arc::clone(&counters), progress, work)
@@ -289,12 +304,13 @@ impl PyLayerStore {
         })
     }
 
-    /// Downloads one blob from an HTTP(S) URL; returns an awaitable of a `BlobReport`.
+    /// Downloads one blob from an HTTP(S) URL; blocks until it ends and returns a `BlobReport`.
     #[pyo3(signature = (
         url, *, digest, size=None, connections=8, chunk_size=16777216, stall_timeout_s=30.0,
         max_attempts=5, progress=None
-    ))]
+    , cancel=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_fetch")]
     fn fetch<'py>(
         &self,
         py: Python<'py>,
@@ -306,7 +322,8 @@ impl PyLayerStore {
         stall_timeout_s: f64,
         max_attempts: u32,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyBlobReport> {
         let url = pull::parse_url(url)?;
         let digest = pull::parse_digest(digest)?;
         let options = pull::fetch_options(connections, chunk_size)?;
@@ -315,13 +332,173 @@ impl PyLayerStore {
             .pullers
             .get(&self.store, key)
             .map_err(errors::pull_to_py_err)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.fetch_url(&url, &digest, size, &options, &counters);
             let report = pull::with_progress(Arc::clone(&counters), progress, work)
                 .await
                 .map_err(errors::pull_to_py_err)?;
             Ok(pull::PyBlobReport::from(report))
+        })
+    }
+
+    /// Fetches one manifest or index by tag or digest into the store without tagging it;
+    /// blocks until it ends and returns a `ManifestReport`.
+    #[pyo3(signature = (
+        reference, *, insecure_registries=Vec::new(), ca_certificates=Vec::new(),
+        stall_timeout_s=30.0, max_attempts=5
+    , cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_manifest")]
+    fn pull_manifest<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyManifestReport> {
+        let reference = pull::parse_reference(reference)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pull::run_blocking(py, cancel, async move {
+            let fetched = puller
+                .pull_manifest(&reference)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyManifestReport::from(fetched))
+        })
+    }
+
+    /// Fetches one blob of the reference's repository by digest; blocks until it ends and returns a
+    /// `BlobReport`.
+    #[pyo3(signature = (
+        reference, *, digest, size=None, connections=8, chunk_size=16777216,
+        insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
+        max_attempts=5, progress=None
+    , cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_blob")]
+    fn pull_blob<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        digest: &str,
+        size: Option<u64>,
+        connections: usize,
+        chunk_size: u64,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<pull::PyBlobReport> {
+        let reference = pull::parse_reference(reference)?;
+        let digest = pull::parse_digest(digest)?;
+        let options = pull::fetch_options(connections, chunk_size)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        pull::run_blocking(py, cancel, async move {
+            let counters = Arc::new(Progress::default());
+            let work = puller.pull_blob(&reference, &digest, size, &options, &counters);
+            let report = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_to_py_err)?;
+            Ok(pull::PyBlobReport::from(report))
+        })
+    }
+
+    /// Unpacks an image (a tag or a manifest digest) into `target`; returns an `UnpackReport`.
+    #[pyo3(signature = (reference, target, *, flatten=false))]
+    fn unpack(
+        &self,
+        py: Python<'_>,
+        reference: &str,
+        target: PathBuf,
+        flatten: bool,
+    ) -> PyResult<PyUnpackReport> {
+        let options = UnpackOptions { flatten };
+        let report = py
+            .detach(|| layerstore::unpack::unpack(&self.store, reference, &target, &options))
+            .map_err(errors::unpack_to_py_err)?;
+        Ok(report.into())
+    }
+
+    /// Pulls an image and unpacks it into `target`, extracting each layer as soon as its blob
+    /// is committed; blocks until it ends and returns `(PullReport, UnpackReport)`.
+    #[pyo3(signature = (
+        reference, target, *, flatten=false, platform=None, connections=8,
+        chunk_size=16777216, tag=None, insecure_registries=Vec::new(),
+        ca_certificates=Vec::new(), stall_timeout_s=30.0, max_attempts=5, progress=None
+    , cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "_pull_and_unpack")]
+    fn pull_and_unpack<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        target: PathBuf,
+        flatten: bool,
+        platform: Option<&str>,
+        connections: usize,
+        chunk_size: u64,
+        tag: Option<String>,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<PyRef<'_, pull::CancelToken>>,
+    ) -> PyResult<(pull::PyPullReport, PyUnpackReport)> {
+        let reference = pull::parse_reference(reference)?;
+        let options = pull::pull_options(platform, connections, chunk_size, tag)?;
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        let puller = self
+            .pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)?;
+        let unpack_options = UnpackOptions { flatten };
+        pull::run_blocking(py, cancel, async move {
+            let counters = Arc::new(Progress::default());
+            let work = layerstore::unpack::pull::pull_and_unpack(
+                &puller,
+                &reference,
+                &options,
+                &target,
+                &unpack_options,
+                &counters,
+            );
+            let (pulled, unpacked) = pull::with_progress(Arc::clone(&counters), progress, work)
+                .await
+                .map_err(errors::pull_unpack_to_py_err)?;
+            Ok((
+                pull::PyPullReport::from(pulled),
+                PyUnpackReport::from(unpacked),
+            ))
         })
     }
 
@@ -372,6 +549,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<pull::PyPullReport>()?;
     module.add_class::<pull::PyBlobReport>()?;
     module.add_class::<pull::PyPullProgress>()?;
+    module.add_class::<pull::CancelToken>()?;
+    module.add_class::<pull::PyManifestReport>()?;
+    module.add_class::<PyLayerReport>()?;
+    module.add_class::<PyUnpackReport>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,7 +1,7 @@
 //! `LayerStore.pull` and `LayerStore.fetch`: awaitables backed by the core's async puller.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use layerstore::fetch::{BlobReport, FetchOptions, Progress, PullOptions, PullReport, Puller};
@@ -9,7 +9,7 @@ use layerstore::reference::Reference;
 use layerstore::registry::auth::CredentialStore;
 use layerstore::registry::error::PullError;
 use layerstore::registry::platform::Platform;
-use layerstore::registry::{ClientOptions, RegistryClient};
+use layerstore::registry::{ClientOptions, FetchedManifest, RegistryClient};
 use layerstore::{Digest, Store};
 use pyo3::prelude::*;
 
@@ -134,6 +134,34 @@ impl From<PullReport> for PyPullReport {
     }
 }
 
+/// A manifest or index fetched on its own and committed to the store as a blob.
+#[pyclass(module = "warmstart._native", name = "ManifestReport", frozen, get_all)]
+pub struct PyManifestReport {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[pymethods]
+impl PyManifestReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "ManifestReport(digest={:?}, media_type={:?}, size={})",
+            self.digest, self.media_type, self.size
+        )
+    }
+}
+
+impl From<FetchedManifest> for PyManifestReport {
+    fn from(fetched: FetchedManifest) -> PyManifestReport {
+        PyManifestReport {
+            digest: fetched.digest.to_string(),
+            media_type: fetched.media_type,
+            size: fetched.bytes.len() as u64,
+        }
+    }
+}
+
 /// A snapshot of a running pull's counters, passed to the progress callback.
 #[pyclass(module = "warmstart._native", name = "PullProgress", frozen, get_all)]
 pub struct PyPullProgress {
@@ -172,6 +200,8 @@ fn report_progress(callback: &Py<PyAny>, progress: &Progress, finished: bool) {
 }
 
 /// Runs `work` while calling `callback` with progress every 0.2 s, and once more at the end.
+/// The ticks run inside this future, on the thread that blocks on it (a Python thread), never
+/// on a runtime worker thread.
 pub async fn with_progress<T>(
     progress: Arc<Progress>,
     callback: Option<Py<PyAny>>,
@@ -180,19 +210,80 @@ pub async fn with_progress<T>(
     let Some(callback) = callback else {
         return work.await;
     };
-    let ticker_progress = Arc::clone(&progress);
-    let ticker_callback = Python::attach(|py| callback.clone_ref(py));
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
-        loop {
-            interval.tick().await;
-            report_progress(&ticker_callback, &ticker_progress, false);
+    let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut work = std::pin::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = interval.tick() => report_progress(&callback, &progress, false),
         }
-    });
-    let result = work.await;
-    ticker.abort();
+    };
     report_progress(&callback, &progress, true);
     result
+}
+
+/// The runtime that runs transfers. Its threads never touch Python: results, errors and
+/// progress reach Python on the thread that blocks on the work, so no runtime thread can race
+/// the interpreter's shutdown.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("warmstart-io")
+            .enable_all()
+            .build()
+            .expect("the tokio runtime starts")
+    })
+}
+
+/// Lets Python stop a blocking transfer from another thread: `warmstart.LayerStore`'s async
+/// methods cancel it when their awaitable is cancelled.
+#[pyclass(module = "warmstart._native", name = "CancelToken", frozen)]
+pub struct CancelToken {
+    sender: tokio::sync::watch::Sender<bool>,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> CancelToken {
+        CancelToken {
+            sender: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Stops the transfer this token was passed to; partial downloads stay for a resume.
+    fn cancel(&self) {
+        self.sender.send_replace(true);
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        *self.sender.borrow()
+    }
+}
+
+/// Blocks on `work` with the GIL released, returning early when `cancel` fires. Dropping the
+/// work future stops every transfer it started.
+pub fn run_blocking<T: Send>(
+    py: Python<'_>,
+    cancel: Option<PyRef<'_, CancelToken>>,
+    work: impl std::future::Future<Output = PyResult<T>> + Send,
+) -> PyResult<T> {
+    let receiver = cancel.map(|token| token.sender.subscribe());
+    py.detach(|| {
+        runtime().block_on(async move {
+            let Some(mut receiver) = receiver else {
+                return work.await;
+            };
+            tokio::select! {
+                result = work => result,
+                _ = receiver.wait_for(|cancelled| *cancelled) => {
+                    Err(pyo3::exceptions::PyRuntimeError::new_err("the transfer was cancelled"))
+                }
+            }
+        })
+    })
 }
 
 pub fn pull_options(

@@ -66,6 +66,13 @@ impl PyReader {
                 }
             };
             if chunk.is_none() {
+                if self.readable {
+                    // Non-blocking streams return None for "no data yet", not for the end.
+                    return Err(PyTypeError::new_err(
+                        "the stream's read() returned None, as non-blocking streams do; \
+                         pass a blocking binary file object",
+                    ));
+                }
                 return Ok(Vec::new());
             }
             let bytes: Vec<u8> = chunk.extract().map_err(|_| {

@@ -80,7 +80,8 @@ impl From<Descriptor> for PyDescriptor {
 #[pyclass(module = "warmstart._native", name = "Problem", frozen, get_all)]
 #[derive(Clone)]
 pub struct PyProblem {
-    /// One of `digest_mismatch`, `truncated`, `size_mismatch`, `missing`, `invalid_name`.
+    /// One of `digest_mismatch`, `truncated`, `size_mismatch`, `missing`, `invalid_name`,
+    /// `invalid_manifest`.
     pub kind: &'static str,
     pub digest: Option<String>,
     pub path: Option<String>,
@@ -88,6 +89,8 @@ pub struct PyProblem {
     pub expected_size: Option<u64>,
     pub actual_size: Option<u64>,
     pub referenced_by: Option<String>,
+    /// Why a manifest is invalid, for `invalid_manifest`.
+    pub detail: Option<String>,
 }
 
 #[pymethods]
@@ -110,6 +113,7 @@ impl From<Problem> for PyProblem {
             expected_size: None,
             actual_size: None,
             referenced_by: None,
+            detail: None,
         };
         match problem {
             Problem::DigestMismatch {
@@ -149,6 +153,11 @@ impl From<Problem> for PyProblem {
                 converted.kind = "missing";
                 converted.digest = Some(digest.to_string());
                 converted.referenced_by = Some(referenced_by);
+            }
+            Problem::InvalidManifest { digest, reason } => {
+                converted.kind = "invalid_manifest";
+                converted.digest = Some(digest.to_string());
+                converted.detail = Some(reason);
             }
             Problem::InvalidName { path } => {
                 converted.kind = "invalid_name";

@@ -6,14 +6,18 @@
 //! image manifest in the store; layer media types come from the archive's `LayerSources` when it
 //! has them, and otherwise from the layer's first bytes (gzip, zstd or plain tar).
 //!
+//! Entries are read the way `tar -x` and Docker read them: the last regular entry of a name wins,
+//! and a symlink entry (legacy Docker writes a repeated layer as a link to the first copy) is
+//! followed within the archive. Other entry types are never taken as a config or layer.
+//!
 //! Foreign layers (listed in `LayerSources` with `urls`) are imported only when their bytes are in
 //! the archive. When they are not, the import fails before writing anything, because an image
 //! with an absent layer could not be run or exported without fetching from the layer's URL.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,8 +28,10 @@ use crate::layout::ImportReport;
 use crate::manifest::{self, Descriptor};
 use crate::store::{Expected, PutOutcome, Store};
 
-/// Largest `manifest.json` or config file read into memory.
+/// Largest `manifest.json` read into memory.
 const MAX_METADATA_SIZE: u64 = 16 << 20;
+/// Symlink hops followed when resolving an entry name.
+const MAX_LINK_HOPS: usize = 16;
 
 /// One entry of a `docker save` `manifest.json`.
 #[derive(Debug, Deserialize)]
@@ -40,37 +46,93 @@ struct ArchiveImage {
     layer_sources: BTreeMap<String, Descriptor>,
 }
 
+/// What the first pass learned about an entry name: the position of its last regular file, or
+/// the target of its last symlink.
+#[derive(Clone, Debug)]
+enum EntryKind {
+    File(usize),
+    Link(String),
+}
+
+/// The first pass over an archive.
+struct Listing {
+    images: Vec<ArchiveImage>,
+    entries: BTreeMap<String, EntryKind>,
+}
+
+impl Listing {
+    /// Follows symlinks to a regular file; returns its name and position in the archive.
+    fn resolve(&self, name: &str) -> Option<(String, usize)> {
+        let mut current = name.to_owned();
+        for _ in 0..MAX_LINK_HOPS {
+            match self.entries.get(&current)? {
+                EntryKind::File(index) => return Some((current, *index)),
+                EntryKind::Link(target) => current = join_link(&current, target)?,
+            }
+        }
+        None
+    }
+}
+
+/// Resolves a symlink target relative to the link's directory; `None` if it leaves the archive.
+fn join_link(link: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        link.split('/').collect::<Vec<_>>()[..link.split('/').count() - 1].to_vec()
+    };
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Maps a tar reader failure to a clear error. The reader's own message is left out: for a file
+/// that is not a tar archive it quotes the file's bytes.
+fn archive_error(archive: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |error| {
+        tracing::debug!(archive = %archive.display(), %error, "tar reader failed");
+        StoreError::InvalidLayout {
+            path: archive.to_owned(),
+            reason: "not a readable tar archive (truncated, compressed or another format); \
+                     `docker save` writes a plain .tar"
+                .into(),
+        }
+    }
+}
+
 impl Store {
     /// Imports every image of the `docker save` archive at `archive`, tagging each with its
     /// `RepoTags`. `tag`, when given, names the imported image instead and requires the archive
     /// to hold exactly one image. Returns the manifests written.
     pub fn import_docker_archive(&self, archive: &Path, tag: Option<&str>) -> Result<ImportReport> {
-        let invalid = |reason: String| StoreError::InvalidLayout {
-            path: archive.to_owned(),
-            reason,
-        };
-        let (images, names) = read_manifest_json(archive)?;
-        if tag.is_some() && images.len() != 1 {
-            return Err(invalid(format!(
-                "the archive holds {} images, so a single tag cannot name them; import without a tag",
-                images.len()
-            )));
+        let listing = read_listing(archive)?;
+        if tag.is_some() && listing.images.len() != 1 {
+            return Err(StoreError::InvalidLayout {
+                path: archive.to_owned(),
+                reason: format!(
+                    "the archive holds {} images, so a single tag cannot name them; import without a tag",
+                    listing.images.len()
+                ),
+            });
         }
-        check_layers_present(archive, &images, &names)?;
-
-        // The second pass copies configs and layers into the store, keyed by their path.
-        let wanted: BTreeSet<&str> = images
-            .iter()
-            .flat_map(|image| {
-                std::iter::once(image.config.as_str())
-                    .chain(image.layers.iter().map(String::as_str))
-            })
+        let resolved = check_entries_present(archive, &listing)?;
+        let wanted: BTreeMap<usize, String> = resolved
+            .values()
+            .map(|(name, index)| (*index, name.clone()))
             .collect();
         let mut report = ImportReport::default();
         let stored = self.copy_entries(archive, &wanted, &mut report)?;
+        let by_path = |path: &str| -> &(PutOutcome, [u8; 4]) { &stored[&resolved[path].0] };
 
-        for image in &images {
-            let descriptor = self.write_image_manifest(archive, image, &stored, &mut report)?;
+        for image in &listing.images {
+            let descriptor = self.write_image_manifest(archive, image, &by_path, &mut report)?;
             let tags: Vec<String> = match tag {
                 Some(tag) => vec![tag.to_owned()],
                 None => image.repo_tags.clone().unwrap_or_default(),
@@ -91,53 +153,48 @@ impl Store {
         Ok(report)
     }
 
+    /// Second pass: copies the entries at the positions in `wanted` into the store.
     fn copy_entries(
         &self,
         archive: &Path,
-        wanted: &BTreeSet<&str>,
+        wanted: &BTreeMap<usize, String>,
         report: &mut ImportReport,
     ) -> Result<BTreeMap<String, (PutOutcome, [u8; 4])>> {
         let mut stored = BTreeMap::new();
         let file = File::open(archive).map_err(StoreError::io("open", archive))?;
-        let mut entries_reader = tar::Archive::new(file);
-        let entries = entries_reader
-            .entries()
-            .map_err(StoreError::io("read archive", archive))?;
-        for entry in entries {
-            let mut entry = entry.map_err(StoreError::io("read archive", archive))?;
-            let name = entry_name(&entry, archive)?;
-            if !wanted.contains(name.as_str()) || stored.contains_key(&name) {
+        let mut reader = tar::Archive::new(file);
+        let entries = reader.entries().map_err(archive_error(archive))?;
+        for (index, entry) in entries.enumerate() {
+            let mut entry = entry.map_err(archive_error(archive))?;
+            let Some(name) = wanted.get(&index) else {
                 continue;
-            }
+            };
             let mut magic = [0u8; 4];
-            let head = read_head(&mut entry, &mut magic)
-                .map_err(StoreError::io("read archive", archive))?;
-            let expected = digest_in_name(&name)
+            let head = read_head(&mut entry, &mut magic).map_err(archive_error(archive))?;
+            let expected = digest_in_name(name)
                 .map(Expected::digest)
                 .unwrap_or_default();
-            let outcome = self.put_reader(
-                std::io::Cursor::new(magic[..head].to_vec()).chain(entry),
-                expected,
-            )?;
+            let source = io::Cursor::new(magic[..head].to_vec()).chain(entry);
+            let outcome = self.put_reader(source, expected)?;
             if outcome.created {
                 report.blobs_added += 1;
                 report.bytes_added += outcome.size;
             } else {
                 report.blobs_present += 1;
             }
-            stored.insert(name, (outcome, magic));
+            stored.insert(name.clone(), (outcome, magic));
         }
         Ok(stored)
     }
 
-    fn write_image_manifest(
+    fn write_image_manifest<'a>(
         &self,
         archive: &Path,
         image: &ArchiveImage,
-        stored: &BTreeMap<String, (PutOutcome, [u8; 4])>,
+        stored: &dyn Fn(&str) -> &'a (PutOutcome, [u8; 4]),
         report: &mut ImportReport,
     ) -> Result<Descriptor> {
-        let (config, _) = &stored[&image.config];
+        let (config, _) = stored(&image.config);
         let config_bytes = self.read_range(&config.digest, 0, None)?;
         let config_json: Value =
             serde_json::from_slice(&config_bytes).map_err(|source| StoreError::InvalidJson {
@@ -152,19 +209,29 @@ impl Store {
 
         let mut layers = Vec::new();
         for (position, path) in image.layers.iter().enumerate() {
-            let (outcome, magic) = &stored[path];
-            let source = diff_ids
-                .get(position)
-                .and_then(|id| image.layer_sources.get(*id));
+            let (outcome, magic) = stored(path);
+            let diff_id = diff_ids.get(position).copied();
+            let media_type = layer_media_type(magic);
+            // An uncompressed layer's digest is its diff_id; a mismatch means the archive pairs
+            // the config with other layers than the ones it describes.
+            // TODO: check compressed layers too, by hashing their decompressed bytes.
+            if media_type == manifest::OCI_LAYER_TAR {
+                if let Some(diff_id) = diff_id.filter(|id| *id != outcome.digest.to_string()) {
+                    return Err(StoreError::InvalidLayout {
+                        path: archive.to_owned(),
+                        reason: format!(
+                            "layer {path} hashes to {}, but the config lists diff_id {diff_id} at position {position}",
+                            outcome.digest
+                        ),
+                    });
+                }
+            }
+            let source = diff_id.and_then(|id| image.layer_sources.get(id));
             let descriptor = match source {
                 Some(source) if source.digest == outcome.digest && source.size == outcome.size => {
                     source.clone()
                 }
-                _ => Descriptor::new(
-                    layer_media_type(magic),
-                    outcome.digest.clone(),
-                    outcome.size,
-                ),
+                _ => Descriptor::new(media_type, outcome.digest.clone(), outcome.size),
             };
             layers.push(descriptor);
         }
@@ -188,40 +255,55 @@ impl Store {
     }
 }
 
-/// First pass: parses `manifest.json` and lists every regular file in the archive.
-fn read_manifest_json(archive: &Path) -> Result<(Vec<ArchiveImage>, BTreeSet<String>)> {
+/// First pass: parses `manifest.json` and records the last regular file or symlink of each name.
+fn read_listing(archive: &Path) -> Result<Listing> {
     let file = File::open(archive).map_err(StoreError::io("open", archive))?;
-    let mut head = [0u8; 2];
-    if (&file).read_exact(&mut head).is_ok() && head == [0x1f, 0x8b] {
+    let mut head = [0u8; 4];
+    let read = read_head(&mut &file, &mut head).map_err(StoreError::io("read", archive))?;
+    let compression = match &head[..read] {
+        [0x1f, 0x8b, ..] => Some("gzip (gunzip it)"),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some("zstd (unzstd it)"),
+        _ => None,
+    };
+    if let Some(compression) = compression {
         return Err(StoreError::InvalidLayout {
             path: archive.to_owned(),
-            reason:
-                "the archive is gzip-compressed; decompress it first (gunzip) and import the .tar"
-                    .into(),
+            reason: format!("the archive is compressed with {compression}, then import the .tar"),
         });
     }
     let file = File::open(archive).map_err(StoreError::io("open", archive))?;
     let mut reader = tar::Archive::new(file);
-    let mut names = BTreeSet::new();
+    let mut entries = BTreeMap::new();
     let mut manifest_json = None;
-    for entry in reader
+    for (index, entry) in reader
         .entries()
-        .map_err(StoreError::io("read archive", archive))?
+        .map_err(archive_error(archive))?
+        .enumerate()
     {
-        let mut entry = entry.map_err(StoreError::io("read archive", archive))?;
-        if !entry.header().entry_type().is_file() {
+        let mut entry = entry.map_err(archive_error(archive))?;
+        let name = entry_name(&entry, archive)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(archive_error(archive))?
+                .map(|target| target.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            entries.insert(name, EntryKind::Link(target));
             continue;
         }
-        let name = entry_name(&entry, archive)?;
+        if !kind.is_file() {
+            continue;
+        }
         if name == "manifest.json" {
             let mut bytes = Vec::new();
             (&mut entry)
                 .take(MAX_METADATA_SIZE)
                 .read_to_end(&mut bytes)
-                .map_err(StoreError::io("read archive", archive))?;
+                .map_err(archive_error(archive))?;
             manifest_json = Some(bytes);
         }
-        names.insert(name);
+        entries.insert(name, EntryKind::File(index));
     }
     let bytes = manifest_json.ok_or_else(|| StoreError::InvalidLayout {
         path: archive.to_owned(),
@@ -232,19 +314,21 @@ fn read_manifest_json(archive: &Path) -> Result<(Vec<ArchiveImage>, BTreeSet<Str
             what: format!("manifest.json in {}", archive.display()),
             source,
         })?;
-    Ok((images, names))
+    Ok(Listing { images, entries })
 }
 
-/// Fails before anything is written when a config or layer named by `manifest.json` is absent.
-fn check_layers_present(
+/// Resolves every config and layer path of `manifest.json` to a regular entry, failing before
+/// anything is written when one is absent. Returns path → (resolved name, position).
+fn check_entries_present(
     archive: &Path,
-    images: &[ArchiveImage],
-    names: &BTreeSet<String>,
-) -> Result<()> {
-    for image in images {
+    listing: &Listing,
+) -> Result<BTreeMap<String, (String, usize)>> {
+    let mut resolved = BTreeMap::new();
+    for image in &listing.images {
         let referenced_by = format!("manifest.json in {}", archive.display());
         for path in std::iter::once(&image.config).chain(&image.layers) {
-            if names.contains(path) {
+            if let Some(found) = listing.resolve(path) {
+                resolved.insert(path.clone(), found);
                 continue;
             }
             let digest = digest_in_name(path);
@@ -264,19 +348,18 @@ fn check_layers_present(
                 },
                 (None, None) => StoreError::InvalidLayout {
                     path: archive.to_owned(),
-                    reason: format!("manifest.json names {path:?}, which is not in the archive"),
+                    reason: format!(
+                        "manifest.json names {path:?}, which is not a file in the archive"
+                    ),
                 },
             });
         }
     }
-    Ok(())
+    Ok(resolved)
 }
 
 fn entry_name(entry: &tar::Entry<'_, File>, archive: &Path) -> Result<String> {
-    let path: PathBuf = entry
-        .path()
-        .map_err(StoreError::io("read archive", archive))?
-        .into_owned();
+    let path = entry.path().map_err(archive_error(archive))?;
     let name = path.to_string_lossy();
     Ok(name.trim_start_matches("./").to_owned())
 }
@@ -305,7 +388,7 @@ fn layer_media_type(magic: &[u8; 4]) -> &'static str {
 }
 
 /// Reads up to four bytes; returns how many were read.
-fn read_head(reader: &mut impl Read, magic: &mut [u8; 4]) -> std::io::Result<usize> {
+fn read_head(reader: &mut impl Read, magic: &mut [u8; 4]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < magic.len() {
         let count = reader.read(&mut magic[filled..])?;
@@ -315,4 +398,23 @@ fn read_head(reader: &mut impl Read, magic: &mut [u8; 4]) -> std::io::Result<usi
         filled += count;
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_link;
+
+    #[test]
+    fn join_link_resolves_relative_targets() {
+        assert_eq!(
+            join_link("ccc/layer.tar", "../aaa/layer.tar").as_deref(),
+            Some("aaa/layer.tar")
+        );
+        assert_eq!(
+            join_link("layer.tar", "other.tar").as_deref(),
+            Some("other.tar")
+        );
+        assert_eq!(join_link("a/b", "/abs/c").as_deref(), Some("abs/c"));
+        assert_eq!(join_link("a", "../../x"), None);
+    }
 }

@@ -64,11 +64,11 @@ impl Store {
         report: &mut ImportReport,
     ) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<(Descriptor, String)> = roots
+        let mut queue: VecDeque<(Descriptor, bool, String)> = roots
             .iter()
-            .map(|root| (root.clone(), "index.json".to_owned()))
+            .map(|root| (root.clone(), true, "index.json".to_owned()))
             .collect();
-        while let Some((descriptor, referenced_by)) = queue.pop_front() {
+        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop_front() {
             if !seen.insert(descriptor.digest.clone()) {
                 continue;
             }
@@ -92,13 +92,33 @@ impl Store {
             } else {
                 report.blobs_present += 1;
             }
-            if descriptor.is_content() || descriptor.size > manifest::MAX_MANIFEST_SIZE {
+            if !is_manifest {
                 continue;
             }
+            let invalid = |reason: String| StoreError::InvalidLayout {
+                path: path.clone(),
+                reason,
+            };
+            if descriptor.size > manifest::MAX_MANIFEST_SIZE {
+                return Err(invalid(format!(
+                    "manifest {} is larger than 4 MiB",
+                    descriptor.digest
+                )));
+            }
             let bytes = self.read_range(&descriptor.digest, 0, None)?;
+            if manifest::media_type_of(&bytes).is_none() {
+                return Err(invalid(format!(
+                    "{} (referenced by {referenced_by}) is not a manifest or index",
+                    descriptor.digest
+                )));
+            }
             let name = format!("manifest {}", descriptor.digest);
             for child in manifest::referenced_descriptors(&bytes, &name)? {
-                queue.push_back((child, descriptor.digest.to_string()));
+                queue.push_back((
+                    child.descriptor,
+                    child.is_manifest,
+                    descriptor.digest.to_string(),
+                ));
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod unpack;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{DigestParseError, Result, StoreError};

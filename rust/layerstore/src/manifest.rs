@@ -114,31 +114,46 @@ impl Default for ImageIndex {
     }
 }
 
+/// A descriptor found inside a manifest or index, with its role there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reference {
+    pub descriptor: Descriptor,
+    /// True for `manifests` entries and `subject` (they are manifests or indexes themselves);
+    /// false for `config`, `layers` and artifact `blobs` (content, never parsed).
+    pub is_manifest: bool,
+}
+
 /// Returns the descriptors a manifest, index or artifact manifest refers to: `config`, `layers`,
-/// `manifests`, `blobs` and `subject`. Content that is not a JSON object yields no children.
+/// `blobs` (content), and `manifests`, `subject` (manifests). Content that is not a JSON object
+/// yields no children.
 ///
 /// `what` names the blob in errors.
-pub fn referenced_descriptors(bytes: &[u8], what: &str) -> Result<Vec<Descriptor>> {
+pub fn referenced_descriptors(bytes: &[u8], what: &str) -> Result<Vec<Reference>> {
     let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(bytes) else {
         return Ok(Vec::new());
     };
     let mut children = Vec::new();
-    let parse = |value: &Value| -> Result<Descriptor> {
-        serde_json::from_value(value.clone()).map_err(|source| StoreError::InvalidJson {
-            what: format!("descriptor in {what}"),
-            source,
+    let parse = |value: &Value, is_manifest: bool| -> Result<Reference> {
+        let descriptor =
+            serde_json::from_value(value.clone()).map_err(|source| StoreError::InvalidJson {
+                what: format!("descriptor in {what}"),
+                source,
+            })?;
+        Ok(Reference {
+            descriptor,
+            is_manifest,
         })
     };
-    for key in ["config", "subject"] {
+    for (key, is_manifest) in [("config", false), ("subject", true)] {
         // An image config also has a "config" object, without a digest: not a descriptor.
         if let Some(value) = object.get(key).filter(|v| v.get("digest").is_some()) {
-            children.push(parse(value)?);
+            children.push(parse(value, is_manifest)?);
         }
     }
-    for key in ["layers", "manifests", "blobs"] {
+    for (key, is_manifest) in [("layers", false), ("manifests", true), ("blobs", false)] {
         if let Some(Value::Array(items)) = object.get(key) {
             for item in items {
-                children.push(parse(item)?);
+                children.push(parse(item, is_manifest)?);
             }
         }
     }
@@ -177,8 +192,9 @@ mod tests {
         );
         let children = referenced_descriptors(manifest.as_bytes(), "test").unwrap();
         assert_eq!(children.len(), 2);
-        assert_eq!(children[0].digest.to_string(), D1);
-        assert_eq!(children[1].urls(), vec!["u".to_owned()]);
+        assert_eq!(children[0].descriptor.digest.to_string(), D1);
+        assert!(!children[0].is_manifest);
+        assert_eq!(children[1].descriptor.urls(), vec!["u".to_owned()]);
     }
 
     #[test]

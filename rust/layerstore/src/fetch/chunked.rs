@@ -8,8 +8,8 @@
 //! contiguous prefix back from the file as it grows, so verification overlaps the download and
 //! the digest covers exactly the bytes on disk.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -92,6 +92,21 @@ pub struct Progress {
     pub reused_bytes: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_done: AtomicU64,
+    /// Blobs committed or found in the store so far, with their media types, in that order, so
+    /// a consumer (unpack during a pull) can start on each one before the pull ends.
+    pub committed: Mutex<Vec<(Digest, String)>>,
+    /// Notified (`notify_waiters`) whenever `committed` grows.
+    pub committed_changed: Notify,
+}
+
+impl Progress {
+    fn record_committed(&self, digest: &Digest, media_type: &str) {
+        self.committed
+            .lock()
+            .expect("not poisoned")
+            .push((digest.clone(), media_type.to_owned()));
+        self.committed_changed.notify_waiters();
+    }
 }
 
 /// Fetches blobs into a store. One fetcher shares its per-host connection limits between every
@@ -184,6 +199,7 @@ impl Fetcher {
             PartialStart::Exists(_) => {
                 progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
                 progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                progress.record_committed(&job.digest, &job.media_type);
                 return Ok(BlobReport {
                     digest: job.digest,
                     size: job.size,
@@ -228,6 +244,7 @@ impl Fetcher {
             progress: Arc::clone(&progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
+            syncing: Arc::new(AtomicBool::new(false)),
         });
 
         // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
@@ -240,12 +257,15 @@ impl Fetcher {
             && download.requests.load(Ordering::Relaxed) > 1;
         let fetched_bytes = download.fetched.load(Ordering::Relaxed);
         let requests = download.requests.load(Ordering::Relaxed);
+        // The range tasks and the hashing task have ended, and background flushes own their
+        // own file handle, so this is the last reference.
         let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
         let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
             .await
             .expect("commit does not panic");
         let committed = outcome?;
         progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+        progress.record_committed(&committed.digest, &media_type);
         Ok(BlobReport {
             digest: committed.digest,
             size: committed.size,
@@ -287,6 +307,8 @@ struct Download {
     progress: Arc<Progress>,
     fetched: AtomicU64,
     requests: AtomicU32,
+    /// True while a background flush of the partial file runs.
+    syncing: Arc<AtomicBool>,
 }
 
 /// How the probe response answered a range request.
@@ -478,17 +500,28 @@ async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
     };
     match probe {
         Probe::Ranged(response) => {
-            let mut others = JoinSet::new();
-            for &(start, end) in &missing[1..] {
-                let download = Arc::clone(download);
+            // Workers take ranges in ascending order as connections free up, so the written
+            // prefix (and the hashing behind it) grows steadily from byte 0.
+            let queue = Arc::new(Mutex::new(
+                missing[1..].iter().copied().collect::<VecDeque<_>>(),
+            ));
+            let workers = download.options.connections.min(missing.len() - 1);
+            let mut others: JoinSet<Result<(), PullError>> = JoinSet::new();
+            for _ in 0..workers {
+                let (download, queue) = (Arc::clone(download), Arc::clone(&queue));
                 others.spawn(async move {
-                    let permit = Arc::clone(&download.permits)
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
-                    let result = fetch_range(&download, start, end, None).await;
-                    drop(permit);
-                    result
+                    loop {
+                        let permit = Arc::clone(&download.permits)
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore is never closed");
+                        let Some((start, end)) = queue.lock().expect("not poisoned").pop_front()
+                        else {
+                            return Ok(());
+                        };
+                        fetch_range(&download, start, end, None).await?;
+                        drop(permit);
+                    }
                 });
             }
             let first = fetch_range(download, first_start, first_end, Some(response)).await;
@@ -538,7 +571,7 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
 /// Fetches `start..end` with as many requests as it takes: a truncated or stalled body is
 /// continued from the last byte written, never restarted.
 async fn fetch_range(
-    download: &Download,
+    download: &Arc<Download>,
     start: u64,
     end: u64,
     first: Option<Response>,
@@ -582,7 +615,33 @@ async fn fetch_range(
         tokio::time::sleep(backoff(base_delay, failures)).await;
     }
     download.partial.record_completed(start, end)?;
+    start_background_sync(download);
     Ok(())
+}
+
+/// Starts flushing the partial file to disk unless a flush is already running, so the disk
+/// writes during the download instead of all at once in the commit's fsync. A failed flush is
+/// only logged: the commit's own fsync reports it. The flush owns its own file handle, so it
+/// never keeps the download alive.
+fn start_background_sync(download: &Download) {
+    if download.syncing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let file = match download.partial.sync_handle() {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::debug!(%error, "background flush not started");
+            download.syncing.store(false, Ordering::Release);
+            return;
+        }
+    };
+    let syncing = Arc::clone(&download.syncing);
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = file.sync_data() {
+            tracing::debug!(%error, "background flush failed");
+        }
+        syncing.store(false, Ordering::Release);
+    });
 }
 
 fn check_range_response(

@@ -2,6 +2,7 @@
 
 pub mod chunked;
 pub mod ranges;
+mod single;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,13 +1,15 @@
 //! Reachability from `index.json` and garbage collection.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, OpenOptions};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::manifest::{self, Descriptor};
+use crate::store::ingest::remove_if_exists;
 use crate::store::{read_dir, BlobFile, BlobInfo, Store};
 
 /// A blob reachable from `index.json`: the size its referrer declares, and who refers to it.
@@ -19,11 +21,19 @@ pub(crate) struct Reference {
     pub foreign: bool,
 }
 
+/// The result of a reference walk.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    pub reachable: BTreeMap<Digest, Reference>,
+    /// Manifests whose descriptors could not be read, with the reason.
+    pub invalid: Vec<(Digest, String)>,
+}
+
 /// Options for [`Store::gc`].
 #[derive(Clone, Debug)]
 pub struct GcOptions {
-    /// Unreachable blobs younger than this (by modification time) are kept, so a blob written by
-    /// a pull that has not yet tagged its manifest survives a concurrent `gc`.
+    /// Unreachable blobs younger than this (by modification time) are kept, so a blob written
+    /// or reused by a pull that has not yet tagged its manifest survives a concurrent `gc`.
     pub grace_period: Duration,
     /// Partial files in `ingest/` idle for longer than this, and not locked by a writer, are
     /// removed.
@@ -57,21 +67,24 @@ impl Store {
     /// Walks `index.json` → manifests and indexes → configs, layers, nested manifests, artifact
     /// blobs and subjects, returning every reachable digest.
     ///
-    /// Blobs whose media type marks them as layers or configs are not opened; any other present
-    /// blob of at most 4 MiB is parsed, and a blob that is not a JSON object has no children.
-    pub(crate) fn reachable(&self) -> Result<BTreeMap<Digest, Reference>> {
-        let mut reachable = BTreeMap::new();
-        let mut queue: VecDeque<(Descriptor, String)> = self
+    /// Only blobs in a manifest position (`index.json` entries, `manifests`, `subject`) are
+    /// opened and parsed; configs, layers and artifact blobs are content. A manifest that is not
+    /// a JSON object has no children.
+    /// Blobs in `untrusted` (known to be corrupt) are not parsed. A manifest whose descriptors
+    /// are invalid is listed in [`Walk::invalid`].
+    pub(crate) fn walk(&self, untrusted: &BTreeSet<Digest>) -> Result<Walk> {
+        let mut walk = Walk::default();
+        let mut queue: VecDeque<(Descriptor, bool, String)> = self
             .read_index()?
             .manifests
             .into_iter()
-            .map(|descriptor| (descriptor, "index.json".to_owned()))
+            .map(|descriptor| (descriptor, true, "index.json".to_owned()))
             .collect();
-        while let Some((descriptor, referenced_by)) = queue.pop_front() {
-            if reachable.contains_key(&descriptor.digest) {
+        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop_front() {
+            if walk.reachable.contains_key(&descriptor.digest) {
                 continue;
             }
-            reachable.insert(
+            walk.reachable.insert(
                 descriptor.digest.clone(),
                 Reference {
                     size: descriptor.size,
@@ -79,19 +92,53 @@ impl Store {
                     foreign: !descriptor.urls().is_empty(),
                 },
             );
-            if descriptor.is_content() || descriptor.size > manifest::MAX_MANIFEST_SIZE {
+            if !is_manifest || untrusted.contains(&descriptor.digest) {
                 continue;
             }
-            if !self.has(&descriptor.digest) {
+            if descriptor.size > manifest::MAX_MANIFEST_SIZE {
+                let reason = format!("manifest {} is larger than 4 MiB", descriptor.digest);
+                walk.invalid.push((descriptor.digest.clone(), reason));
                 continue;
             }
-            let bytes = self.read_range(&descriptor.digest, 0, None)?;
+            let bytes = match self.read_range(&descriptor.digest, 0, None) {
+                Ok(bytes) => bytes,
+                Err(StoreError::BlobNotFound { .. } | StoreError::RangeOutOfBounds { .. }) => {
+                    continue
+                }
+                Err(error) => return Err(error),
+            };
             let name = format!("manifest {}", descriptor.digest);
-            for child in manifest::referenced_descriptors(&bytes, &name)? {
-                queue.push_back((child, descriptor.digest.to_string()));
+            match manifest::referenced_descriptors(&bytes, &name) {
+                Ok(children) => {
+                    for child in children {
+                        queue.push_back((
+                            child.descriptor,
+                            child.is_manifest,
+                            descriptor.digest.to_string(),
+                        ));
+                    }
+                }
+                Err(error) => walk
+                    .invalid
+                    .push((descriptor.digest.clone(), error_chain(&error))),
             }
         }
-        Ok(reachable)
+        Ok(walk)
+    }
+
+    /// Returns every digest reachable from `index.json`; a manifest with invalid descriptors is
+    /// an error, because what it refers to cannot be known.
+    pub(crate) fn reachable(&self) -> Result<BTreeMap<Digest, Reference>> {
+        let walk = self.walk(&BTreeSet::new())?;
+        if let Some((digest, reason)) = walk.invalid.into_iter().next() {
+            return Err(StoreError::InvalidLayout {
+                path: self.blob_path(&digest),
+                reason: format!(
+                    "{reason}; run `warmstart store verify --quarantine` to move it aside"
+                ),
+            });
+        }
+        Ok(walk.reachable)
     }
 
     /// Removes every blob not reachable from `index.json` (older than the grace period) and
@@ -103,24 +150,19 @@ impl Store {
         let mut report = GcReport::default();
         for file in self.blob_files()? {
             let BlobFile::Valid { digest, size, path } = file else {
-                continue; // invalid names are reported by verify, and quarantined there
+                continue; // other entries are reported by verify, and quarantined there
             };
-            let young = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| age(now, modified) < options.grace_period);
-            if reachable.contains_key(&digest) || young {
+            if reachable.contains_key(&digest) || is_young(&path, now, options.grace_period) {
                 report.kept_blobs += 1;
                 report.kept_blob_bytes += size;
                 continue;
             }
-            if !options.dry_run {
-                // Hold the digest lock so a concurrent put of the same digest is not undone.
-                let _lock = self.lock_digest(&digest)?;
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(error) => return Err(StoreError::io("delete", path)(error)),
-                }
+            if !options.dry_run
+                && !self.remove_unused_blob(&digest, &path, now, options.grace_period)?
+            {
+                report.kept_blobs += 1;
+                report.kept_blob_bytes += size;
+                continue;
             }
             tracing::debug!(%digest, size, "removed unreachable blob");
             report.removed_blob_bytes += size;
@@ -136,12 +178,35 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes idle partial and lock files. A file whose lock a writer holds is in use and kept.
-    ///
-    /// Removing a lock file can race with a writer that opened it just before: that writer then
-    /// holds a lock nobody else can see, and a second writer of the same digest may download it
-    /// again. Both still verify before the atomic rename, so the race costs bandwidth, never
-    /// correctness; the age threshold makes it rare.
+    /// Deletes an unreachable blob under its lock, unless a writer used it since the walk (a
+    /// put or pull that found it present refreshes its time under the same lock). Returns
+    /// whether it was removed.
+    fn remove_unused_blob(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        now: SystemTime,
+        grace: Duration,
+    ) -> Result<bool> {
+        let lock = self.lock_digest(digest)?;
+        let lock_path = self.lock_path(digest);
+        if is_young(path, now, grace) {
+            remove_if_exists(&lock_path);
+            return Ok(false);
+        }
+        let removed = match fs::remove_file(path) {
+            Ok(()) => true,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+            Err(error) => return Err(StoreError::io("delete", path)(error)),
+        };
+        remove_if_exists(&lock_path);
+        drop(lock);
+        Ok(removed)
+    }
+
+    /// Removes idle partial, log, lock and temporary files. Files of a digest whose lock a
+    /// writer holds are in use and kept; lock files are removed only while gc holds them, which
+    /// the lock protocol of `lock_file` makes safe. The index lock is never removed.
     fn collect_ingest(
         &self,
         options: &GcOptions,
@@ -150,27 +215,41 @@ impl Store {
     ) -> Result<()> {
         for entry in read_dir(&self.ingest_dir())? {
             let path = entry.path();
-            let metadata = entry.metadata().map_err(StoreError::io("stat", &path))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(metadata) = fs::symlink_metadata(&path) else {
+                continue; // removed by its writer meanwhile
+            };
             let idle = metadata
                 .modified()
                 .is_ok_and(|modified| age(now, modified) >= options.ingest_max_age);
-            if !metadata.is_file() || !idle {
+            if name == "index.json.lock" || !idle || metadata.is_dir() {
                 continue;
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let lock_path = match name
+            let stem = name
                 .strip_suffix(".data")
                 .or_else(|| name.strip_suffix(".chunks"))
-            {
+                .or_else(|| name.strip_suffix(".lock"));
+            // Take the lock that guards the file, so no writer is using it: its own lock for
+            // partial data, the index lock for a temporary index.json.
+            let guard = match stem {
                 Some(stem) => self.ingest_dir().join(format!("{stem}.lock")),
+                None if name.starts_with("tmp-index.json") => {
+                    self.ingest_dir().join("index.json.lock")
+                }
                 None => path.clone(),
             };
-            if is_locked(&lock_path) {
-                continue;
-            }
+            let held = match try_lock(&guard)? {
+                Some(lock) => Some(lock),
+                None => continue,
+            };
             if !options.dry_run {
-                fs::remove_file(&path).map_err(StoreError::io("delete", &path))?;
+                remove_if_exists(&path);
+                if let Some(stem) = stem {
+                    // Held by gc itself, so removing it is safe (see `lock_file`).
+                    remove_if_exists(&self.ingest_dir().join(format!("{stem}.lock")));
+                }
             }
+            drop(held);
             report.removed_ingest_bytes += metadata.len();
             report.removed_ingest_files.push(path);
         }
@@ -178,14 +257,43 @@ impl Store {
     }
 }
 
+fn is_young(path: &Path, now: SystemTime, grace: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| age(now, modified) < grace)
+}
+
 fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or(Duration::ZERO)
 }
 
-/// True when another open file description holds the `flock` on `path`.
-fn is_locked(path: &std::path::Path) -> bool {
-    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
-        return false;
+/// Takes the lock at `path` if nobody holds it; `None` when a writer does.
+fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) => return Err(StoreError::io("open lock file", path)(error)),
     };
-    file.try_lock().is_err()
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::io("lock", path)(error)),
+    }
+}
+
+/// Formats an error with its causes, for messages that outlive it.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

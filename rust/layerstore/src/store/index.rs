@@ -6,7 +6,8 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -51,16 +52,16 @@ impl Store {
     pub fn tag(&self, tag: &str, digest: &Digest) -> Result<Descriptor> {
         validate_tag(tag)?;
         let size = self.stat(digest)?.size;
-        let media_type = if size <= manifest::MAX_MANIFEST_SIZE {
-            manifest::media_type_of(&self.read_range(digest, 0, None)?)
-        } else {
-            None
+        let not_a_manifest = || StoreError::InvalidLayout {
+            path: self.blob_path(digest),
+            reason: format!("blob {digest} is not a manifest or index; tag an image manifest"),
         };
-        let mut descriptor = Descriptor::new(
-            media_type.as_deref().unwrap_or(manifest::OCI_MANIFEST),
-            digest.clone(),
-            size,
-        );
+        if size > manifest::MAX_MANIFEST_SIZE {
+            return Err(not_a_manifest());
+        }
+        let media_type = manifest::media_type_of(&self.read_range(digest, 0, None)?)
+            .ok_or_else(not_a_manifest)?;
+        let mut descriptor = Descriptor::new(&media_type, digest.clone(), size);
         descriptor
             .annotations
             .insert(REF_NAME.into(), Value::String(tag.to_owned()));
@@ -68,13 +69,14 @@ impl Store {
         Ok(descriptor)
     }
 
-    /// Adds `descriptor` to `index.json`, replacing any entry with the same tag. The blob must be
-    /// in the store.
+    /// Adds `descriptor` to `index.json`, replacing any entry with the same tag. The manifest
+    /// and every blob it reaches must be in the store (foreign layers excepted), so a tag never
+    /// names an incomplete image.
     pub fn tag_descriptor(&self, descriptor: Descriptor) -> Result<()> {
         if let Some(tag) = descriptor.ref_name() {
             validate_tag(tag)?;
         }
-        self.stat(&descriptor.digest)?;
+        self.check_complete(&descriptor)?;
         self.update_index(|index| {
             if let Some(tag) = descriptor.ref_name() {
                 index
@@ -88,8 +90,43 @@ impl Store {
         })
     }
 
+    /// Checks that `root` and every blob it reaches are present; returns the first missing one.
+    fn check_complete(&self, root: &Descriptor) -> Result<()> {
+        let mut queue = vec![(root.clone(), true, "index.json".to_owned())];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop() {
+            if !seen.insert(descriptor.digest.clone()) {
+                continue;
+            }
+            if !self.has(&descriptor.digest) {
+                if !descriptor.urls().is_empty() {
+                    continue; // a foreign layer may live at its URL only
+                }
+                return Err(StoreError::MissingBlob {
+                    digest: descriptor.digest,
+                    referenced_by,
+                    source_path: self.root().to_owned(),
+                });
+            }
+            if !is_manifest || descriptor.size > manifest::MAX_MANIFEST_SIZE {
+                continue;
+            }
+            let bytes = self.read_range(&descriptor.digest, 0, None)?;
+            let name = format!("manifest {}", descriptor.digest);
+            for child in manifest::referenced_descriptors(&bytes, &name)? {
+                queue.push((
+                    child.descriptor,
+                    child.is_manifest,
+                    descriptor.digest.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes `tag` from `index.json`; the blobs stay until `gc`. Returns whether it existed.
     pub fn untag(&self, tag: &str) -> Result<bool> {
+        validate_tag(tag)?;
         self.update_index(|index| {
             let before = index.manifests.len();
             index
@@ -121,7 +158,8 @@ impl Store {
     }
 }
 
-/// Checks a tag against the characters an OCI reference may contain.
+/// Checks a tag against the grammar of `org.opencontainers.image.ref.name`: components of
+/// letters and digits joined by one separator (`-`, `.`, `_`, `:`, `@`, `+`, `/`, or `--`).
 pub fn validate_tag(tag: &str) -> Result<()> {
     let invalid = |reason| StoreError::InvalidTag {
         tag: tag.to_owned(),
@@ -141,25 +179,67 @@ pub fn validate_tag(tag: &str) -> Result<()> {
             "a tag may contain only letters, digits and . _ - : / @ +",
         ));
     }
-    if !tag.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(invalid("a tag must start with a letter or digit"));
+    let bytes = tag.as_bytes();
+    if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+        return Err(invalid("a tag must start and end with a letter or digit"));
+    }
+    let separators =
+        |window: &[u8]| !window[0].is_ascii_alphanumeric() && !window[1].is_ascii_alphanumeric();
+    let doubled = bytes.windows(2).any(|w| separators(w) && w != b"--");
+    let tripled_dash = tag.contains("---");
+    if doubled || tripled_dash {
+        return Err(invalid(
+            "separators in a tag stand alone between letters or digits",
+        ));
     }
     Ok(())
 }
 
-/// Replaces `directory/name` with `bytes` by writing a temporary file, fsyncing it, renaming it
-/// over the target and fsyncing the directory.
-pub(crate) fn write_atomically(directory: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temporary = directory.join(format!(".{name}.tmp-{}", std::process::id()));
-    let target = directory.join(name);
+/// Writes `bytes` to a new temporary file in `root/ingest/` and fsyncs it. A crash leaves the
+/// file in `ingest/`, where `gc` removes it once it is idle.
+fn write_temporary(root: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let temporary = root.join("ingest").join(format!(
+        "tmp-{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()
     };
     write().map_err(StoreError::io("write", &temporary))?;
-    fs::rename(&temporary, &target).map_err(StoreError::io("rename into place", &target))?;
-    sync_directory(directory)
+    Ok(temporary)
+}
+
+/// Replaces `root/name` with `bytes`: write a temporary file, fsync it, rename it over the
+/// target, fsync the directory.
+pub(crate) fn write_atomically(root: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let temporary = write_temporary(root, name, bytes)?;
+    let target = root.join(name);
+    if let Err(error) = fs::rename(&temporary, &target) {
+        let _ = fs::remove_file(&temporary);
+        return Err(StoreError::io("rename into place", &target)(error));
+    }
+    sync_directory(root)
+}
+
+/// Creates `root/name` with `bytes` unless it exists, atomically: the complete file appears
+/// under its name by a hard link, which fails if another process created it first.
+pub(crate) fn create_if_absent(root: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let target = root.join(name);
+    if target.exists() {
+        return Ok(());
+    }
+    let temporary = write_temporary(root, name, bytes)?;
+    let linked = fs::hard_link(&temporary, &target);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => sync_directory(root),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::io("create", &target)(error)),
+    }
 }
 
 #[cfg(test)]
@@ -181,7 +261,20 @@ mod tests {
 
     #[test]
     fn validate_tag_rejects_bad_tags() {
-        for tag in ["", "-x", "a b", "tag\n", &"x".repeat(256), ".hidden"] {
+        for tag in [
+            "",
+            "-x",
+            "a b",
+            "tag\n",
+            &"x".repeat(256),
+            ".hidden",
+            "a/../../b",
+            "a//b",
+            "a..b",
+            "a::b",
+            "a@@b",
+            "a-",
+        ] {
             assert!(validate_tag(tag).is_err(), "{tag:?}");
         }
     }

@@ -20,7 +20,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -113,23 +113,16 @@ impl Store {
         let Some(digest) = expected.digest.clone() else {
             return self.open_unkeyed(expected, algorithm);
         };
-        if let Some(outcome) = self.existing(&digest, &expected)? {
-            return Ok(IngestStart::Exists(outcome));
-        }
         let lock = self.lock_digest(&digest)?;
         if let Some(outcome) = self.existing(&digest, &expected)? {
+            touch(&self.blob_path(&digest));
+            remove_held_lock(&self.lock_path(&digest), &lock);
             return Ok(IngestStart::Exists(outcome));
         }
         let data_path =
             self.ingest_dir()
                 .join(format!("{}-{}.data", digest.algorithm(), digest.hex()));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&data_path)
-            .map_err(StoreError::io("open", &data_path))?;
+        let mut file = open_partial_file(&data_path)?;
         let (hasher, written) =
             resume_partial(&mut file, &data_path, &expected, digest.algorithm())?;
         Ok(IngestStart::Open(Box::new(Ingest {
@@ -154,7 +147,10 @@ impl Store {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let data_path = self.ingest_dir().join(name);
+        let data_path = self.ingest_dir().join(&name);
+        // gc removes idle files in ingest/ only when it can take their lock, so even a write
+        // whose digest is not known yet holds one.
+        let lock = lock_file(&data_path.with_extension("lock"))?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -168,7 +164,7 @@ impl Store {
             hasher: algorithm.hasher(),
             written: 0,
             keyed: false,
-            _lock: None,
+            _lock: Some(lock),
         })))
     }
 
@@ -230,17 +226,73 @@ impl Store {
     }
 }
 
-/// Opens (creating if needed) and exclusively locks the lock file at `path`.
-pub(crate) fn lock_file(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
+/// Opens the partial file of a keyed ingest for reading and writing, creating it if needed.
+/// Anything else found at that path (a symlink, a directory, a read-only file left by a crash)
+/// is removed first: `ingest/` belongs to the store, and following a symlink there could
+/// overwrite a file outside it.
+pub(crate) fn open_partial_file(path: &Path) -> Result<File> {
+    if let Ok(metadata) = fs::symlink_metadata(path) {
+        let usable = metadata.is_file() && metadata.permissions().mode() & 0o200 != 0;
+        if !usable {
+            tracing::warn!(path = %path.display(), "replacing an unusable partial file");
+            let removed = if metadata.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            removed.map_err(StoreError::io("remove", path))?;
+        }
+    }
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(StoreError::io("open lock file", path))?;
-    file.lock().map_err(StoreError::io("lock", path))?;
-    Ok(file)
+        .map_err(StoreError::io("open", path))
+}
+
+/// Opens (creating if needed) and exclusively locks the lock file at `path`.
+///
+/// Lock files may be removed, but only by a holder of their lock. A waiter that gets the lock of
+/// a file that was removed (or replaced) meanwhile sees that `path` no longer names the inode it
+/// locked, and starts over on the current file, so two writers never hold "the" lock at once.
+pub(crate) fn lock_file(path: &Path) -> Result<File> {
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(StoreError::io("open lock file", path))?;
+        file.lock().map_err(StoreError::io("lock", path))?;
+        let locked = file.metadata().map_err(StoreError::io("stat", path))?;
+        match fs::metadata(path) {
+            Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
+                return Ok(file)
+            }
+            Ok(_) => continue,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(StoreError::io("stat", path)(error)),
+        }
+    }
+}
+
+/// Removes a lock file while its lock is held by `_held` (see [`lock_file`]).
+pub(crate) fn remove_held_lock(path: &Path, _held: &File) {
+    remove_if_exists(path);
+}
+
+/// Marks a blob as just used, so `gc`'s grace period protects it while the caller (a pull or an
+/// import that found it already present) goes on to tag the image that needs it. Called with
+/// the blob's lock held; `gc` checks the time again under the same lock.
+pub(crate) fn touch(path: &Path) {
+    let result = File::open(path).and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(error) = result {
+        tracing::debug!(path = %path.display(), %error, "could not refresh the blob's modification time");
+    }
 }
 
 /// Restores the hash state of a partial file left by an earlier writer by hashing its bytes.
@@ -414,10 +466,21 @@ impl Ingest<'_> {
             return Err(error);
         }
 
+        // An unkeyed put learns its digest only now; it takes the digest's lock for the rename
+        // so it cannot race a keyed writer or gc of the same blob.
+        let late_lock = if self.keyed {
+            None
+        } else {
+            Some(self.store.lock_digest(&actual)?)
+        };
         let target = self.store.blob_path(&actual);
         let directory = target.parent().expect("blob paths have a parent");
-        if !self.keyed && target.exists() {
+        if target.exists() {
             remove_if_exists(&self.data_path);
+            touch(&target);
+            if let Some(lock) = &late_lock {
+                remove_held_lock(&self.store.lock_path(&actual), lock);
+            }
             return Ok(PutOutcome {
                 digest: actual,
                 size: actual_size,
@@ -425,16 +488,15 @@ impl Ingest<'_> {
             });
         }
         fs::create_dir_all(directory).map_err(StoreError::io("create directory", directory))?;
-        // Committed blobs are immutable; read-only files catch accidental writes by other tools.
-        fs::set_permissions(&self.data_path, fs::Permissions::from_mode(0o444))
-            .map_err(StoreError::io("make read-only", &self.data_path))?;
         fs::rename(&self.data_path, &target)
             .map_err(StoreError::io("rename into place", &target))?;
+        // Committed blobs are immutable; read-only files catch accidental writes by other tools.
+        // This comes after the rename so a crash cannot leave a read-only partial in ingest/.
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("make read-only", &target))?;
         sync_directory(directory)?;
-        if self.keyed {
-            // Waiters that already opened the lock file still get its lock and then find the
-            // committed blob; removing it keeps ingest/ from filling with one file per blob.
-            remove_if_exists(&self.store.lock_path(&actual));
+        if let Some(lock) = &late_lock {
+            remove_held_lock(&self.store.lock_path(&actual), lock);
         }
         tracing::debug!(digest = %actual, bytes = actual_size, "committed blob");
         Ok(PutOutcome {
@@ -448,8 +510,17 @@ impl Ingest<'_> {
 impl Drop for Ingest<'_> {
     fn drop(&mut self) {
         // A committed ingest's data file was renamed away; removing a missing file is harmless.
-        if !self.keyed {
+        // A keyed partial with bytes in it stays for a resume; an empty one is useless.
+        if !self.keyed || self.written == 0 {
             remove_if_exists(&self.data_path);
+        }
+        // The fields, and so the lock, are dropped after this function: it is still held here.
+        if let Some(lock) = &self._lock {
+            let lock_path = match &self.expected.digest {
+                Some(digest) => self.store.lock_path(digest),
+                None => self.data_path.with_extension("lock"),
+            };
+            remove_held_lock(&lock_path, lock);
         }
     }
 }

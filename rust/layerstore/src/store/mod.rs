@@ -77,11 +77,13 @@ impl Store {
         match fs::read(&layout_path) {
             Ok(bytes) => check_layout_version(&layout_path, &bytes),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let known = ["blobs", "ingest", "quarantine", "index.json", "oci-layout"];
                 let has_other_files = fs::read_dir(&self.root)
                     .map_err(StoreError::io("list", &self.root))?
-                    .next()
-                    .is_some();
-                if has_other_files && !self.root.join("blobs").is_dir() {
+                    .filter_map(|entry| entry.ok())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .any(|name| !known.contains(&name.as_str()) && !name.starts_with('.'));
+                if has_other_files {
                     return Err(StoreError::InvalidLayout {
                         path: self.root.clone(),
                         reason: "the directory is not empty and has no oci-layout file; \
@@ -89,10 +91,15 @@ impl Store {
                             .into(),
                     });
                 }
-                index::write_atomically(&self.root, "oci-layout", OCI_LAYOUT.as_bytes())?;
-                if !self.root.join("index.json").exists() {
-                    self.write_index(&crate::manifest::ImageIndex::default())?;
-                }
+                // Several processes may create the same store at once: each file is created
+                // only if absent, index.json first, so a store with oci-layout is complete.
+                let ingest = self.ingest_dir();
+                fs::create_dir_all(&ingest).map_err(StoreError::io("create directory", &ingest))?;
+                let empty_index =
+                    serde_json::to_vec_pretty(&crate::manifest::ImageIndex::default())
+                        .expect("an index always serializes");
+                index::create_if_absent(&self.root, "index.json", &empty_index)?;
+                index::create_if_absent(&self.root, "oci-layout", OCI_LAYOUT.as_bytes())?;
                 Ok(())
             }
             Err(error) => Err(StoreError::io("read", layout_path)(error)),
@@ -241,12 +248,19 @@ impl Store {
             let algorithm = Algorithm::from_name(&algorithm_entry.file_name().to_string_lossy());
             for entry in read_dir(&algorithm_path)? {
                 let path = entry.path();
-                let metadata = entry.metadata().map_err(StoreError::io("stat", &path))?;
-                if !metadata.is_file() {
-                    continue;
-                }
+                let metadata = match fs::symlink_metadata(&path) {
+                    Ok(metadata) => metadata,
+                    // Removed by a concurrent delete or gc after the listing.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(StoreError::io("stat", &path)(error)),
+                };
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let size = metadata.len();
+                // Symlinks and directories are never blobs: verify reports them.
+                if !metadata.is_file() {
+                    files.push(BlobFile::Invalid { path, size: 0 });
+                    continue;
+                }
                 match algorithm.map(|a| Digest::from_parts(a, &name)) {
                     Some(Ok(digest)) => files.push(BlobFile::Valid { digest, size, path }),
                     _ => files.push(BlobFile::Invalid { path, size }),
@@ -295,6 +309,7 @@ pub(crate) fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>> {
     }
 }
 
+/// Counts lock files, which `usage` does not report as ingest files.
 fn lock_files(path: &Path) -> Result<u64> {
     let is_lock = |entry: &fs::DirEntry| entry.file_name().to_string_lossy().ends_with(".lock");
     Ok(read_dir(path)?
@@ -306,9 +321,12 @@ fn lock_files(path: &Path) -> Result<u64> {
 fn directory_totals(path: &Path) -> Result<(u64, u64)> {
     let mut totals = (0, 0);
     for entry in read_dir(path)? {
-        let metadata = entry
-            .metadata()
-            .map_err(StoreError::io("stat", entry.path()))?;
+        let metadata = match entry.metadata() {
+            Ok(metadata) => metadata,
+            // Committed or removed by a writer after the listing.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(StoreError::io("stat", entry.path())(error)),
+        };
         if metadata.is_file() {
             totals.0 += 1;
             totals.1 += metadata.len();

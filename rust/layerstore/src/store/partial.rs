@@ -19,7 +19,9 @@ use std::sync::Mutex;
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
-use crate::store::ingest::{remove_if_exists, sync_directory, PutOutcome};
+use crate::store::ingest::{
+    open_partial_file, remove_held_lock, remove_if_exists, sync_directory, touch, PutOutcome,
+};
 use crate::store::Store;
 
 /// Either the blob is already committed, or a partial file is open for it.
@@ -47,6 +49,8 @@ impl Store {
     pub fn open_partial(&self, digest: &Digest, size: u64) -> Result<PartialStart> {
         let lock = self.lock_digest(digest)?;
         if let Ok(info) = self.stat(digest) {
+            touch(&self.blob_path(digest));
+            remove_held_lock(&self.lock_path(digest), &lock);
             if info.size != size {
                 return Err(StoreError::SizeMismatch {
                     what: format!("blob {digest}"),
@@ -63,13 +67,7 @@ impl Store {
         let stem = format!("{}-{}", digest.algorithm(), digest.hex());
         let data_path = self.ingest_dir().join(format!("{stem}.data"));
         let log_path = self.ingest_dir().join(format!("{stem}.chunks"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&data_path)
-            .map_err(StoreError::io("open", &data_path))?;
+        let file = open_partial_file(&data_path)?;
         let length = file
             .metadata()
             .map_err(StoreError::io("stat", &data_path))?
@@ -176,6 +174,14 @@ impl PartialBlob {
             .map_err(StoreError::io("write", &self.log_path))
     }
 
+    /// A second handle on the partial file, for flushing it from another thread while the
+    /// download goes on, so the fsync at commit has little left to write.
+    pub fn sync_handle(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(StoreError::io("open", &self.data_path))
+    }
+
     /// Forgets every written range, for a restart from byte 0.
     pub fn reset(&mut self) -> Result<()> {
         let log = self.log.get_mut().expect("log lock is not poisoned");
@@ -206,13 +212,13 @@ impl PartialBlob {
             .expect("blob paths have a parent")
             .to_owned();
         fs::create_dir_all(&directory).map_err(StoreError::io("create directory", &directory))?;
-        fs::set_permissions(&self.data_path, fs::Permissions::from_mode(0o444))
-            .map_err(StoreError::io("make read-only", &self.data_path))?;
         fs::rename(&self.data_path, &target)
             .map_err(StoreError::io("rename into place", &target))?;
+        // After the rename, so a crash cannot leave a read-only partial in ingest/.
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("make read-only", &target))?;
         sync_directory(&directory)?;
         remove_if_exists(&self.log_path);
-        remove_if_exists(&self.store.lock_path(&self.digest));
         Ok(PutOutcome {
             digest: self.digest.clone(),
             size: self.size,
@@ -224,6 +230,13 @@ impl PartialBlob {
     pub fn discard(&self) {
         remove_if_exists(&self.data_path);
         remove_if_exists(&self.log_path);
+    }
+}
+
+impl Drop for PartialBlob {
+    fn drop(&mut self) {
+        // Runs before the fields are dropped, so the lock is still held.
+        remove_held_lock(&self.store.lock_path(&self.digest), &self._lock);
     }
 }
 

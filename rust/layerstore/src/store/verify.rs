@@ -1,14 +1,18 @@
 //! Re-hashing every blob, in parallel on all cores.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
+use std::io;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use crate::store::gc::Walk;
 use crate::store::{BlobFile, Store};
 
 const READ_BUFFER: usize = 1 << 20;
@@ -39,8 +43,10 @@ pub enum Problem {
         digest: Digest,
         referenced_by: String,
     },
-    /// A file under `blobs/` whose name is not a valid digest.
+    /// An entry under `blobs/` that is not a regular file named by a valid digest.
     InvalidName { path: PathBuf },
+    /// A manifest that hashes correctly but whose descriptors are invalid.
+    InvalidManifest { digest: Digest, reason: String },
 }
 
 impl Problem {
@@ -51,6 +57,7 @@ impl Problem {
             | Problem::Truncated { digest, .. }
             | Problem::SizeMismatch { digest, .. } => Some(store.blob_path(digest)),
             Problem::InvalidName { path } => Some(path.clone()),
+            Problem::InvalidManifest { digest, .. } => Some(store.blob_path(digest)),
             Problem::Missing { .. } => None,
         }
     }
@@ -77,57 +84,59 @@ impl Store {
     /// With `quarantine`, corrupt, truncated and misnamed files are moved to `quarantine/`, so
     /// `blobs/` again holds only verified content and the next pull fetches them anew.
     pub fn verify(&self, quarantine: bool) -> Result<VerifyReport> {
-        let reachable = self.reachable()?;
         let mut files = self.blob_files()?;
         // Largest first, so one big blob does not start last and leave the other cores idle.
         files.sort_by_key(|file| std::cmp::Reverse(file_size(file)));
 
-        let results: Vec<Result<Option<Problem>>> = files
+        // Hash first: the reference walk must not trust a manifest that fails its digest.
+        let hashed: Vec<Result<Option<Digest>>> = files
             .par_iter()
             .map(|file| match file {
-                BlobFile::Invalid { path, .. } => {
-                    Ok(Some(Problem::InvalidName { path: path.clone() }))
-                }
-                BlobFile::Valid { digest, size, path } => {
-                    let actual = hash_file(path, digest)?;
-                    let declared = reachable.get(digest).map(|reference| reference.size);
-                    if actual != *digest && declared.is_some_and(|declared| declared > *size) {
-                        return Ok(Some(Problem::Truncated {
-                            digest: digest.clone(),
-                            expected: declared.unwrap_or_default(),
-                            actual: *size,
-                        }));
+                BlobFile::Invalid { .. } => Ok(None),
+                BlobFile::Valid { digest, path, .. } => match hash_file(path, digest) {
+                    Ok(actual) => Ok(Some(actual)),
+                    // Deleted by a concurrent writer or gc after the listing: nothing to check.
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        Ok(None)
                     }
-                    if actual != *digest {
-                        return Ok(Some(Problem::DigestMismatch {
-                            digest: digest.clone(),
-                            actual,
-                            size: *size,
-                        }));
-                    }
-                    Ok(reachable
-                        .get(digest)
-                        .filter(|reference| reference.size != *size)
-                        .map(|reference| Problem::SizeMismatch {
-                            digest: digest.clone(),
-                            expected: reference.size,
-                            actual: *size,
-                        }))
-                }
+                    Err(error) => Err(error),
+                },
             })
             .collect();
+        let mut actual_digests = Vec::with_capacity(files.len());
+        for result in hashed {
+            actual_digests.push(result?);
+        }
+        let corrupt: BTreeSet<Digest> = files
+            .iter()
+            .zip(&actual_digests)
+            .filter_map(|(file, actual)| match (file, actual) {
+                (BlobFile::Valid { digest, .. }, Some(actual)) if actual != digest => {
+                    Some(digest.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let walk = self.walk(&corrupt)?;
 
         let mut report = VerifyReport {
             checked_blobs: files.len() as u64,
             checked_bytes: files.iter().map(file_size).sum(),
             ..VerifyReport::default()
         };
-        for result in results {
-            if let Some(problem) = result? {
+        for (file, actual) in files.iter().zip(actual_digests) {
+            if let Some(problem) = check_file(file, actual, &walk) {
                 report.problems.push(problem);
             }
         }
-        for (digest, reference) in &reachable {
+        for (digest, reason) in walk.invalid {
+            report
+                .problems
+                .push(Problem::InvalidManifest { digest, reason });
+        }
+        for (digest, reference) in &walk.reachable {
             if !reference.foreign && !self.has(digest) {
                 report.problems.push(Problem::Missing {
                     digest: digest.clone(),
@@ -138,7 +147,9 @@ impl Store {
         if quarantine {
             for problem in &report.problems {
                 if let Some(path) = problem.path(self) {
-                    report.quarantined.push(self.quarantine_file(&path)?);
+                    if let Some(moved) = self.quarantine_file(&path)? {
+                        report.quarantined.push(moved);
+                    }
                 }
             }
         }
@@ -148,7 +159,8 @@ impl Store {
         Ok(report)
     }
 
-    fn quarantine_file(&self, path: &Path) -> Result<PathBuf> {
+    /// Moves a damaged file to `quarantine/`; `None` when it vanished meanwhile.
+    fn quarantine_file(&self, path: &Path) -> Result<Option<PathBuf>> {
         let algorithm = path.parent().and_then(Path::file_name).map_or_else(
             || "unknown".into(),
             |name| name.to_string_lossy().into_owned(),
@@ -156,16 +168,57 @@ impl Store {
         let name = path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let stamp = SystemTime::now()
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_nanos());
+        let stamp = format!(
+            "{nanos}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let target = self
             .quarantine_dir()
             .join(format!("{algorithm}-{name}.{stamp}"));
-        fs::rename(path, &target).map_err(StoreError::io("move to quarantine", path))?;
+        match fs::rename(path, &target) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(StoreError::io("move to quarantine", path)(error)),
+        }
         tracing::warn!(from = %path.display(), to = %target.display(), "quarantined blob");
-        Ok(target)
+        Ok(Some(target))
     }
+}
+
+/// Compares one file's hash and size with its name and with what manifests declare.
+fn check_file(file: &BlobFile, actual: Option<Digest>, walk: &Walk) -> Option<Problem> {
+    let (digest, size) = match file {
+        BlobFile::Invalid { path, .. } => return Some(Problem::InvalidName { path: path.clone() }),
+        BlobFile::Valid { digest, size, .. } => (digest, *size),
+    };
+    let actual = actual?;
+    let declared = walk.reachable.get(digest).map(|reference| reference.size);
+    if actual != *digest {
+        return Some(match declared {
+            Some(expected) if expected > size => Problem::Truncated {
+                digest: digest.clone(),
+                expected,
+                actual: size,
+            },
+            _ => Problem::DigestMismatch {
+                digest: digest.clone(),
+                actual,
+                size,
+            },
+        });
+    }
+    declared
+        .filter(|expected| *expected != size)
+        .map(|expected| Problem::SizeMismatch {
+            digest: digest.clone(),
+            expected,
+            actual: size,
+        })
 }
 
 fn file_size(file: &BlobFile) -> u64 {

@@ -1,0 +1,120 @@
+//! The layers of an image in the store, with the diff_ids its config lists.
+
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::manifest::{self, Descriptor, MAX_MANIFEST_SIZE};
+use crate::registry::platform::{self, Platform};
+use crate::store::Store;
+use crate::unpack::error::{UnpackError, UnpackResult};
+
+/// One layer: its blob and the digest of its uncompressed tar stream.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    pub diff_id: Digest,
+}
+
+/// An image manifest resolved in the store: its layers from the bottom one up.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub manifest_digest: Digest,
+    pub layers: Vec<Layer>,
+}
+
+/// Resolves a tag or a manifest digest to an image. An index is resolved to the host
+/// platform's manifest.
+pub fn resolve(store: &Store, reference: &str) -> UnpackResult<Image> {
+    let mut digest = match Digest::parse(reference) {
+        Ok(digest) => digest,
+        Err(_) => store.resolve(reference)?.digest,
+    };
+    let mut document = read_json(store, &digest, reference)?;
+    if document.get("manifests").is_some() {
+        let entries: Vec<Descriptor> = field(&document, "manifests", reference)?;
+        let chosen = platform::select(&entries, &Platform::host(), reference).map_err(|error| {
+            UnpackError::InvalidImage {
+                image: reference.to_owned(),
+                reason: error.to_string(),
+            }
+        })?;
+        digest = chosen.digest;
+        document = read_json(store, &digest, reference)?;
+    }
+    let config: Descriptor = field(&document, "config", reference)?;
+    let layers: Vec<Descriptor> = field(&document, "layers", reference)?;
+    let config_document = read_json(store, &config.digest, reference)?;
+    let diff_ids: Vec<Digest> = config_document
+        .get("rootfs")
+        .and_then(|rootfs| rootfs.get("diff_ids"))
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|error| invalid(reference, format!("config rootfs.diff_ids: {error}")))?
+        .ok_or_else(|| invalid(reference, "the config has no rootfs.diff_ids".into()))?;
+    if diff_ids.len() != layers.len() {
+        return Err(invalid(
+            reference,
+            format!(
+                "the manifest lists {} layers but the config lists {} diff_ids",
+                layers.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    Ok(Image {
+        manifest_digest: digest,
+        layers: layers
+            .into_iter()
+            .zip(diff_ids)
+            .map(|(descriptor, diff_id)| Layer {
+                digest: descriptor.digest,
+                media_type: descriptor.media_type,
+                size: descriptor.size,
+                diff_id,
+            })
+            .collect(),
+    })
+}
+
+fn read_json(store: &Store, digest: &Digest, reference: &str) -> UnpackResult<Value> {
+    let size = store.stat(digest)?.size;
+    if size > MAX_MANIFEST_SIZE {
+        return Err(invalid(
+            reference,
+            format!("blob {digest} is {size} bytes, too large for a manifest or config"),
+        ));
+    }
+    let bytes = store.read_range(digest, 0, None)?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|error| invalid(reference, format!("blob {digest} is not JSON: {error}")))?;
+    if manifest::media_type_of(&bytes).is_some_and(|media_type| media_type.contains("artifact")) {
+        return Err(invalid(
+            reference,
+            format!("{digest} is an artifact, not an image"),
+        ));
+    }
+    Ok(value)
+}
+
+fn field<T: serde::de::DeserializeOwned>(
+    document: &Value,
+    name: &str,
+    reference: &str,
+) -> UnpackResult<T> {
+    let value = document
+        .get(name)
+        .cloned()
+        .ok_or_else(|| invalid(reference, format!("the manifest has no {name:?} field")))?;
+    serde_json::from_value(value).map_err(|error| invalid(reference, format!("{name}: {error}")))
+}
+
+fn invalid(reference: &str, reason: String) -> UnpackError {
+    UnpackError::InvalidImage {
+        image: reference.to_owned(),
+        reason,
+    }
+}

@@ -1,0 +1,386 @@
+"""Pulls against a fake registry that misbehaves the way real servers sometimes do."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPOSITORY
+from tests.pull.helpers import fetch, ingest_leftovers, pull
+from tests.registry import faults
+from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
+from tests.registry.layout import Content
+from warmstart import LayerStore, errors
+
+CHUNK = 256 << 10
+
+
+def big_image(registry: FakeRegistry, size: int = 2 << 20, tag: str = "v1") -> Content:
+    """An image whose single uncompressed layer spans several chunks."""
+    return registry.add_image("app", tag, [os.urandom(size)], compress=False)
+
+
+def layer_digest(image: Content) -> str:
+    return image.layers[0].digest
+
+
+def range_starts(registry: FakeRegistry, digest: str) -> list[int]:
+    starts = []
+    for request in registry.blob_requests(digest):
+        if request.range is not None:
+            starts.append(int(request.range.removeprefix("bytes=").split("-")[0]))
+    return starts
+
+
+def test_ignored_range_falls_back_to_one_stream(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    fault = fake_registry.add_fault(faults.IgnoreRange(layer_digest(image)))
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+    (blob,) = [b for b in report.blobs if b.digest == layer_digest(image)]
+    assert fault.fired == 1
+    assert not blob.ranged
+    assert blob.fetched_bytes == blob.size, "the full body was used once, not spliced into a chunk"
+    assert store.read(blob.digest) == fake_registry.blob(blob.digest)
+    assert fake_registry.multi_range_requests() == []
+
+
+@pytest.mark.parametrize("honest_header", [True, False], ids=["honest-header", "lying-header"])
+def test_range_at_wrong_offset_is_not_used(
+    store: LayerStore, fake_registry: FakeRegistry, honest_header: bool
+) -> None:
+    image = big_image(fake_registry)
+    fake_registry.add_fault(
+        faults.WrongRangeStart(layer_digest(image), shift=7, honest_header=honest_header, times=1)
+    )
+    if honest_header:
+        report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+        assert store.read(layer_digest(image)) == fake_registry.blob(layer_digest(image))
+        assert report.blobs
+    else:
+        # Only the digest can catch a 206 that claims the right range and sends other bytes.
+        with pytest.raises(errors.DigestMismatchError):
+            pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+        assert not store.has(layer_digest(image))
+
+
+def test_truncated_range_fetches_only_missing_bytes(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    fault = fake_registry.add_fault(faults.TruncateBody(digest, after_bytes=100_000, times=1))
+    pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK, connections=1)
+    assert fault.fired == 1
+    starts = range_starts(fake_registry, digest)
+    assert 100_000 in starts, f"expected a request continuing at byte 100000, got {starts}"
+    assert starts.count(0) == 1, "the truncated range was not restarted from its start"
+    assert store.read(digest) == fake_registry.blob(digest)
+
+
+def test_429_waits_for_retry_after(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    image = big_image(fake_registry, size=100_000)
+    fault = fake_registry.add_fault(
+        faults.TooManyRequests(layer_digest(image), retry_after_s=1, times=1)
+    )
+    started = time.monotonic()
+    pull(store, f"{fake_registry.host}/app:v1")
+    assert fault.fired == 1
+    assert time.monotonic() - started >= 0.9
+    assert store.has(layer_digest(image))
+
+
+def test_503_twice_then_success(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    big_image(fake_registry, size=100_000)
+    fault = fake_registry.add_fault(faults.ServiceUnavailable(digest="v1", times=2))
+    report = pull(store, f"{fake_registry.host}/app:v1")
+    assert fault.fired == 2
+    assert store.resolve(report.tag).digest == report.manifest_digest
+
+
+def test_persistent_500_reports_status_and_repository(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    big_image(fake_registry, size=1000)
+    fault = fake_registry.add_fault(faults.ManifestServerError(digest="v1"))
+    with pytest.raises(errors.RegistryError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1", max_attempts=3)
+    assert fault.fired == 3
+    assert caught.value.status == 500
+    assert caught.value.repository == "app"
+    message = str(caught.value)
+    assert "gave up after 3 attempts" in message
+    assert "HTTP 500" in message
+
+
+def test_expired_token_is_refreshed_without_restarting_chunks(store: LayerStore) -> None:
+    with FakeRegistry(auth=BearerAuth()) as registry:
+        image = big_image(registry)
+        digest = layer_digest(image)
+        fault = registry.add_fault(faults.ExpireTokens(after_requests=3))
+        pull(store, f"{registry.host}/app:v1", chunk_size=CHUNK, connections=2)
+        assert fault.fired >= 1
+        completed = [
+            request.range for request in registry.blob_requests(digest) if request.status == 206
+        ]
+        assert len(completed) == len(set(completed)), "a finished range was fetched twice"
+        token_requests = [r for r in registry.requests if r.path == "/token"]
+        assert len(token_requests) >= 2
+        assert store.read(digest) == registry.blob(digest)
+
+
+def test_redirect_does_not_leak_registry_credentials(store: LayerStore) -> None:
+    with FakeRegistry(auth=BearerAuth()) as registry:
+        image = big_image(registry)
+        fault = registry.add_fault(faults.RedirectToStorage(layer_digest(image)))
+        pull(store, f"{registry.host}/app:v1", chunk_size=CHUNK)
+        assert fault.fired >= 1
+        assert registry.rejected_storage_authorization == 0
+        storage = [r for r in registry.requests if r.server == "storage"]
+        assert storage
+        assert not any(request.authorization for request in storage)
+        assert store.has(layer_digest(image))
+
+
+def test_wrong_bytes_fail_with_digest_mismatch_and_leave_nothing(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    fake_registry.add_fault(faults.WrongBytes(layer_digest(image)))
+    with pytest.raises(errors.DigestMismatchError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+    assert caught.value.expected == layer_digest(image)
+    assert not store.has(layer_digest(image))
+    assert [name for name in ingest_leftovers(store) if name.endswith(".data")] == []
+    assert store.tags() == []
+
+
+def test_content_length_disagreeing_with_descriptor(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry, size=50_000)
+    fake_registry.add_fault(faults.WrongContentLength(layer_digest(image), delta=10))
+    with pytest.raises(errors.SizeMismatchError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1")
+    assert caught.value.expected == 50_000
+    assert caught.value.actual == 50_010
+    assert not store.has(layer_digest(image))
+
+
+def test_empty_body_is_retried_then_reported(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry, size=50_000)
+    fault = fake_registry.add_fault(faults.EmptyBody(layer_digest(image)))
+    with pytest.raises(errors.RegistryError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1", max_attempts=2)
+    assert fault.fired == 2
+    assert "gave up after 2 attempts" in str(caught.value)
+    assert not store.has(layer_digest(image))
+
+
+def test_stalled_body_is_abandoned_and_continued(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    fault = fake_registry.add_fault(faults.Stall(digest, seconds=5, after_bytes=50_000, times=1))
+    started = time.monotonic()
+    pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK, stall_timeout_s=0.5)
+    assert fault.fired == 1
+    assert time.monotonic() - started < 4.5, "the stalled connection was waited out"
+    assert store.read(digest) == fake_registry.blob(digest)
+
+
+def test_basic_credentials_from_environment(
+    store: LayerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeRegistry(auth=BasicAuth("alice", "s3cret-pw")) as registry:
+        big_image(registry, size=1000)
+        monkeypatch.setenv("WARMSTART_REGISTRY_USERNAME", "alice")
+        monkeypatch.setenv("WARMSTART_REGISTRY_PASSWORD", "wrong-pw")
+        with pytest.raises(errors.RegistryAuthError) as caught:
+            pull(LayerStore(store.root), f"{registry.host}/app:v1")
+        assert "wrong-pw" not in str(caught.value)
+        assert caught.value.status == 401
+        monkeypatch.setenv("WARMSTART_REGISTRY_PASSWORD", "s3cret-pw")
+        report = pull(LayerStore(store.root), f"{registry.host}/app:v1")
+        assert report.bytes_fetched > 0
+
+
+def test_bearer_credentials_from_docker_config(
+    store: LayerStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeRegistry(auth=BearerAuth(username="bob", password="tok3n")) as registry:
+        big_image(registry, size=1000)
+        config = tmp_path / "docker"
+        config.mkdir()
+        auth = base64.b64encode(b"bob:tok3n").decode()
+        (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(config))
+        report = pull(store, f"{registry.host}/app:v1")
+        assert report.bytes_fetched > 0
+        assert any(r.auth_scheme == "Basic" for r in registry.requests if r.path == "/token")
+
+
+def test_cancelled_pull_leaves_store_consistent(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    fake_registry.add_fault(faults.Stall(digest, seconds=30, after_bytes=10_000))
+
+    async def start_and_cancel() -> None:
+        task = asyncio.ensure_future(store.pull(f"{fake_registry.host}/app:v1", chunk_size=CHUNK))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    started = time.monotonic()
+    asyncio.run(start_and_cancel())
+    assert time.monotonic() - started < 10
+    assert not store.has(digest)
+    assert store.tags() == []
+    assert store.verify().ok
+    fake_registry.clear_faults()
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+    assert store.read(digest) == fake_registry.blob(digest)
+    assert report.bytes_fetched <= image.layers[0].size + 10_000
+
+
+class StallAfterFirst(faults.Stall):
+    """A stall for every request of the blob except the first (requests are logged on arrival)."""
+
+    registry: FakeRegistry | None = None
+
+    def applies(self, kind: str, target: str, method: str, has_range: bool) -> bool:
+        if not super().applies(kind, target, method, has_range) or self.registry is None:
+            return False
+        return len(self.registry.blob_requests(target)) > 1
+
+
+def test_killed_pull_resumes_from_finished_ranges(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    size = 2 << 20
+    image = big_image(fake_registry, size=size)
+    digest = layer_digest(image)
+    # Every range but the first stalls, so the child finishes range 0 and then hangs.
+    stall = fake_registry.add_fault(StallAfterFirst(digest, seconds=60, after_bytes=0))
+    stall.registry = fake_registry
+    script = (
+        "import asyncio, sys\n"
+        "from warmstart import LayerStore\n"
+        "store = LayerStore(sys.argv[1])\n"
+        "async def main():\n"
+        "    await store.pull(sys.argv[2], chunk_size=262144, connections=1)\n"
+        "asyncio.run(main())\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(store.root), f"{fake_registry.host}/app:v1"],
+        cwd=REPOSITORY,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and stall.fired == 0:
+            time.sleep(0.05)
+        time.sleep(1.0)  # let range 0 be written and logged
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert any(name.endswith(".chunks") for name in ingest_leftovers(store))
+    fake_registry.clear_faults()
+    fake_registry.clear_requests()
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+    (blob,) = [b for b in report.blobs if b.digest == digest]
+    assert 0 not in range_starts(fake_registry, digest), "range 0 was fetched again"
+    assert blob.fetched_bytes <= size - CHUNK
+    assert store.read(digest) == fake_registry.blob(digest)
+
+
+def pull_in_process(root: str, reference: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "warmstart", "pull", reference, "--store", root, "--json"],
+        check=True,
+        capture_output=True,
+        cwd=REPOSITORY,
+        timeout=120,
+    )
+
+
+def test_concurrent_pulls_download_each_blob_once(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = fake_registry.add_image(
+        "app", "v1", [os.urandom(300_000), os.urandom(200_000)], compress=False
+    )
+    fake_registry.add_fault(faults.Stall(seconds=0.5, after_bytes=1000))
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "warmstart",
+                "pull",
+                f"{fake_registry.host}/app:v1",
+                "--store",
+                str(store.root),
+                "--json",
+            ],
+            cwd=REPOSITORY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    for layer in image.layers:
+        assert len(fake_registry.blob_requests(layer.digest)) == 1, layer.digest
+    assert store.verify().ok
+
+
+def test_fetch_url_into_store(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    weights = os.urandom(1 << 20)
+    digest = fake_registry.add_blob("models", weights)
+    url = f"{fake_registry.url}/v2/models/blobs/{digest}"
+    report = fetch(store, url, digest=digest, chunk_size=CHUNK)
+    assert report.size == len(weights)
+    assert report.ranged
+    assert store.read(digest) == weights
+    other = "sha256:" + "0" * 64
+    with pytest.raises(errors.DigestMismatchError):
+        fetch(store, url, digest=other)
+    assert not store.has(other)
+
+
+def test_cli_pull_json_and_errors(tmp_path: Path, fake_registry: FakeRegistry) -> None:
+    big_image(fake_registry, size=10_000)
+    command = [sys.executable, "-m", "warmstart", "pull", "--store", str(tmp_path / "s"), "--json"]
+    result = subprocess.run(
+        [*command, f"{fake_registry.host}/app:v1"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bytes_fetched"] > 0
+    assert {"digest", "size", "seconds", "reused", "fetched_bytes"} <= set(report["blobs"][0])
+    missing = subprocess.run(
+        [*command, f"{fake_registry.host}/app:nope"], capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("warmstart: error: GET http://")
+    assert "MANIFEST_UNKNOWN" in missing.stderr
+    invalid = subprocess.run([*command, "UPPER/case"], capture_output=True, text=True, timeout=60)
+    assert invalid.returncode == 1
+    assert 'invalid reference "UPPER/case"' in invalid.stderr

@@ -1,0 +1,46 @@
+"""``warmstart unpack`` on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unpack.layers import Member, put_image, tar_bytes
+from warmstart import LayerStore
+from warmstart.cli import main
+
+
+def test_cli_unpack_json(
+    store: LayerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_image(store, "img", [tar_bytes([Member("hello", data=b"world")])])
+    target = tmp_path / "out"
+    status = main(["unpack", "img", "--to", str(target), "--store", str(store.root), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert document["layout"] == "overlay"
+    assert document["layers"][0]["entries"] == 1
+    assert Path(document["result"]) == (target / "lowerdir").resolve()
+
+
+def test_cli_unpack_flatten_text(
+    store: LayerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_image(store, "img", [tar_bytes([Member("hello", data=b"world")])])
+    target = tmp_path / "out"
+    status = main(["unpack", "img", "--to", str(target), "--store", str(store.root), "--flatten"])
+    assert status == 0
+    assert "1 of 1 layers extracted" in capsys.readouterr().out
+    assert (target / "rootfs" / "hello").read_bytes() == b"world"
+
+
+def test_cli_unpack_rejection_exits_1(
+    store: LayerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_image(store, "img", [tar_bytes([Member("/etc/evil")])])
+    status = main(["unpack", "img", "--to", str(tmp_path / "o"), "--store", str(store.root)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert 'rejected entry "/etc/evil"' in error
