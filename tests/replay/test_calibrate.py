@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from pathlib import Path
 
 import pytest
+from benchmarks.throttle_proxy import ThrottleProxy
 
-from tests.replay.registry import push_image, running_registry
+from tests.registry.real import RegistryRepository
 from warmstart.cli import main
 from warmstart.replay import Network, load_profile
 from warmstart.replay.calibrate import calibrate, fit_network
@@ -42,14 +44,14 @@ def test_fit_needs_a_timed_blob() -> None:
 
 
 def test_calibrate_writes_profile_with_pulled_sizes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    registry_repo: RegistryRepository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sizes = [3 * MIB, 1 * MIB, 200_000]
+    registry_repo.push_generated("v1", [os.urandom(size) for size in sizes], compress=False)
     output = tmp_path / "calibrated.toml"
-    with running_registry(tmp_path) as host:
-        reference = push_image(host, "calibrate/small", sizes, tmp_path)
+    reference = f"{registry_repo.reference_prefix}:v1"
 
-        status = main(["calibrate", reference, "--chunk-size", "256k", "--output", str(output)])
+    status = main(["calibrate", reference, "--chunk-size", "256k", "--output", str(output)])
 
     printed = capsys.readouterr().out
     profile = load_profile(output)
@@ -61,23 +63,19 @@ def test_calibrate_writes_profile_with_pulled_sizes(
     assert profile.registry.connection_bytes_per_s > 0
 
 
-def test_model_within_15_percent_through_throttling_proxy(tmp_path: Path) -> None:
-    throttle = pytest.importorskip(
-        "benchmarks.throttle_proxy", reason="needs benchmarks/throttle_proxy.py (pull-infra)"
-    )
+def test_model_within_15_percent_through_throttling_proxy(
+    registry_repo: RegistryRepository,
+) -> None:
     # 4 MB/s and 20 ms to first byte per connection, as an object store behind a registry.
     rate = 4_000_000
     sizes = [24 * MIB, 12 * MIB, 6 * MIB, 3 * MIB]
-    with running_registry(tmp_path) as host:
-        push_image(host, "calibrate/proxied", sizes, tmp_path)
-        port = int(host.rsplit(":", 1)[1])
-        with throttle.ThrottleProxy(
-            "127.0.0.1", port, rate_bytes_per_s=rate, first_byte_delay_s=0.02
-        ) as proxy:
-            reference = f"{proxy.host}/calibrate/proxied:v1"
-            calibration = asyncio.run(
-                calibrate(reference, load_profile(), connections=8, chunk_size=4 * MIB)
-            )
+    registry_repo.push_generated("v1", [os.urandom(size) for size in sizes], compress=False)
+    port = registry_repo.registry.port
+    with ThrottleProxy("127.0.0.1", port, rate_bytes_per_s=rate, first_byte_delay_s=0.02) as proxy:
+        reference = f"{proxy.host}/{registry_repo.name}:v1"
+        calibration = asyncio.run(
+            calibrate(reference, load_profile(), connections=8, chunk_size=4 * MIB)
+        )
 
     fit, check = (
         {m.puller: m for m in calibration.measurements if m.name == name}
