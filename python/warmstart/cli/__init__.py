@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
-from warmstart.cli import mirror, prefetch, pull, serve, store, unpack
+from warmstart.cli import calibrate, mirror, prefetch, pull, replay, serve, store, unpack
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_parser(commands)
     serve.add_parser(commands)
     unpack.add_parser(commands)
+    replay.add_parser(commands)
+    calibrate.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,124 @@
+"""``warmstart calibrate``: measure real pulls and write a profile with the fitted numbers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from warmstart.cli.output import print_json, print_table
+from warmstart.cli.pull import parse_size
+from warmstart.replay.calibrate import Calibration, calibrate, profile_toml
+from warmstart.replay.profile import DEFAULT_PROFILE, load_profile
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="measure pulls from a registry and write a replay profile",
+        description="Pull an image cold with containerd's strategy (one connection per blob, "
+        "3 at once) and with the chunked pull to fit the image-stage model, then cold with "
+        "half the connections and warm to check it; print measured against modeled seconds "
+        "and write a profile.",
+    )
+    parser.add_argument("reference", help="image reference, e.g. 127.0.0.1:5000/llm:v1")
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"base profile for the numbers not measured (default: {DEFAULT_PROFILE})",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, metavar="FILE", help="write the profile TOML here"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=8, metavar="N", help="chunked pull connections (8)"
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=16 << 20,
+        metavar="SIZE",
+        help="chunked pull range size, e.g. 16M (default: 16M)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="use plain HTTP for this registry (loopback registries always use it)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    parser.set_defaults(run=run_calibrate)
+
+
+def calibration_json(calibration: Calibration) -> dict[str, object]:
+    network = calibration.network
+    return {
+        "reference": calibration.reference,
+        "layers": list(calibration.layers),
+        "registry": {
+            "connection_bytes_per_s": network.connection_bytes_per_s,
+            "first_byte_s": network.first_byte_s,
+            "node_bytes_per_s": None
+            if network.node_bytes_per_s == float("inf")
+            else network.node_bytes_per_s,
+        },
+        "runs": [
+            {
+                "name": m.name,
+                "puller": m.puller.value,
+                "connections": m.connections,
+                "measured_s": m.measured_s,
+                "modeled_s": m.modeled_s,
+                "error": m.error,
+                "bytes_fetched": m.bytes_fetched,
+            }
+            for m in calibration.measurements
+        ],
+    }
+
+
+def run_calibrate(arguments: argparse.Namespace) -> int:
+    base = load_profile(arguments.profile)
+    calibration = asyncio.run(
+        calibrate(
+            arguments.reference,
+            base,
+            connections=arguments.connections,
+            chunk_size=arguments.chunk_size,
+            insecure=arguments.insecure,
+        )
+    )
+    if arguments.output is not None:
+        arguments.output.write_text(profile_toml(base, calibration, str(arguments.profile)))
+    if arguments.json:
+        print_json(calibration_json(calibration))
+        return 0
+    network = calibration.network
+    print(
+        f"{calibration.reference}: {len(calibration.layers)} blobs, "
+        f"{sum(calibration.layers)} bytes; fitted {network.connection_bytes_per_s / 1e6:.2f} MB/s "
+        f"per connection, {network.first_byte_s * 1000:.1f} ms to first byte, node cap "
+        + (
+            "none reached"
+            if network.node_bytes_per_s == float("inf")
+            else f"{network.node_bytes_per_s / 1e6:.1f} MB/s"
+        )
+    )
+    print_table(
+        ("pull", "strategy", "connections", "measured s", "model s", "error"),
+        [
+            (
+                m.name,
+                m.puller.value,
+                m.connections,
+                f"{m.measured_s:.3f}",
+                f"{m.modeled_s:.3f}",
+                f"{m.error * 100:+.1f}%",
+            )
+            for m in calibration.measurements
+        ],
+    )
+    if arguments.output is not None:
+        print(f"profile written to {arguments.output}")
+    return 0

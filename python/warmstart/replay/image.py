@@ -1,0 +1,223 @@
+"""The image stage of a scale-out: how long a node takes to pull and unpack an image.
+
+The model is a fluid schedule of HTTP transfers. Each transfer waits ``first_byte_s`` (request
+to first byte), then moves bytes at ``connection_bytes_per_s``, and all transfers in flight
+share ``node_bytes_per_s`` equally when their sum would exceed it. Two pullers are modeled:
+
+- ``containerd``: the containerd and Docker default, 3 layers at a time with one connection
+  per layer and no byte ranges;
+- ``chunked``: the layer store's puller, ``connections`` byte-range requests of ``chunk_size``
+  bytes in flight across all blobs, largest blob first.
+
+After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
+one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
+cost no download, only their unpack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "CONTAINERD_LAYERS_AT_ONCE",
+    "Network",
+    "PullTimes",
+    "Puller",
+    "download_times",
+    "fit_connection_rate",
+    "pull_times",
+    "transfer_times",
+]
+
+# containerd and Docker download 3 layers at a time, one connection per layer, by default
+# (containerd's `max_concurrent_downloads` and dockerd's `max-concurrent-downloads`).
+CONTAINERD_LAYERS_AT_ONCE = 3
+
+
+class Puller(enum.Enum):
+    """Download strategy of a node: containerd defaults or the layer store's chunked pull."""
+
+    CONTAINERD = "containerd"
+    CHUNKED = "chunked"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Transfer rates between a node and its registry.
+
+    ``connection_bytes_per_s``: throughput of one connection, in bytes per second.
+    ``node_bytes_per_s``: total throughput of the node, in bytes per second (``math.inf`` for
+    no cap). ``first_byte_s``: seconds from sending a request to its first byte.
+    ``unpack_bytes_per_s``: compressed bytes decompressed and extracted per second.
+    ``hash_bytes_per_s``: bytes per second the node verifies (sha256) while downloading; it
+    caps the total download rate like the node's network does.
+    """
+
+    connection_bytes_per_s: float
+    node_bytes_per_s: float = math.inf
+    first_byte_s: float = 0.0
+    unpack_bytes_per_s: float = math.inf
+    hash_bytes_per_s: float = math.inf
+
+    def __post_init__(self) -> None:
+        for name in (
+            "connection_bytes_per_s",
+            "node_bytes_per_s",
+            "unpack_bytes_per_s",
+            "hash_bytes_per_s",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be positive bytes per second, got {value!r}")
+        if not (math.isfinite(self.first_byte_s) and self.first_byte_s >= 0):
+            raise ValueError(
+                f"first_byte_s must be non-negative seconds, got {self.first_byte_s!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PullTimes:
+    """Seconds from the start of a pull until the downloads end and until the image is unpacked."""
+
+    download_s: float
+    total_s: float
+
+
+def transfer_times(requests: Sequence[float], at_once: int, network: Network) -> list[float]:
+    """Return the finish time in seconds of each request of ``requests`` (sizes in bytes).
+
+    Requests start in order, at most ``at_once`` in flight. A request spends ``first_byte_s``
+    before its bytes flow; flowing requests get ``min(connection rate, cap / flowing)``, where
+    the cap is the smaller of the node's network and hashing rates.
+    """
+    if at_once < 1:
+        raise ValueError(f"at_once must be at least 1, got {at_once!r}")
+    cap = min(network.node_bytes_per_s, network.hash_bytes_per_s)
+    finish = [0.0] * len(requests)
+    now = 0.0
+    next_request = 0
+    # Requests waiting for their first byte: (time bytes start, index).
+    waiting: list[tuple[float, int]] = []
+    # Requests moving bytes: index -> bytes left.
+    flowing: dict[int, float] = {}
+    while next_request < len(requests) or waiting or flowing:
+        while next_request < len(requests) and len(waiting) + len(flowing) < at_once:
+            heapq.heappush(waiting, (now + network.first_byte_s, next_request))
+            next_request += 1
+        while waiting and waiting[0][0] <= now:
+            _, index = heapq.heappop(waiting)
+            flowing[index] = float(requests[index])
+        rate = min(network.connection_bytes_per_s, cap / len(flowing)) if flowing else 0.0
+        done_in = min(flowing.values()) / rate if flowing else math.inf
+        starts_in = waiting[0][0] - now if waiting else math.inf
+        step = min(done_in, starts_in)
+        now += step
+        for index in list(flowing):
+            flowing[index] -= rate * step
+            # A relative margin absorbs rounding in the subtraction above.
+            if flowing[index] <= 1e-9 * max(1.0, float(requests[index])):
+                del flowing[index]
+                finish[index] = now
+    return finish
+
+
+def download_times(
+    layers: Sequence[int],
+    present: Sequence[bool],
+    puller: Puller,
+    network: Network,
+    *,
+    connections: int = 8,
+    chunk_size: int = 16 << 20,
+) -> list[float]:
+    """Return the second at which each layer's download ends (0 for layers already present)."""
+    missing = [i for i, size in enumerate(layers) if not present[i] and size > 0]
+    done = [0.0] * len(layers)
+    if puller is Puller.CONTAINERD:
+        finish = transfer_times([layers[i] for i in missing], CONTAINERD_LAYERS_AT_ONCE, network)
+        for position, layer in enumerate(missing):
+            done[layer] = finish[position]
+        return done
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, got {connections!r}")
+    chunks: list[float] = []
+    owner: list[int] = []
+    # The layer store fetches the largest blob first, since it is the critical path.
+    for layer in sorted(missing, key=lambda i: -layers[i]):
+        size = layers[layer]
+        for offset in range(0, size, chunk_size):
+            chunks.append(float(min(chunk_size, size - offset)))
+            owner.append(layer)
+    finish = transfer_times(chunks, connections, network)
+    for position, layer in enumerate(owner):
+        done[layer] = max(done[layer], finish[position])
+    return done
+
+
+def pull_times(
+    layers: Sequence[int],
+    network: Network,
+    puller: Puller = Puller.CONTAINERD,
+    *,
+    present: Sequence[bool] | None = None,
+    connections: int = 8,
+    chunk_size: int = 16 << 20,
+) -> PullTimes:
+    """Model the pull of an image with layer sizes ``layers`` (bytes, manifest order).
+
+    ``present[i]`` marks layers already in the node's store: they are unpacked but not
+    downloaded. ``connections`` and ``chunk_size`` (bytes) apply to the chunked puller.
+    """
+    if any(size < 0 for size in layers):
+        raise ValueError("layer sizes must be non-negative bytes")
+    have = list(present) if present is not None else [False] * len(layers)
+    if len(have) != len(layers):
+        raise ValueError(f"present has {len(have)} entries for {len(layers)} layers")
+    done = download_times(
+        layers, have, puller, network, connections=connections, chunk_size=chunk_size
+    )
+    unpacked = 0.0
+    for size, downloaded in zip(layers, done, strict=True):
+        unpacked = max(unpacked, downloaded) + size / network.unpack_bytes_per_s
+    return PullTimes(download_s=max(done, default=0.0), total_s=unpacked)
+
+
+def fit_connection_rate(
+    layers: Sequence[int],
+    target_s: float,
+    network: Network,
+    puller: Puller = Puller.CONTAINERD,
+) -> float:
+    """Return the per-connection rate (bytes per second) at which pulling ``layers`` takes
+    ``target_s`` seconds, keeping the other fields of ``network``.
+
+    Raise ``ValueError`` when ``target_s`` is below what first-byte and unpack time allow.
+    """
+
+    def total(rate: float) -> float:
+        trial = dataclasses.replace(network, connection_bytes_per_s=rate)
+        return pull_times(layers, trial, puller).total_s
+
+    low, high = 1.0, 1e12
+    if total(high) > target_s:
+        raise ValueError(
+            f"no connection rate pulls these layers in {target_s} s; first-byte and unpack "
+            f"time alone take {total(high):.1f} s"
+        )
+    # The total falls as the rate rises, so bisect on a log scale.
+    for _ in range(200):
+        middle = math.sqrt(low * high)
+        if total(middle) > target_s:
+            low = middle
+        else:
+            high = middle
+        if high / low < 1 + 1e-9:
+            break
+    return high

@@ -1,0 +1,299 @@
+"""Profiles: what one instance of a model serves and how long it takes to become ready.
+
+A profile is a TOML file (see ``profiles/*.toml`` in this package) with these tables:
+``[service]`` (slots, target concurrency, token rates, the latency objective), ``[startup]``
+(stage times besides the image stage), ``[image]`` (layer sizes), ``[registry]`` and
+``[mirror]`` (transfer rates for the image-stage model) and ``[pull]`` (the puller and its
+settings). Every number in a shipped profile carries a comment with its source.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.resources
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from warmstart.replay.image import Network, Puller, PullTimes, pull_times
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "STAGES",
+    "CacheMode",
+    "Profile",
+    "ProfileError",
+    "ServiceModel",
+    "StartupModel",
+    "builtin_profiles",
+    "load_profile",
+    "parse_profile",
+]
+
+DEFAULT_PROFILE = "default"
+
+STAGES = ("provision", "image", "artifacts", "start", "health")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, unreadable, or has an invalid value."""
+
+
+class CacheMode(enum.Enum):
+    """Where a new instance's image comes from.
+
+    - ``cold``: every new instance gets a new node and pulls the whole image from the registry.
+    - ``node``: a new instance reuses a node that served before and was released by a
+      scale-in, when one is free; that node's store has every blob, so only unpacking remains
+      and no provisioning. Otherwise it starts cold.
+    - ``mirror``: every new instance gets a new node and pulls from a nearby mirror.
+    - ``prefetch``: standby nodes, sized by the engine's predictive policy, are provisioned
+      and have the image in their store before the scale-out decision; a new instance takes a
+      warm standby node when one is ready. Standby time is counted as cost.
+    """
+
+    COLD = "cold"
+    NODE = "node"
+    MIRROR = "mirror"
+    PREFETCH = "prefetch"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceModel:
+    """How one instance serves requests.
+
+    ``slots``: requests served at once. ``target_concurrency``: requests in flight per
+    instance the policies aim for. Token rates are per second for one request.
+    ``objective_ttft_s``: the latency objective on time to first token, in seconds.
+    """
+
+    slots: int
+    target_concurrency: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    overhead_s: float
+    objective_ttft_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartupModel:
+    """Seconds spent in each scale-out stage besides the image stage, and their jitter.
+
+    ``jitter`` is the relative half-width of the uniform spread of every stage time.
+    """
+
+    provision_s: float
+    artifacts_s: float
+    start_s: float
+    health_s: float
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A served model on one instance type: service, start-up stages, image and networks.
+
+    ``layers`` are compressed layer sizes in bytes, each distinct blob once.
+    """
+
+    name: str
+    description: str
+    service: ServiceModel
+    startup: StartupModel
+    layers: tuple[int, ...]
+    registry: Network
+    mirror: Network
+    puller: Puller = Puller.CHUNKED
+    connections: int = 8
+    chunk_size: int = 16 << 20
+
+    def image_times(self, *, mirror: bool = False, in_store: bool = False) -> PullTimes:
+        """Return the modeled image stage: from the mirror or the registry, with every blob
+        already in the node's store (``in_store``, unpack only) or none."""
+        return pull_times(
+            self.layers,
+            self.mirror if mirror else self.registry,
+            self.puller,
+            present=[in_store] * len(self.layers),
+            connections=self.connections,
+            chunk_size=self.chunk_size,
+        )
+
+    def stage_times(
+        self, *, mirror: bool = False, in_store: bool = False, node_exists: bool = False
+    ) -> dict[str, float]:
+        """Return the seconds of every stage of ``STAGES`` for one launch, without jitter.
+
+        ``node_exists`` skips provisioning, for a node that is already up.
+        """
+        startup = self.startup
+        return {
+            "provision": 0.0 if node_exists else startup.provision_s,
+            "image": self.image_times(mirror=mirror, in_store=in_store).total_s,
+            "artifacts": startup.artifacts_s,
+            "start": startup.start_s,
+            "health": startup.health_s,
+        }
+
+    def time_to_ready_s(self, mode: CacheMode = CacheMode.COLD) -> float:
+        """Return the modeled seconds from launch to ready of a new node in ``mode``."""
+        return sum(self.stage_times(mirror=mode is CacheMode.MIRROR).values())
+
+
+def builtin_profiles() -> list[str]:
+    """Return the names of the profiles shipped with warmstart."""
+    folder = importlib.resources.files("warmstart.replay") / "profiles"
+    return sorted(
+        entry.name.removesuffix(".toml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    )
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
+    """Load a built-in profile by name, or a profile TOML file by path.
+
+    Raise ``ProfileError`` naming the file and the key for a missing or invalid value.
+    """
+    text_name = str(name_or_path)
+    if text_name in builtin_profiles():
+        resource = importlib.resources.files("warmstart.replay") / "profiles" / f"{text_name}.toml"
+        source = f"built-in profile {text_name!r}"
+        text = resource.read_text(encoding="utf-8")
+    else:
+        path = Path(name_or_path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, IsADirectoryError):
+            raise ProfileError(
+                f"profile {text_name!r} not found; use a TOML file path or one of "
+                f"{', '.join(builtin_profiles())}"
+            ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ProfileError(f"{source}: invalid TOML: {error}") from error
+    return parse_profile(data, source)
+
+
+def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
+    """Build a ``Profile`` from parsed TOML; raise ``ProfileError`` on a bad value."""
+    reader = _Reader(data, source)
+    service = ServiceModel(
+        slots=int(reader.number("service", "slots", minimum=1)),
+        target_concurrency=reader.number("service", "target_concurrency", positive=True),
+        prefill_tokens_per_s=reader.number("service", "prefill_tokens_per_s", positive=True),
+        decode_tokens_per_s=reader.number("service", "decode_tokens_per_s", positive=True),
+        overhead_s=reader.number("service", "overhead_s", minimum=0),
+        objective_ttft_s=reader.number("service", "objective_ttft_s", positive=True),
+    )
+    startup = StartupModel(
+        provision_s=reader.number("startup", "provision_s", minimum=0),
+        artifacts_s=reader.number("startup", "artifacts_s", minimum=0),
+        start_s=reader.number("startup", "start_s", minimum=0),
+        health_s=reader.number("startup", "health_s", minimum=0),
+        jitter=reader.number("startup", "jitter", minimum=0, default=0.0),
+    )
+    if startup.jitter >= 1:
+        raise ProfileError(f"{source}: startup.jitter must be below 1, got {startup.jitter}")
+    registry = reader.network("registry")
+    puller_name = reader.table("pull").get("puller", Puller.CHUNKED.value)
+    try:
+        puller = Puller(puller_name)
+    except ValueError:
+        choices = ", ".join(p.value for p in Puller)
+        raise ProfileError(
+            f"{source}: pull.puller must be one of {choices}, got {puller_name!r}"
+        ) from None
+    return Profile(
+        name=str(data.get("name", source)),
+        description=str(data.get("description", "")),
+        service=service,
+        startup=startup,
+        layers=reader.layers(),
+        registry=registry,
+        mirror=reader.network("mirror") if "mirror" in data else registry,
+        puller=puller,
+        connections=int(reader.number("pull", "connections", minimum=1, default=8)),
+        chunk_size=int(reader.number("pull", "chunk_size", minimum=1, default=16 << 20)),
+    )
+
+
+class _Reader:
+    """Typed access to the tables of a parsed profile, with errors that name the key."""
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+
+    def table(self, name: str) -> dict[str, Any]:
+        table = self.data.get(name, {})
+        if not isinstance(table, dict):
+            raise ProfileError(f"{self.source}: [{name}] must be a table")
+        return table
+
+    def number(
+        self,
+        table: str,
+        key: str,
+        *,
+        minimum: float | None = None,
+        positive: bool = False,
+        default: float | None = None,
+    ) -> float:
+        value = self.table(table).get(key, default)
+        if value is None:
+            raise ProfileError(f"{self.source}: missing {table}.{key}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfileError(f"{self.source}: {table}.{key} must be a number, got {value!r}")
+        number = float(value)
+        if math.isnan(number) or (positive and not number > 0):
+            raise ProfileError(f"{self.source}: {table}.{key} must be positive, got {value!r}")
+        if minimum is not None and not number >= minimum:
+            raise ProfileError(
+                f"{self.source}: {table}.{key} must be at least {minimum:g}, got {value!r}"
+            )
+        return number
+
+    def network(self, table: str) -> Network:
+        return Network(
+            connection_bytes_per_s=self.number(table, "connection_bytes_per_s", positive=True),
+            node_bytes_per_s=self.number(
+                table, "node_bytes_per_s", positive=True, default=math.inf
+            ),
+            first_byte_s=self.number(table, "first_byte_s", minimum=0, default=0.0),
+            unpack_bytes_per_s=self.number(
+                table, "unpack_bytes_per_s", positive=True, default=math.inf
+            ),
+            hash_bytes_per_s=self.number(
+                table, "hash_bytes_per_s", positive=True, default=math.inf
+            ),
+        )
+
+    def layers(self) -> tuple[int, ...]:
+        """Read ``image.layers``: byte counts, or ``{size, digest}`` tables. A digest listed
+        twice (a layer shared between image versions) is counted once."""
+        entries = self.table("image").get("layers")
+        if not isinstance(entries, list) or not entries:
+            raise ProfileError(f"{self.source}: image.layers must be a non-empty list")
+        sizes: list[int] = []
+        seen: set[str] = set()
+        for position, entry in enumerate(entries):
+            size, digest = (
+                (entry, None)
+                if not isinstance(entry, dict)
+                else (entry.get("size"), entry.get("digest"))
+            )
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ProfileError(
+                    f"{self.source}: image.layers[{position}] needs a byte count, got {entry!r}"
+                )
+            if digest is not None:
+                if digest in seen:
+                    continue
+                seen.add(str(digest))
+            sizes.append(size)
+        return tuple(sizes)
