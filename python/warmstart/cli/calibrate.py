@@ -45,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--insecure",
         action="store_true",
-        help="use plain HTTP for this registry (loopback registries always use it)",
+        help="use plain HTTP for this registry (loopback registries use it unless they answer TLS)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     parser.set_defaults(run=run_calibrate)

@@ -76,7 +76,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     pull.add_argument(
         "--insecure",
         action="store_true",
-        help="use plain HTTP for this registry (loopback registries always use it)",
+        help="use plain HTTP for this registry (loopback registries use it unless they answer TLS)",
     )
     pull.add_argument(
         "--ca-cert",

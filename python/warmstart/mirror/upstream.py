@@ -40,7 +40,7 @@ class Upstream:
     """A registry the mirror pulls through to.
 
     ``registry`` is ``host[:port]`` as written in image references (``docker.io`` for Docker
-    Hub). ``insecure`` selects plain HTTP; loopback registries always use it.
+    Hub). ``insecure`` selects plain HTTP; loopback registries use it unless they answer TLS.
     """
 
     registry: str
