@@ -284,16 +284,12 @@ impl PyLayerStore {
     ) -> PyResult<pull::PyPullReport> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
-        let key = client_key(
+        let puller = self.puller(
             insecure_registries,
             ca_certificates,
             stall_timeout_s,
             max_attempts,
         )?;
-        let puller = self
-            .pullers
-            .get(&self.store, key)
-            .map_err(errors::pull_to_py_err)?;
         pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.pull(&reference, &options, &counters);
@@ -327,11 +323,7 @@ impl PyLayerStore {
         let url = pull::parse_url(url)?;
         let digest = pull::parse_digest(digest)?;
         let options = pull::fetch_options(connections, chunk_size)?;
-        let key = client_key(Vec::new(), Vec::new(), stall_timeout_s, max_attempts)?;
-        let puller = self
-            .pullers
-            .get(&self.store, key)
-            .map_err(errors::pull_to_py_err)?;
+        let puller = self.puller(Vec::new(), Vec::new(), stall_timeout_s, max_attempts)?;
         pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.fetch_url(&url, &digest, size, &options, &counters);
@@ -361,16 +353,12 @@ impl PyLayerStore {
         cancel: Option<PyRef<'_, pull::CancelToken>>,
     ) -> PyResult<pull::PyManifestReport> {
         let reference = pull::parse_reference(reference)?;
-        let key = client_key(
+        let puller = self.puller(
             insecure_registries,
             ca_certificates,
             stall_timeout_s,
             max_attempts,
         )?;
-        let puller = self
-            .pullers
-            .get(&self.store, key)
-            .map_err(errors::pull_to_py_err)?;
         pull::run_blocking(py, cancel, async move {
             let fetched = puller
                 .pull_manifest(&reference)
@@ -407,16 +395,12 @@ impl PyLayerStore {
         let reference = pull::parse_reference(reference)?;
         let digest = pull::parse_digest(digest)?;
         let options = pull::fetch_options(connections, chunk_size)?;
-        let key = client_key(
+        let puller = self.puller(
             insecure_registries,
             ca_certificates,
             stall_timeout_s,
             max_attempts,
         )?;
-        let puller = self
-            .pullers
-            .get(&self.store, key)
-            .map_err(errors::pull_to_py_err)?;
         pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = puller.pull_blob(&reference, &digest, size, &options, &counters);
@@ -471,16 +455,12 @@ impl PyLayerStore {
     ) -> PyResult<(pull::PyPullReport, PyUnpackReport)> {
         let reference = pull::parse_reference(reference)?;
         let options = pull::pull_options(platform, connections, chunk_size, tag)?;
-        let key = client_key(
+        let puller = self.puller(
             insecure_registries,
             ca_certificates,
             stall_timeout_s,
             max_attempts,
         )?;
-        let puller = self
-            .pullers
-            .get(&self.store, key)
-            .map_err(errors::pull_to_py_err)?;
         let unpack_options = UnpackOptions { flatten };
         pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
@@ -504,6 +484,27 @@ impl PyLayerStore {
 
     fn __repr__(&self) -> String {
         format!("LayerStore({:?})", self.store.root().display().to_string())
+    }
+}
+
+impl PyLayerStore {
+    /// The cached puller for these client settings (see `pull::PullerCache`).
+    fn puller(
+        &self,
+        insecure_registries: Vec<String>,
+        ca_certificates: Vec<PathBuf>,
+        stall_timeout_s: f64,
+        max_attempts: u32,
+    ) -> PyResult<layerstore::fetch::Puller> {
+        let key = client_key(
+            insecure_registries,
+            ca_certificates,
+            stall_timeout_s,
+            max_attempts,
+        )?;
+        self.pullers
+            .get(&self.store, key)
+            .map_err(errors::pull_to_py_err)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::manifest::{self, Descriptor};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
 use crate::registry::platform::{self, Platform};
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, Target};
 use crate::store::{Expected, Store};
 
 pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress};
@@ -153,7 +153,13 @@ impl Puller {
     ) -> Result<BlobReport, PullError> {
         let size = match size {
             Some(size) => size,
-            None => self.content_length(url, digest).await?,
+            None => {
+                let target = Target {
+                    reference: None,
+                    digest: Some(digest.clone()),
+                };
+                content_length(self.fetcher.client(), &target, url).await?
+            }
         };
         let job = BlobJob {
             digest: digest.clone(),
@@ -161,32 +167,39 @@ impl Puller {
             media_type: "application/octet-stream".into(),
             source: BlobSource::Url(url.clone()),
         };
+        self.fetch_one(job, options, progress).await
+    }
+
+    /// Fetches a single blob through the shared scheduler.
+    pub(crate) async fn fetch_one(
+        &self,
+        job: BlobJob,
+        options: &FetchOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<BlobReport, PullError> {
         let mut reports = self.fetcher.fetch_all(vec![job], options, progress).await?;
         Ok(reports.remove(0))
     }
+}
 
-    async fn content_length(&self, url: &Url, digest: &Digest) -> Result<u64, PullError> {
-        let client = self.fetcher.client();
-        let response = client
-            .get_url(url, reqwest::Method::HEAD, None, digest)
-            .await?;
-        response
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| PullError::Protocol {
-                context: Box::new(client.context(
-                    &crate::registry::Target {
-                        reference: None,
-                        digest: Some(digest.clone()),
-                    },
-                    "HEAD",
-                    url,
-                )),
-                reason: "no Content-Length; pass the size explicitly".into(),
-            })
-    }
+/// Sends a HEAD request to `url` and returns its `Content-Length`.
+pub(crate) async fn content_length(
+    client: &RegistryClient,
+    target: &Target,
+    url: &Url,
+) -> Result<u64, PullError> {
+    let response = client
+        .request(target, reqwest::Method::HEAD, url, None, None)
+        .await?;
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| PullError::Protocol {
+            context: Box::new(client.context(target, "HEAD", url)),
+            reason: "the HEAD response has no Content-Length; pass the size explicitly".into(),
+        })
 }
 
 fn is_index(media_type: &str) -> bool {

@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use reqwest::header::CONTENT_LENGTH;
-use reqwest::Method;
 use url::Url;
 
-use super::{BlobJob, BlobReport, BlobSource, FetchOptions, Progress, Puller};
+use super::{content_length, BlobJob, BlobReport, BlobSource, FetchOptions, Progress, Puller};
 use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::registry::error::PullError;
@@ -57,8 +55,7 @@ impl Puller {
             media_type: "application/octet-stream".into(),
             source: BlobSource::Registry(reference.clone()),
         };
-        let mut reports = self.fetcher.fetch_all(vec![job], options, progress).await?;
-        Ok(reports.remove(0))
+        self.fetch_one(job, options, progress).await
     }
 
     async fn blob_length(&self, reference: &Reference, digest: &Digest) -> Result<u64, PullError> {
@@ -76,17 +73,6 @@ impl Puller {
             reference: Some(reference.clone()),
             digest: Some(digest.clone()),
         };
-        let response = client
-            .request(&target, Method::HEAD, &url, None, None)
-            .await?;
-        response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| PullError::Protocol {
-                context: Box::new(client.context(&target, "HEAD", &url)),
-                reason: "a blob HEAD response has no Content-Length".into(),
-            })
+        content_length(client, &target, &url).await
     }
 }
