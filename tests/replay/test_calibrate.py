@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from benchmarks.throttle_proxy import ThrottleProxy
 
+from tests.registry.layout import tar_layer
 from tests.registry.real import RegistryRepository
 from warmstart.cli import main
 from warmstart.replay import Network, load_profile
@@ -87,3 +88,22 @@ def test_model_within_15_percent_through_throttling_proxy(
     assert abs(check[Puller.CHUNKED].error) <= 0.15, check[Puller.CHUNKED]
     assert calibration.network.connection_bytes_per_s == pytest.approx(rate, rel=0.15)
     assert math.isfinite(calibration.network.first_byte_s)
+
+
+def test_calibrate_measures_unpack_rate(registry_repo: RegistryRepository) -> None:
+    layers = [tar_layer({f"lib/file{i}.bin": os.urandom(256 * 1024) for i in range(8)})]
+    registry_repo.push_generated("v1", layers)
+    reference = f"{registry_repo.reference_prefix}:v1"
+    calibration = asyncio.run(calibrate(reference, load_profile(), connections=2, chunk_size=MIB))
+    assert math.isfinite(calibration.network.unpack_bytes_per_s)
+    assert calibration.network.unpack_bytes_per_s > 0
+
+
+def test_calibrate_keeps_base_unpack_rate_for_non_tar_layers(
+    registry_repo: RegistryRepository,
+) -> None:
+    registry_repo.push_generated("v1", [os.urandom(100_000)], compress=False)
+    reference = f"{registry_repo.reference_prefix}:v1"
+    base = load_profile()
+    calibration = asyncio.run(calibrate(reference, base, connections=2, chunk_size=MIB))
+    assert calibration.network.unpack_bytes_per_s == base.registry.unpack_bytes_per_s

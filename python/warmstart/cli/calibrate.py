@@ -62,6 +62,9 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
             "node_bytes_per_s": None
             if network.node_bytes_per_s == float("inf")
             else network.node_bytes_per_s,
+            "unpack_bytes_per_s": None
+            if network.unpack_bytes_per_s == float("inf")
+            else network.unpack_bytes_per_s,
         },
         "runs": [
             {
