@@ -8,8 +8,9 @@ the smallest blob's faster time gives the first-byte time, the containerd pull's
 per-connection rate, and the chunked pull's total the node cap. The third checks the fit on
 a pull it never saw.
 
-Only downloads are measured: the store does not unpack layers, so the unpack rate of the
-base profile is kept.
+The download comparisons leave unpacking out. The unpack rate is measured separately by a
+flatten unpack of the chunked pull's image, or kept from the base profile for an artifact
+without image layers.
 """
 
 from __future__ import annotations
