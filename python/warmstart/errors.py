@@ -154,13 +154,16 @@ class ForeignLayerError(MissingBlobError):
     """A ``docker save`` archive lacks the bytes of a foreign (non-distributable) layer."""
 
 
-class StoreIOError(StoreError, OSError):
-    """A file system operation of the store failed, on the path in ``filename`` with ``errno``."""
+class _MessageFirst(OSError):
+    """Shows the message warmstart built (which names the path and the reason) instead of
+    OSError's default form, which repeats the path and prints ``[Errno None]`` without errno."""
 
     def __str__(self) -> str:
-        # The message already names the path and the reason; OSError's default form would
-        # repeat the path and print ``[Errno None]`` when there is no errno.
         return str(self.strerror if self.errno is not None else self.args[0])
+
+
+class StoreIOError(StoreError, _MessageFirst):
+    """A file system operation of the store failed, on the path in ``filename`` with ``errno``."""
 
 
 class RegistryError(WarmstartError):
@@ -233,9 +236,9 @@ class InvalidImageError(UnpackError, ValueError):
     image: str
 
 
-class UnpackTargetError(UnpackError, FileExistsError):
+class UnpackTargetError(UnpackError, _MessageFirst, FileExistsError):
     """The target directory contains another image or files warmstart did not write."""
 
 
-class UnpackIOError(UnpackError, OSError):
-    """A file system operation of an unpack failed; ``filename`` and ``errno`` say which."""
+class UnpackIOError(UnpackError, _MessageFirst):
+    """A file system operation of an unpack failed, on the path in ``filename`` with ``errno``."""

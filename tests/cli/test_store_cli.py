@@ -77,7 +77,8 @@ def test_verify_exits_nonzero_on_corruption(tmp_path: Path) -> None:
     result = run("store", "verify", "--store", str(store.root))
     assert result.returncode == 1
     assert f"digest_mismatch: {info.digest}" in result.stdout
-    assert "1 problems" in result.stdout
+    assert "1 problem" in result.stdout
+    assert "1 problems" not in result.stdout
 
 
 def test_errors_are_one_line_with_exit_1(tmp_path: Path, images: Path) -> None:
@@ -102,9 +103,19 @@ def test_missing_source_is_reported(tmp_path: Path) -> None:
 
 
 def test_store_defaults_to_environment_variable(tmp_path: Path) -> None:
+    LayerStore(tmp_path / "env-store")
     result = run("store", "du", "--json", env={"WARMSTART_STORE": str(tmp_path / "env-store")})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["store"] == str(tmp_path / "env-store")
+
+
+def test_read_only_actions_reject_missing_store(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    for action in (["ls"], ["du"], ["verify"], ["gc"]):
+        result = run("store", *action, "--store", str(missing))
+        assert result.returncode == 1, action
+        assert f"no layer store at {missing}" in result.stderr
+    assert not missing.exists(), "a read-only action created the store"
 
 
 def test_usage_errors_exit_2() -> None:

@@ -33,7 +33,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--output", type=Path, default=None, metavar="FILE", help="write the profile TOML here"
     )
     parser.add_argument(
-        "--connections", type=int, default=8, metavar="N", help="chunked pull connections (8)"
+        "--connections",
+        type=int,
+        default=8,
+        metavar="N",
+        help="chunked pull connections (default: 8)",
     )
     parser.add_argument(
         "--chunk-size",

@@ -19,8 +19,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "prefetch",
         help="pull images into the store or a mirror ahead of a scale-out",
-        description="Pull whole images ahead of need: into the local store, or with --mirror "
-        "into a running warmstart mirror's store.",
+        description="Pull whole images ahead of need: into a store directory, or with "
+        "--to URL into a running warmstart mirror's store.",
     )
     parser.add_argument("reference", nargs="+", help="image reference, e.g. localhost:5000/llm:v1")
     parser.add_argument(

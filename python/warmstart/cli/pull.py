@@ -190,7 +190,8 @@ def run_pull(arguments: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(f"pulled {report.reference} as {report.tag}  {report.manifest_digest}")
+    tagged = "" if report.tag == report.reference else f" as {report.tag}"
+    print(f"pulled {report.reference}{tagged}  {report.manifest_digest}")
     print(
         f"fetched {format_bytes(report.bytes_fetched)}, reused {format_bytes(report.bytes_reused)}"
         f" from the store, in {report.seconds:.2f} s"

@@ -11,6 +11,7 @@ from typing import Any
 
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore
 from warmstart.cli.output import format_bytes, print_json, print_table
+from warmstart.errors import StoreError
 
 __all__ = ["add_parser", "default_store_path"]
 
@@ -98,8 +99,15 @@ def seconds(text: str) -> float:
     return value
 
 
-def open_store(arguments: argparse.Namespace) -> LayerStore:
+def open_store(arguments: argparse.Namespace, *, must_exist: bool = False) -> LayerStore:
+    """Open the store named by ``--store`` or the default; with ``must_exist``, a directory
+    that is not a store yet is an error instead of a new, empty store (a mistyped path)."""
     path: Path = arguments.store or default_store_path()
+    if must_exist and not (path / "oci-layout").is_file():
+        raise StoreError(
+            f"no layer store at {path}; check --store or $WARMSTART_STORE, or create one with "
+            "`warmstart store import` or `warmstart pull`"
+        )
     return LayerStore(path)
 
 
@@ -154,14 +162,14 @@ def run_import(arguments: argparse.Namespace) -> int:
 
 
 def run_export(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     report = store.export_layout(arguments.to, tags=arguments.tags or None)
     print_import_report(arguments, "exported", report)
     return 0
 
 
 def run_ls(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     if arguments.blobs:
         blobs = store.list()
         if arguments.json:
@@ -179,7 +187,7 @@ def run_ls(arguments: argparse.Namespace) -> int:
 
 
 def run_verify(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     report = store.verify(quarantine=arguments.quarantine)
     if arguments.json:
         print_json(
@@ -207,10 +215,14 @@ def run_verify(arguments: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"{problem.kind}: {problem.digest or problem.path}{describe_problem(problem)}")
         checked = f"{report.checked_blobs} blobs ({format_bytes(report.checked_bytes)})"
-        print(f"checked {checked}: {len(report.problems)} problems")
+        print(f"checked {checked}: {plural(len(report.problems), 'problem')}")
         if report.quarantined:
-            print(f"moved {len(report.quarantined)} files to quarantine/")
+            print(f"moved {plural(len(report.quarantined), 'file')} to quarantine/")
     return 0 if report.ok else 1
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def describe_problem(problem: Any) -> str:
@@ -228,7 +240,7 @@ def describe_problem(problem: Any) -> str:
 
 
 def run_gc(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     report = store.gc(
         grace_period_s=arguments.grace_period,
         ingest_max_age_s=arguments.ingest_max_age,
@@ -258,7 +270,7 @@ def run_gc(arguments: argparse.Namespace) -> int:
 
 
 def run_du(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     usage = store.usage()
     if arguments.json:
         print_json(

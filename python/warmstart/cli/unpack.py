@@ -57,7 +57,7 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_unpack(arguments: argparse.Namespace) -> int:
-    store = open_store(arguments)
+    store = open_store(arguments, must_exist=True)
     report = store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
     print_report(report, arguments.json)
     return 0
