@@ -46,6 +46,8 @@ class TargetTracking(Policy):
         except ValueError as error:
             raise EngineConfigError(str(error)) from error
         object.__setattr__(self, "_query", query)
+        # Every reason names the query, so its label is formatted once here.
+        object.__setattr__(self, "_description", query.describe())
         if not self.name:
             object.__setattr__(self, "name", f"target_tracking({self.metric})")
 
@@ -63,8 +65,9 @@ class TargetTracking(Policy):
         observation = inputs.observe(query)
         current = inputs.capacity.current
         total = observation.total
+        description: str = getattr(self, "_description")  # noqa: B009
         if total is None:
-            reason = f"no fresh {query.describe()} data"
+            reason = f"no fresh {description} data"
             if observation.stale:
                 reason += f" ({observation.stale} series stale or missing)"
             return Recommendation(self.name, current, False, reason, False), state
@@ -87,18 +90,15 @@ class TargetTracking(Policy):
 
         ratio = load / (current * self.target) if current > 0 else None
         reason = (
-            f"{query.describe()}, {observation.aggregation.value} over "
+            f"{description}, {observation.aggregation.value} over "
             f"{observation.reporting} instance(s) = {observation.value:.4g}; load {load:.4g} "
             f"vs target {self.target:g} per instance -> {desired} (current {current})"
         )
         if observation.stale:
             reason += f"; {observation.stale} series stale or missing, scale-down blocked"
+        # Positional, in field order: policy, desired, valid, reason, scale_down_allowed,
+        # floor_only, usage_ratio. The engine builds one per endpoint per evaluation.
         recommendation = Recommendation(
-            self.name,
-            desired,
-            True,
-            reason,
-            scale_down_allowed=observation.complete,
-            usage_ratio=ratio,
+            self.name, desired, True, reason, observation.complete, False, ratio
         )
         return recommendation, state
