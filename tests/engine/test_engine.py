@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from warmstart.engine import (
     RejectReason,
     TargetTracking,
     UnknownEndpointError,
+    WallClock,
 )
 from warmstart.testing import settle
 
@@ -509,3 +511,53 @@ def test_non_numeric_value_raises_at_ingest(clock):
         engine.ingest("llm", "concurrency", "i0", clock.now(), "lots")
     engine.ingest("llm", "concurrency", "i0", clock.now(), 5.0)
     assert engine.flush() == 1
+
+
+# -- live clock -----------------------------------------------------------------------------------
+
+
+class SteppedClock:
+    """A clock that a test sets to any reading, earlier ones included, as a system clock can be."""
+
+    def __init__(self, reading: float) -> None:
+        self.reading = reading
+
+    def now(self) -> float:
+        return self.reading
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(0)
+
+
+def test_default_clock_is_wall_clock():
+    engine = Engine([tracking_spec()])
+    assert isinstance(engine.clock, WallClock)
+
+
+def test_default_clock_accepts_unix_timestamps():
+    engine = Engine([tracking_spec()])
+    engine.ingest("llm", "concurrency", "i0", time.time(), 5.0)
+    assert engine.flush() == 1
+    assert engine.rejects.total == 0
+
+
+def test_clock_step_back_moves_schedule_back():
+    clock = SteppedClock(START)
+    engine = Engine([tracking_spec(name="a"), tracking_spec(name="b")], clock=clock)
+    assert len(engine.tick()) == 2
+
+    clock.reading = START - 600.0
+    assert engine.tick() == []
+    assert engine.next_due() == START - 599.0
+
+    clock.reading = START - 599.0
+    assert [d.endpoint for d in engine.tick()] == ["a", "b"]
+
+
+def test_explicit_times_do_not_move_schedule():
+    clock = SteppedClock(START)
+    engine = Engine([tracking_spec()], clock=clock)
+    engine.tick()
+
+    assert engine.tick(START - 600.0) == []
+    assert engine.next_due() == START + 1.0

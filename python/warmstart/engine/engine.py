@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery, group_reduce
 from warmstart.engine.behavior import BehaviorState, DecisionContext, decide
-from warmstart.engine.clock import Clock, MonotonicClock
+from warmstart.engine.clock import Clock, WallClock
 from warmstart.engine.decision import Decision
 from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
@@ -124,7 +124,8 @@ class _Endpoint:
 class Engine:
     """Turn metric samples into scale decisions for a fixed set of endpoints.
 
-    ``clock`` is the only source of time (``MonotonicClock`` when None). ``on_decision`` is
+    ``clock`` is the only source of time (``WallClock``, Unix time, when None, because sample
+    timestamps are compared with it). ``on_decision`` is
     called synchronously with each emitted decision; ``emit`` selects whether only decisions that
     change capacity (``"changes"``) or every evaluation (``"all"``) are emitted to callbacks and
     to ``decisions()`` iterators. ``tick`` and ``evaluate`` return every decision either way.
@@ -162,7 +163,10 @@ class Engine:
             )
         if queue_size < 1:
             raise EngineConfigError(f"queue_size must be at least 1, got {queue_size!r}")
-        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.clock: Clock = clock if clock is not None else WallClock()
+        # The clock reading of the last ``tick()`` without an explicit time, to detect a clock
+        # that steps back.
+        self._last_reading: float | None = None
         self.ingest_config = ingest if ingest is not None else IngestConfig()
         self.rejects = RejectCounter()
         self._store = SeriesStore(self.ingest_config, len(specs))
@@ -474,11 +478,34 @@ class Engine:
     # -- evaluation --------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> list[Decision]:
-        """Evaluate every endpoint whose interval has elapsed at ``now`` (clock time if None)."""
+        """Evaluate every endpoint whose interval has elapsed at ``now`` (clock time if None).
+
+        When ``now`` is None and the clock reads earlier than at the previous such call, every
+        schedule moves back by the difference, so a wall clock set back by an hour does not
+        pause evaluations for an hour.
+        """
         self._check_open()
-        when = self.clock.now() if now is None else now
+        if now is None:
+            when = self.clock.now()
+            self._follow_step_back(when)
+        else:
+            when = now
         due = [e for e in self._ordered if e.next_due is None or e.next_due <= when]
         return self._evaluate(due, when)
+
+    def _follow_step_back(self, reading: float) -> None:
+        last = self._last_reading
+        self._last_reading = reading
+        if last is None or reading >= last:
+            return
+        step_s = last - reading
+        for runtime in self._ordered:
+            if runtime.next_due is not None:
+                runtime.next_due -= step_s
+        logger.warning(
+            "engine clock went back %.3f s; moved every evaluation schedule back by as much",
+            step_s,
+        )
 
     def evaluate(
         self, now: float | None = None, endpoints: Sequence[str] | None = None
