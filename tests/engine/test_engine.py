@@ -9,8 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from warmstart.engine import (
+    Aggregation,
     Burst,
     EndpointSpec,
     Engine,
@@ -561,3 +564,47 @@ def test_explicit_times_do_not_move_schedule():
 
     assert engine.tick(START - 600.0) == []
     assert engine.next_due() == START + 1.0
+
+
+# -- target tracking without PolicyInputs -------------------------------------------------------
+
+
+class GeneralTargetTracking(TargetTracking):
+    """A subclass, so the engine runs it through ``recommend`` like any other policy."""
+
+
+@given(
+    loads=st.lists(
+        st.lists(st.none() | st.floats(0.0, 200.0), min_size=3, max_size=3),
+        min_size=1,
+        max_size=40,
+    ),
+    mean=st.booleans(),
+    events=st.booleans(),
+)
+def test_target_tracking_shortcut_matches_recommend(loads, mean, events):
+    aggregation = Aggregation.MEAN if mean else Aggregation.SUM
+    decisions = []
+    for policy_type in (TargetTracking, GeneralTargetTracking):
+        clock = FakeClock(START)
+        spec = EndpointSpec(
+            "llm",
+            (MetricSpec("concurrency", aggregation=aggregation, stale_after_s=3.0),),
+            (policy_type("concurrency", 10.0, window_s=5.0),),
+            max_capacity=100,
+        )
+        engine = Engine([spec], clock=clock, emit="all")
+        if events:
+            for instance in ("i0", "i1"):
+                engine.instance_event("llm", instance, InstanceEvent.READY)
+        made = []
+        for row in loads:
+            for instance, load in enumerate(row):
+                if load is not None:
+                    engine.ingest("llm", "concurrency", f"i{instance}", clock.now(), load)
+            made += engine.tick()
+            clock.advance(1.0)
+        decisions.append(made)
+
+    shortcut, general = decisions
+    assert shortcut == general

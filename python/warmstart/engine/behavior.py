@@ -180,6 +180,15 @@ def decide(
     cooled, cooldown_note = _cooldown(behavior, state, now, current, limited)
     bounded, bounds_note = _bounds(behavior, context, cooled)
     _remember(behavior, state, now, bounded - current)
+    # Most evaluations leave no note after raw, and then the reason skips scanning the stages.
+    has_notes = bool(
+        tolerance_note
+        or hold_note
+        or stabilization_note
+        or rate_note
+        or cooldown_note
+        or bounds_note
+    )
 
     # tuple.__new__ builds each Stage without the generated __new__, as namedtuple's _make
     # does. With timeit on CPython 3.11 that took about half the time per stage.
@@ -200,7 +209,7 @@ def decide(
         current,
         bounded,
         winner.policy if winner else None,
-        _summary(current, bounded, winner, stages),
+        _summary(current, bounded, winner, stages, has_notes),
         stages,
         tuple(recommendations),
     )
@@ -268,8 +277,8 @@ def _stabilize(
 ) -> tuple[int, str]:
     up_window = behavior.scale_up.stabilization_window_s
     down_window = behavior.scale_down.stabilization_window_s
-    up_bound = _push_window(state.up_candidates, now, value, now - up_window, lower=True)
-    down_bound = _push_window(state.down_candidates, now, value, now - down_window, lower=False)
+    up_bound = _push_min(state.up_candidates, now, value, now - up_window)
+    down_bound = _push_max(state.down_candidates, now, value, now - down_window)
     stable = min(max(current, up_bound), down_bound)
     if stable < value:
         return stable, f"min over last {up_window:g}s of scale-up window is {up_bound}"
@@ -278,20 +287,24 @@ def _stabilize(
     return stable, ""
 
 
-def _push_window(
-    window: deque[tuple[float, int]], now: float, value: int, oldest: float, *, lower: bool
-) -> int:
-    """Add ``value`` at ``now`` and return the window's minimum (``lower``) or maximum.
+def _push_min(window: deque[tuple[float, int]], now: float, value: int, oldest: float) -> int:
+    """Add ``value`` at ``now``, drop entries older than ``oldest`` and return the minimum.
 
-    The deque holds only values that can still become the extreme as older ones expire, in
+    The deque holds only values that can still become the minimum as older ones expire, in
     time order, so each push and each expiry is amortized O(1).
     """
-    if lower:
-        while window and window[-1][1] >= value:
-            window.pop()
-    else:
-        while window and window[-1][1] <= value:
-            window.pop()
+    while window and window[-1][1] >= value:
+        window.pop()
+    window.append((now, value))
+    while window[0][0] < oldest:
+        window.popleft()
+    return window[0][1]
+
+
+def _push_max(window: deque[tuple[float, int]], now: float, value: int, oldest: float) -> int:
+    """Add ``value`` at ``now``, drop entries older than ``oldest`` and return the maximum."""
+    while window and window[-1][1] <= value:
+        window.pop()
     window.append((now, value))
     while window[0][0] < oldest:
         window.popleft()
@@ -309,19 +322,34 @@ def _changes_in(state: BehaviorState, now: float, period_s: float) -> tuple[int,
     return added, removed
 
 
+def _changes_by_period(
+    rules: ScalingRules, state: BehaviorState, now: float
+) -> list[tuple[int, int]]:
+    """Return ``_changes_in`` for each rate policy, scanning the events once per period."""
+    counted: dict[float, tuple[int, int]] = {}
+    changes = []
+    for policy in rules.policies:
+        period_s = policy.period_s
+        found = counted.get(period_s)
+        if found is None:
+            found = counted[period_s] = _changes_in(state, now, period_s)
+        changes.append(found)
+    return changes
+
+
 def _up_limit(rules: ScalingRules, state: BehaviorState, now: float, current: int) -> int | None:
     """Return the highest capacity the rate policies allow now, or None for no limit."""
+    if rules.select is SelectPolicy.DISABLED:
+        return current
     limits = []
-    for policy in rules.policies:
-        added, _ = _changes_in(state, now, policy.period_s)
+    changes = _changes_by_period(rules, state, now)
+    for policy, (added, _) in zip(rules.policies, changes, strict=True):
         start = current - added
         if policy.kind is RateKind.PODS:
             limits.append(start + math.floor(policy.value))
         else:
             # Percent of zero is zero; from zero the period start counts as one instance.
             limits.append(math.ceil(max(start, 1) * (1 + policy.value / 100) - 1e-9))
-    if rules.select is SelectPolicy.DISABLED:
-        return current
     if not limits:
         return None
     return max(limits) if rules.select is SelectPolicy.MAX else min(limits)
@@ -329,16 +357,16 @@ def _up_limit(rules: ScalingRules, state: BehaviorState, now: float, current: in
 
 def _down_limit(rules: ScalingRules, state: BehaviorState, now: float, current: int) -> int:
     """Return the lowest capacity the rate policies allow now."""
+    if rules.select is SelectPolicy.DISABLED:
+        return current
     limits = []
-    for policy in rules.policies:
-        _, removed = _changes_in(state, now, policy.period_s)
+    changes = _changes_by_period(rules, state, now)
+    for policy, (_, removed) in zip(rules.policies, changes, strict=True):
         start = current + removed
         if policy.kind is RateKind.PODS:
             limits.append(start - math.floor(policy.value))
         else:
             limits.append(math.floor(start * (1 - policy.value / 100) + 1e-9))
-    if rules.select is SelectPolicy.DISABLED:
-        return current
     if not limits:
         return 0
     # MAX selects the policy allowing the largest change, which is the lowest limit.
@@ -378,11 +406,14 @@ def _cooldown(
 def _bounds(behavior: Behavior, context: DecisionContext, value: int) -> tuple[int, str]:
     min_capacity = context.min_capacity
     max_capacity = context.max_capacity
+    scales_to_zero = min_capacity == 0 and max_capacity > 0
+    if min_capacity <= value <= max_capacity and not scales_to_zero:
+        return value, ""
     bounded = min(max(value, min_capacity), max_capacity)
     notes = []
     if bounded != value:
         notes.append(f"clamped to [{min_capacity}, {max_capacity}]")
-    if min_capacity == 0 and max_capacity > 0:
+    if scales_to_zero:
         current = context.capacity.current
         idle_s = context.idle_s
         idle_enough = idle_s is not None and idle_s >= behavior.scale_to_zero_after_s
@@ -413,7 +444,11 @@ def _remember(behavior: Behavior, state: BehaviorState, now: float, delta: int) 
 
 
 def _summary(
-    current: int, desired: int, winner: Recommendation | None, stages: tuple[Stage, ...]
+    current: int,
+    desired: int,
+    winner: Recommendation | None,
+    stages: tuple[Stage, ...],
+    has_notes: bool,
 ) -> str:
     if desired > current:
         head = f"scale up {current} -> {desired}"
@@ -424,5 +459,6 @@ def _summary(
     parts = [head]
     if winner is not None:
         parts.append(f"{winner.policy}: {winner.reason}")
-    parts += [f"{s.name}: {s.note}" for s in stages[1:] if s.note]
+    if has_notes:
+        parts += [f"{s.name}: {s.note}" for s in stages[1:] if s.note]
     return "; ".join(parts)

@@ -34,6 +34,7 @@ from warmstart.engine.errors import EngineClosedError, EngineConfigError, Unknow
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
 from warmstart.engine.policy.base import Capacity, PolicyInputs
 from warmstart.engine.policy.predictive import Predictive
+from warmstart.engine.policy.target_tracking import TargetTracking
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
 from warmstart.engine.spec import EndpointSpec, MetricKind, MetricSpec
@@ -90,6 +91,10 @@ class _Endpoint:
     metric_index: dict[str, int]
     # Per query: the query, its query id, its (endpoint, metric) group and the metric spec.
     plan: list[tuple[WindowQuery, int, int, MetricSpec]]
+    # When every policy is a TargetTracking: each policy and the plan position of its query.
+    # Target tracking is stateless and reads only its observation and the current capacity, so
+    # these endpoints skip building PolicyInputs.
+    tracking: tuple[tuple[TargetTracking, int], ...] | None
     instances: InstanceTracker
     policy_states: list[Any]
     behavior_state: BehaviorState = field(default_factory=BehaviorState)
@@ -203,6 +208,12 @@ class Engine:
         query_ids = [
             self._query_id((table_id, q.statistic, q.window_s, q.half_life_s)) for q in queries
         ]
+        tracking = None
+        # An exact type check, because a subclass may override recommend.
+        if all(type(p) is TargetTracking for p in spec.policies):
+            tracking = tuple(
+                (p, queries.index(p.query)) for p in spec.policies if isinstance(p, TargetTracking)
+            )
         endpoint = _Endpoint(
             spec=spec,
             index=index,
@@ -221,6 +232,7 @@ class Engine:
                 )
                 for q, query_id in zip(queries, query_ids, strict=True)
             ],
+            tracking=tracking,
             instances=InstanceTracker(configured_s=spec.time_to_ready_s),
             policy_states=[p.initial_state() for p in spec.policies],
             requested=spec.start_capacity,
@@ -591,29 +603,19 @@ class Engine:
     ) -> Decision:
         spec = runtime.spec
         capacity = runtime.capacity()
-        stale, fresh_ready = self._freshness[runtime.table_id]
-        tracked = runtime.instances.seen_event
-        observations: dict[WindowQuery, Observation] = {}
-        for query, query_id, group, metric in runtime.plan:
-            sums, counts = results[query_id]
-            reporting = counts[group]
-            missing = stale[group]
-            if metric.per_instance and tracked:
-                missing += max(0, capacity.ready - fresh_ready[group])
-            value: float | None = None
-            if reporting:
-                value = sums[group]
-                if metric.aggregation is Aggregation.MEAN:
-                    value /= reporting
-            observations[query] = Observation(value, reporting, missing, metric.aggregation)
-
-        inputs = PolicyInputs(now, capacity, observations)
+        observed = self._observations(runtime, capacity, results)
         recommendations = []
-        for position, policy in enumerate(spec.policies):
-            recommendation, runtime.policy_states[position] = policy.recommend(
-                inputs, runtime.policy_states[position]
-            )
-            recommendations.append(recommendation)
+        if runtime.tracking is not None:
+            for tracking, position in runtime.tracking:
+                recommendations.append(
+                    tracking.recommend_observed(observed[position], capacity.current)
+                )
+        else:
+            inputs = PolicyInputs(now, capacity, dict(zip(runtime.queries, observed, strict=True)))
+            states = runtime.policy_states
+            for position, policy in enumerate(spec.policies):
+                recommendation, states[position] = policy.recommend(inputs, states[position])
+                recommendations.append(recommendation)
 
         started = runtime.behavior_state.started_at
         # Read per endpoint, not once per pass: a prefetch hook may ingest samples mid-pass.
@@ -639,6 +641,27 @@ class Engine:
             decision = self._maybe_prefetch(runtime, decision, capacity.current, self._prefetch)
         self._apply(runtime, decision)
         return decision
+
+    def _observations(
+        self, runtime: _Endpoint, capacity: Capacity, results: dict[int, _GroupSums]
+    ) -> list[Observation]:
+        """Return the observation of each of the endpoint's queries, in plan order."""
+        stale, fresh_ready = self._freshness[runtime.table_id]
+        tracked = runtime.instances.seen_event
+        observed = []
+        for _, query_id, group, metric in runtime.plan:
+            sums, counts = results[query_id]
+            reporting = counts[group]
+            missing = stale[group]
+            if metric.per_instance and tracked:
+                missing += max(0, capacity.ready - fresh_ready[group])
+            value: float | None = None
+            if reporting:
+                value = sums[group]
+                if metric.aggregation is Aggregation.MEAN:
+                    value /= reporting
+            observed.append(Observation(value, reporting, missing, metric.aggregation))
+        return observed
 
     def _maybe_prefetch(
         self, runtime: _Endpoint, decision: Decision, current: int, hook: PrefetchHook

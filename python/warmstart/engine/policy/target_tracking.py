@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmstart.engine.aggregate import Aggregation, WindowQuery
+from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery
 from warmstart.engine.errors import EngineConfigError
 from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Policy, PolicyInputs, Recommendation
@@ -61,16 +61,22 @@ class TargetTracking(Policy):
         return (self.query,)
 
     def recommend(self, inputs: PolicyInputs, state: Any) -> tuple[Recommendation, Any]:
-        query = self.query
-        observation = inputs.observe(query)
-        current = inputs.capacity.current
+        observation = inputs.observe(self.query)
+        return self.recommend_observed(observation, inputs.capacity.current), state
+
+    def recommend_observed(self, observation: Observation, current: int) -> Recommendation:
+        """Return the recommendation for ``observation`` of ``query`` at capacity ``current``.
+
+        ``recommend`` reads both from its inputs. The policy is stateless and reads nothing
+        else, so the engine calls this directly and skips building ``PolicyInputs``.
+        """
         total = observation.total
         description: str = getattr(self, "_description")  # noqa: B009
         if total is None:
             reason = f"no fresh {description} data"
             if observation.stale:
                 reason += f" ({observation.stale} series stale or missing)"
-            return Recommendation(self.name, current, False, reason, False), state
+            return Recommendation(self.name, current, False, reason, False)
 
         # Load used for each direction: see the module docstring for the MEAN rule.
         load_up = total
@@ -98,7 +104,4 @@ class TargetTracking(Policy):
             reason += f"; {observation.stale} series stale or missing, scale-down blocked"
         # Positional, in field order: policy, desired, valid, reason, scale_down_allowed,
         # floor_only, usage_ratio. The engine builds one per endpoint per evaluation.
-        recommendation = Recommendation(
-            self.name, desired, True, reason, observation.complete, False, ratio
-        )
-        return recommendation, state
+        return Recommendation(self.name, desired, True, reason, observation.complete, False, ratio)
