@@ -254,14 +254,23 @@ def _hold(
     current = context.capacity.current
     if value >= current:
         return value, ""
+    invalid = []
+    blocked = []
+    reactive = False
+    for rec in recs:
+        if rec.valid:
+            if not rec.scale_down_allowed:
+                blocked.append(rec.policy)
+            if not rec.floor_only:
+                reactive = True
+        elif not rec.floor_only:
+            invalid.append(rec.policy)
     reasons = []
-    invalid = [r.policy for r in recs if not r.valid and not r.floor_only]
     if invalid:
         reasons.append("no data for " + ", ".join(invalid))
-    blocked = [r.policy for r in recs if r.valid and not r.scale_down_allowed]
     if blocked:
         reasons.append("stale or missing data for " + ", ".join(blocked))
-    if not any(r.valid and not r.floor_only for r in recs):
+    if not reactive:
         reasons.append("no reactive policy has data")
     assert state.started_at is not None
     observed_s = context.now - state.started_at
@@ -456,9 +465,10 @@ def _summary(
         head = f"scale down {current} -> {desired}"
     else:
         head = f"hold at {current}"
-    parts = [head]
+    # Parts joined by "; ": the head, the winning policy's reason, then each stage note.
     if winner is not None:
-        parts.append(f"{winner.policy}: {winner.reason}")
-    if has_notes:
-        parts += [f"{s.name}: {s.note}" for s in stages[1:] if s.note]
-    return "; ".join(parts)
+        head = f"{head}; {winner.policy}: {winner.reason}"
+    if not has_notes:
+        return head
+    notes = "; ".join([f"{s.name}: {s.note}" for s in stages[1:] if s.note])
+    return f"{head}; {notes}"

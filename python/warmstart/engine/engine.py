@@ -540,20 +540,27 @@ class Engine:
         if not due:
             return []
         observations = self._observe(due, now)
+        # Read once per pass: the check costs as much as the rest of _apply.
+        log_changes = logger.isEnabledFor(logging.INFO)
         decisions = []
         for runtime in due:
-            decision = self._decide(runtime, now, observations)
+            decision = self._decide(runtime, now, observations, log_changes)
             decisions.append(decision)
             interval = runtime.spec.interval_s
-            if runtime.next_due is None:
+            next_due = runtime.next_due
+            if next_due is None:
                 runtime.next_due = now + interval
+            elif now - next_due < interval:
+                # On schedule, the formula below adds exactly one interval.
+                runtime.next_due = next_due + interval
             else:
-                runtime.next_due += interval * max(
-                    1, math.floor((now - runtime.next_due) / interval) + 1
+                runtime.next_due = next_due + interval * max(
+                    1, math.floor((now - next_due) / interval) + 1
                 )
-        for decision in decisions:
-            if self._emit_all or decision.changed or decision.prefetch:
-                self._deliver(decision)
+        if self._callbacks or self._subscribers:
+            for decision in decisions:
+                if self._emit_all or decision.changed or decision.prefetch:
+                    self._deliver(decision)
         return decisions
 
     def _observe(self, due: Sequence[_Endpoint], now: float) -> dict[int, _GroupSums]:
@@ -600,6 +607,7 @@ class Engine:
         runtime: _Endpoint,
         now: float,
         results: dict[int, _GroupSums],
+        log_changes: bool,
     ) -> Decision:
         spec = runtime.spec
         capacity = runtime.capacity()
@@ -639,7 +647,7 @@ class Engine:
         decision = decide(spec.behavior, runtime.behavior_state, context, recommendations)
         if self._prefetch is not None:
             decision = self._maybe_prefetch(runtime, decision, capacity.current, self._prefetch)
-        self._apply(runtime, decision)
+        self._apply(runtime, decision, log_changes)
         return decision
 
     def _observations(
@@ -692,14 +700,15 @@ class Engine:
             logger.exception("prefetch hook %r failed for %s", hook, decision.endpoint)
         return decision
 
-    def _apply(self, runtime: _Endpoint, decision: Decision) -> None:
+    def _apply(self, runtime: _Endpoint, decision: Decision, log_changes: bool) -> None:
         runtime.last_decision = decision
-        if decision.changed:
+        desired = decision.desired
+        if log_changes and desired != decision.current:
             logger.info("endpoint %s: %s", decision.endpoint, decision.reason)
-        if runtime.requested != decision.desired:
-            runtime.requested = decision.desired
+        if runtime.requested != desired:
+            runtime.requested = desired
             runtime.invalidate_capacity()
-        at_zero = decision.desired == 0
+        at_zero = desired == 0
         if at_zero and runtime.zero_since is None:
             runtime.zero_since = decision.at
         elif not at_zero:

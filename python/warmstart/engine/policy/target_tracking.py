@@ -86,7 +86,7 @@ class TargetTracking(Policy):
             load_down = total + self.target * missing
 
         desired_up = ceil_count(load_up / self.target)
-        desired_down = ceil_count(load_down / self.target)
+        desired_down = desired_up if load_down == load_up else ceil_count(load_down / self.target)
         if desired_up > current:
             desired, load = desired_up, load_up
         elif desired_down < current:
