@@ -56,6 +56,7 @@ from warmstart.engine import (
     StepScaling,
     TargetTracking,
     UnknownEndpointError,
+    WallClock,
     WindowQuery,
     preset,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "UnpackReport",
     "Usage",
     "VerifyReport",
+    "WallClock",
     "WindowQuery",
     "errors",
     "preset",

@@ -1,12 +1,13 @@
-"""Tests for the fake clock used by tests and replay."""
+"""Tests for the live clocks and the fake clock used by tests and replay."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from warmstart.engine import FakeClock, MonotonicClock
+from warmstart.engine import FakeClock, MonotonicClock, WallClock
 
 
 def test_fake_clock_moves_only_when_told():
@@ -59,3 +60,30 @@ def test_monotonic_clock_does_not_go_back():
     clock = MonotonicClock()
     first = clock.now()
     assert clock.now() >= first
+
+
+def test_wall_clock_reads_unix_time():
+    before = time.time()
+    reading = WallClock().now()
+    after = time.time()
+    assert before <= reading <= after
+
+
+def test_wall_clock_sleeps_until_deadline():
+    async def scenario():
+        clock = WallClock()
+        deadline = clock.now() + 0.02
+        await clock.sleep_until(deadline)
+        return clock.now() - deadline
+
+    assert asyncio.run(scenario()) >= 0.0
+
+
+def test_wall_clock_past_deadline_returns_at_once():
+    async def scenario():
+        clock = WallClock()
+        started = time.monotonic()
+        await clock.sleep_until(clock.now() - 3600.0)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0

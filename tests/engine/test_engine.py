@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from warmstart.engine import (
+    Aggregation,
     Burst,
     EndpointSpec,
     Engine,
@@ -22,6 +26,7 @@ from warmstart.engine import (
     RejectReason,
     TargetTracking,
     UnknownEndpointError,
+    WallClock,
 )
 from warmstart.testing import settle
 
@@ -509,3 +514,97 @@ def test_non_numeric_value_raises_at_ingest(clock):
         engine.ingest("llm", "concurrency", "i0", clock.now(), "lots")
     engine.ingest("llm", "concurrency", "i0", clock.now(), 5.0)
     assert engine.flush() == 1
+
+
+# -- live clock -----------------------------------------------------------------------------------
+
+
+class SteppedClock:
+    """A clock that a test sets to any reading, earlier ones included, as a system clock can be."""
+
+    def __init__(self, reading: float) -> None:
+        self.reading = reading
+
+    def now(self) -> float:
+        return self.reading
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(0)
+
+
+def test_default_clock_is_wall_clock():
+    engine = Engine([tracking_spec()])
+    assert isinstance(engine.clock, WallClock)
+
+
+def test_default_clock_accepts_unix_timestamps():
+    engine = Engine([tracking_spec()])
+    engine.ingest("llm", "concurrency", "i0", time.time(), 5.0)
+    assert engine.flush() == 1
+    assert engine.rejects.total == 0
+
+
+def test_clock_step_back_moves_schedule_back():
+    clock = SteppedClock(START)
+    engine = Engine([tracking_spec(name="a"), tracking_spec(name="b")], clock=clock)
+    assert len(engine.tick()) == 2
+
+    clock.reading = START - 600.0
+    assert engine.tick() == []
+    assert engine.next_due() == START - 599.0
+
+    clock.reading = START - 599.0
+    assert [d.endpoint for d in engine.tick()] == ["a", "b"]
+
+
+def test_explicit_times_do_not_move_schedule():
+    clock = SteppedClock(START)
+    engine = Engine([tracking_spec()], clock=clock)
+    engine.tick()
+
+    assert engine.tick(START - 600.0) == []
+    assert engine.next_due() == START + 1.0
+
+
+# -- target tracking without PolicyInputs -------------------------------------------------------
+
+
+class GeneralTargetTracking(TargetTracking):
+    """A subclass, so the engine runs it through ``recommend`` like any other policy."""
+
+
+@given(
+    loads=st.lists(
+        st.lists(st.none() | st.floats(0.0, 200.0), min_size=3, max_size=3),
+        min_size=1,
+        max_size=40,
+    ),
+    mean=st.booleans(),
+    events=st.booleans(),
+)
+def test_target_tracking_shortcut_matches_recommend(loads, mean, events):
+    aggregation = Aggregation.MEAN if mean else Aggregation.SUM
+    decisions = []
+    for policy_type in (TargetTracking, GeneralTargetTracking):
+        clock = FakeClock(START)
+        spec = EndpointSpec(
+            "llm",
+            (MetricSpec("concurrency", aggregation=aggregation, stale_after_s=3.0),),
+            (policy_type("concurrency", 10.0, window_s=5.0),),
+            max_capacity=100,
+        )
+        engine = Engine([spec], clock=clock, emit="all")
+        if events:
+            for instance in ("i0", "i1"):
+                engine.instance_event("llm", instance, InstanceEvent.READY)
+        made = []
+        for row in loads:
+            for instance, load in enumerate(row):
+                if load is not None:
+                    engine.ingest("llm", "concurrency", f"i{instance}", clock.now(), load)
+            made += engine.tick()
+            clock.advance(1.0)
+        decisions.append(made)
+
+    shortcut, general = decisions
+    assert shortcut == general

@@ -11,7 +11,7 @@ from warmstart.engine.behavior import (
     ScalingRules,
     SelectPolicy,
 )
-from warmstart.engine.clock import Clock, FakeClock, MonotonicClock
+from warmstart.engine.clock import Clock, FakeClock, MonotonicClock, WallClock
 from warmstart.engine.decision import STAGES, Decision, Stage
 from warmstart.engine.engine import EndpointState, Engine
 from warmstart.engine.errors import (
@@ -78,6 +78,7 @@ __all__ = [
     "StepScaling",
     "TargetTracking",
     "UnknownEndpointError",
+    "WallClock",
     "WindowQuery",
     "preset",
 ]

@@ -1,8 +1,12 @@
 """Clocks: the only place the engine reads time.
 
-Every timestamp is in seconds. ``MonotonicClock`` reads ``time.monotonic()`` for live use.
-``FakeClock`` only moves when a test or a replay driver advances it, so the same input at the
-same clock readings gives the same decisions.
+Every timestamp is in seconds. ``WallClock`` reads Unix time (``time.time()``) and is the
+engine's default live clock, because windows use event time: producers stamp samples with Unix
+time, and the engine compares those timestamps with its own ``now``. ``MonotonicClock`` reads
+``time.monotonic()`` (seconds since an arbitrary point, usually boot) and suits only producers
+that stamp samples with the same monotonic clock. ``FakeClock`` only moves when a test or a
+replay driver advances it, so the same input at the same clock readings gives the same
+decisions.
 """
 
 from __future__ import annotations
@@ -26,8 +30,24 @@ class Clock(Protocol):
         ...
 
 
+class WallClock:
+    """The live clock: Unix time in seconds (``time.time()``) and ``asyncio.sleep``.
+
+    Unix time can step forwards or backwards when the system clock is set; docs/engine.md
+    describes what the engine does then. ``sleep_until`` converts the deadline to a delay once,
+    so a step during the sleep neither shortens nor lengthens it.
+    """
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.time()
+        await asyncio.sleep(max(0.0, delay))
+
+
 class MonotonicClock:
-    """The live clock: ``time.monotonic()`` seconds and ``asyncio.sleep``."""
+    """``time.monotonic()`` seconds and ``asyncio.sleep``, for producers stamping that clock."""
 
     def now(self) -> float:
         return time.monotonic()

@@ -28,12 +28,13 @@ import numpy.typing as npt
 
 from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery, group_reduce
 from warmstart.engine.behavior import BehaviorState, DecisionContext, decide
-from warmstart.engine.clock import Clock, MonotonicClock
+from warmstart.engine.clock import Clock, WallClock
 from warmstart.engine.decision import Decision
 from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
 from warmstart.engine.policy.base import Capacity, PolicyInputs
 from warmstart.engine.policy.predictive import Predictive
+from warmstart.engine.policy.target_tracking import TargetTracking
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
 from warmstart.engine.spec import EndpointSpec, MetricKind, MetricSpec
@@ -51,6 +52,9 @@ _BUCKET_ROUNDING = 16
 _BUFFER_SIZE = 8192
 
 _QueryKey = tuple[int, Statistic, float, float | None]
+# Per-group sums and reporting counts of one window query, as Python lists: one ``tolist()``
+# per pass is cheaper than reading a numpy scalar per endpoint.
+_GroupSums = tuple[list[float], list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,16 @@ class _Endpoint:
     group_base: int
     restart_hold_s: float
     queries: tuple[WindowQuery, ...]
+    # Ids of the engine's distinct window queries (``Engine._query_keys``) that this endpoint
+    # reads. Integer ids keep the per-pass bookkeeping free of tuple and enum hashing.
+    query_ids: frozenset[int]
     metric_index: dict[str, int]
-    # Per query: the query, its result key, its (endpoint, metric) group and the metric spec.
-    plan: list[tuple[WindowQuery, _QueryKey, int, MetricSpec]]
+    # Per query: the query, its query id, its (endpoint, metric) group and the metric spec.
+    plan: list[tuple[WindowQuery, int, int, MetricSpec]]
+    # When every policy is a TargetTracking: each policy and the plan position of its query.
+    # Target tracking is stateless and reads only its observation and the current capacity, so
+    # these endpoints skip building PolicyInputs.
+    tracking: tuple[tuple[TargetTracking, int], ...] | None
     instances: InstanceTracker
     policy_states: list[Any]
     behavior_state: BehaviorState = field(default_factory=BehaviorState)
@@ -92,21 +103,34 @@ class _Endpoint:
     zero_since: float | None = None
     last_decision: Decision | None = None
     last_prefetch: float | None = None
+    # Capacity depends only on ``requested`` and the instance tracker, so it is kept until
+    # either changes; ``invalidate_capacity`` must follow every change to them.
+    cached_capacity: Capacity | None = None
 
     def capacity(self) -> Capacity:
+        cached = self.cached_capacity
+        if cached is not None:
+            return cached
         tracker = self.instances
         if not tracker.seen_event:
-            return Capacity(self.requested, self.requested, 0, tracker.time_to_ready_s)
-        ready = tracker.ready
-        starting = tracker.starting
-        pending = starting + max(0, self.requested - ready - starting)
-        return Capacity(ready + pending, ready, pending, tracker.time_to_ready_s)
+            cached = Capacity(self.requested, self.requested, 0, tracker.time_to_ready_s)
+        else:
+            ready = tracker.ready
+            starting = tracker.starting
+            pending = starting + max(0, self.requested - ready - starting)
+            cached = Capacity(ready + pending, ready, pending, tracker.time_to_ready_s)
+        self.cached_capacity = cached
+        return cached
+
+    def invalidate_capacity(self) -> None:
+        self.cached_capacity = None
 
 
 class Engine:
     """Turn metric samples into scale decisions for a fixed set of endpoints.
 
-    ``clock`` is the only source of time (``MonotonicClock`` when None). ``on_decision`` is
+    ``clock`` is the only source of time (``WallClock``, Unix time, when None, because sample
+    timestamps are compared with it). ``on_decision`` is
     called synchronously with each emitted decision; ``emit`` selects whether only decisions that
     change capacity (``"changes"``) or every evaluation (``"all"``) are emitted to callbacks and
     to ``decisions()`` iterators. ``tick`` and ``evaluate`` return every decision either way.
@@ -144,7 +168,10 @@ class Engine:
             )
         if queue_size < 1:
             raise EngineConfigError(f"queue_size must be at least 1, got {queue_size!r}")
-        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.clock: Clock = clock if clock is not None else WallClock()
+        # The clock reading of the last ``tick()`` without an explicit time, to detect a clock
+        # that steps back.
+        self._last_reading: float | None = None
         self.ingest_config = ingest if ingest is not None else IngestConfig()
         self.rejects = RejectCounter()
         self._store = SeriesStore(self.ingest_config, len(specs))
@@ -158,6 +185,8 @@ class Engine:
         self._endpoints: dict[str, _Endpoint] = {}
         self._ordered: list[_Endpoint] = []
         self._groups = 0
+        self._query_keys: list[_QueryKey] = []
+        self._query_ids: dict[_QueryKey, int] = {}
         self._created = len(specs)
         for index, spec in enumerate(specs):
             self._add_endpoint(index, spec)
@@ -176,6 +205,15 @@ class Engine:
         queries = tuple(dict.fromkeys(q for p in spec.policies for q in p.queries()))
         metric_index = {m.name: i for i, m in enumerate(spec.metrics)}
         hold = spec.behavior.restart_hold_s
+        query_ids = [
+            self._query_id((table_id, q.statistic, q.window_s, q.half_life_s)) for q in queries
+        ]
+        tracking = None
+        # An exact type check, because a subclass may override recommend.
+        if all(type(p) is TargetTracking for p in spec.policies):
+            tracking = tuple(
+                (p, queries.index(p.query)) for p in spec.policies if isinstance(p, TargetTracking)
+            )
         endpoint = _Endpoint(
             spec=spec,
             index=index,
@@ -183,16 +221,18 @@ class Engine:
             group_base=self._groups,
             restart_hold_s=spec.longest_window_s if hold is None else hold,
             queries=queries,
+            query_ids=frozenset(query_ids),
             metric_index=metric_index,
             plan=[
                 (
                     q,
-                    (table_id, q.statistic, q.window_s, q.half_life_s),
+                    query_id,
                     self._groups + metric_index[q.metric],
                     spec.metrics[metric_index[q.metric]],
                 )
-                for q in queries
+                for q, query_id in zip(queries, query_ids, strict=True)
             ],
+            tracking=tracking,
             instances=InstanceTracker(configured_s=spec.time_to_ready_s),
             policy_states=[p.initial_state() for p in spec.policies],
             requested=spec.start_capacity,
@@ -202,6 +242,13 @@ class Engine:
         self._endpoints[spec.name] = endpoint
         self._ordered.append(endpoint)
         self._store.watch[index] = endpoint.requested == 0
+
+    def _query_id(self, key: _QueryKey) -> int:
+        query_id = self._query_ids.get(key)
+        if query_id is None:
+            query_id = self._query_ids[key] = len(self._query_keys)
+            self._query_keys.append(key)
+        return query_id
 
     def add_endpoint(self, spec: EndpointSpec) -> None:
         """Start scaling a new endpoint; raise ``EngineConfigError`` if the name is taken.
@@ -433,6 +480,7 @@ class Engine:
         runtime = self._endpoint(endpoint)
         when = self.clock.now() if at is None else at
         runtime.instances.apply(instance, event, when)
+        runtime.invalidate_capacity()
         store = self._store
         for sid in store.instance_series.get((runtime.index, instance), ()):
             store.ready[sid] = event is InstanceEvent.READY
@@ -442,11 +490,34 @@ class Engine:
     # -- evaluation --------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> list[Decision]:
-        """Evaluate every endpoint whose interval has elapsed at ``now`` (clock time if None)."""
+        """Evaluate every endpoint whose interval has elapsed at ``now`` (clock time if None).
+
+        When ``now`` is None and the clock reads earlier than at the previous such call, every
+        schedule moves back by the difference, so a wall clock set back by an hour does not
+        pause evaluations for an hour.
+        """
         self._check_open()
-        when = self.clock.now() if now is None else now
+        if now is None:
+            when = self.clock.now()
+            self._follow_step_back(when)
+        else:
+            when = now
         due = [e for e in self._ordered if e.next_due is None or e.next_due <= when]
         return self._evaluate(due, when)
+
+    def _follow_step_back(self, reading: float) -> None:
+        last = self._last_reading
+        self._last_reading = reading
+        if last is None or reading >= last:
+            return
+        step_s = last - reading
+        for runtime in self._ordered:
+            if runtime.next_due is not None:
+                runtime.next_due -= step_s
+        logger.warning(
+            "engine clock went back %.3f s; moved every evaluation schedule back by as much",
+            step_s,
+        )
 
     def evaluate(
         self, now: float | None = None, endpoints: Sequence[str] | None = None
@@ -469,34 +540,49 @@ class Engine:
         if not due:
             return []
         observations = self._observe(due, now)
-        # TODO: each endpoint costs about 25 us of Python in policies and behavior, so a pass
-        # over 1,000 endpoints takes about 30 ms. Vectorizing those stages would meet 20 ms.
+        # TODO: with load changing every pass, a pass over 1,000 endpoints still takes about
+        # 21 ms (benchmarks/engine_decide.py), mostly building each Decision in Python.
+        # Vectorizing the behavior stages across endpoints would bring it under 20 ms.
+
+        # The log level is read once per pass instead of once per changed endpoint.
+        log_changes = logger.isEnabledFor(logging.INFO)
         decisions = []
         for runtime in due:
-            decision = self._decide(runtime, now, observations)
+            decision = self._decide(runtime, now, observations, log_changes)
             decisions.append(decision)
             interval = runtime.spec.interval_s
-            if runtime.next_due is None:
+            next_due = runtime.next_due
+            if next_due is None:
                 runtime.next_due = now + interval
+            elif now - next_due < interval:
+                # On schedule, the formula below adds exactly one interval.
+                runtime.next_due = next_due + interval
             else:
-                runtime.next_due += interval * max(
-                    1, math.floor((now - runtime.next_due) / interval) + 1
+                runtime.next_due = next_due + interval * max(
+                    1, math.floor((now - next_due) / interval) + 1
                 )
-        for decision in decisions:
-            if self._emit_all or decision.changed or decision.prefetch:
-                self._deliver(decision)
+        if self._callbacks or self._subscribers:
+            for decision in decisions:
+                if self._emit_all or decision.changed or decision.prefetch:
+                    self._deliver(decision)
         return decisions
 
-    def _observe(self, due: Sequence[_Endpoint], now: float) -> dict[_QueryKey, tuple[Any, Any]]:
-        """Compute each distinct window query of the due endpoints across all their series."""
+    def _observe(self, due: Sequence[_Endpoint], now: float) -> dict[int, _GroupSums]:
+        """Compute each distinct window query of the due endpoints across all their series.
+
+        Return the per-group results by query id.
+        """
         store = self._store
-        results: dict[_QueryKey, tuple[Any, Any]] = {}
-        wanted: dict[int, set[tuple[Statistic, float, float | None]]] = {}
+        results: dict[int, _GroupSums] = {}
+        wanted_ids: set[int] = set()
         for runtime in due:
-            shapes = wanted.setdefault(runtime.table_id, set())
-            shapes.update((q.statistic, q.window_s, q.half_life_s) for q in runtime.queries)
-        self._freshness: dict[int, tuple[Any, Any]] = {}
-        for table_id, shapes in wanted.items():
+            wanted_ids.update(runtime.query_ids)
+        wanted: dict[int, list[int]] = {}
+        for query_id in sorted(wanted_ids):
+            wanted.setdefault(self._query_keys[query_id][0], []).append(query_id)
+        # Per table: stale or missing series and fresh series of ready instances, per group.
+        self._freshness: dict[int, tuple[list[int], list[int]]] = {}
+        for table_id, query_ids in wanted.items():
             sids = store.table_series(table_id)
             groups = store.group[sids]
             fresh = (now - store.last_ts[sids] <= store.stale_after_s[sids]) & store.active[sids]
@@ -505,68 +591,89 @@ class Engine:
             fresh_ready = np.bincount(
                 groups, weights=fresh & store.ready[sids], minlength=self._groups
             )
-            self._freshness[table_id] = (stale, fresh_ready)
-            for statistic, window_s, half_life_s in shapes:
+            self._freshness[table_id] = (
+                stale.astype(np.int64).tolist(),
+                fresh_ready.astype(np.int64).tolist(),
+            )
+            for query_id in query_ids:
+                _, statistic, window_s, half_life_s = self._query_keys[query_id]
                 values = store.window(table_id, statistic, window_s, half_life_s, now)
                 use = fresh & ~np.isnan(values)
-                results[(table_id, statistic, window_s, half_life_s)] = group_reduce(
-                    groups, np.nan_to_num(values), use, self._groups
+                sums, counts = group_reduce(groups, np.nan_to_num(values), use, self._groups)
+                results[query_id] = (
+                    sums.tolist(),
+                    counts.tolist(),
                 )
         return results
 
     def _decide(
-        self, runtime: _Endpoint, now: float, results: dict[_QueryKey, tuple[Any, Any]]
+        self,
+        runtime: _Endpoint,
+        now: float,
+        results: dict[int, _GroupSums],
+        log_changes: bool,
     ) -> Decision:
         spec = runtime.spec
         capacity = runtime.capacity()
-        stale, fresh_ready = self._freshness[runtime.table_id]
-        tracked = runtime.instances.seen_event
-        observations: dict[WindowQuery, Observation] = {}
-        for query, key, group, metric in runtime.plan:
-            sums, counts = results[key]
-            reporting = int(counts[group])
-            missing = int(stale[group])
-            if metric.per_instance and tracked:
-                missing += max(0, capacity.ready - int(fresh_ready[group]))
-            value: float | None = None
-            if reporting:
-                value = float(sums[group])
-                if metric.aggregation is Aggregation.MEAN:
-                    value /= reporting
-            observations[query] = Observation(value, reporting, missing, metric.aggregation)
-
-        inputs = PolicyInputs(now, capacity, observations)
+        observed = self._observations(runtime, capacity, results)
         recommendations = []
-        for position, policy in enumerate(spec.policies):
-            recommendation, runtime.policy_states[position] = policy.recommend(
-                inputs, runtime.policy_states[position]
-            )
-            recommendations.append(recommendation)
+        if runtime.tracking is not None:
+            for tracking, position in runtime.tracking:
+                recommendations.append(
+                    tracking.recommend_observed(observed[position], capacity.current)
+                )
+        else:
+            inputs = PolicyInputs(now, capacity, dict(zip(runtime.queries, observed, strict=True)))
+            states = runtime.policy_states
+            for position, policy in enumerate(spec.policies):
+                recommendation, states[position] = policy.recommend(inputs, states[position])
+                recommendations.append(recommendation)
 
         started = runtime.behavior_state.started_at
-        idle_since = max(
-            float(self._store.last_active[runtime.index]), started if started is not None else now
-        )
+        # Read per endpoint, not once per pass: a prefetch hook may ingest samples mid-pass.
+        active_at = float(self._store.last_active[runtime.index])
+        idle_since = max(active_at, started if started is not None else now)
         woken = (
             capacity.current == 0
             and runtime.zero_since is not None
-            and self._store.last_active[runtime.index] > runtime.zero_since
+            and active_at > runtime.zero_since
         )
         context = DecisionContext(
-            endpoint=spec.name,
-            now=now,
-            capacity=capacity,
-            min_capacity=spec.min_capacity,
-            max_capacity=spec.max_capacity,
-            restart_hold_s=runtime.restart_hold_s,
-            idle_s=now - idle_since,
-            woken=woken,
+            spec.name,
+            now,
+            capacity,
+            spec.min_capacity,
+            spec.max_capacity,
+            runtime.restart_hold_s,
+            now - idle_since,
+            woken,
         )
         decision = decide(spec.behavior, runtime.behavior_state, context, recommendations)
         if self._prefetch is not None:
             decision = self._maybe_prefetch(runtime, decision, capacity.current, self._prefetch)
-        self._apply(runtime, decision)
+        self._apply(runtime, decision, log_changes)
         return decision
+
+    def _observations(
+        self, runtime: _Endpoint, capacity: Capacity, results: dict[int, _GroupSums]
+    ) -> list[Observation]:
+        """Return the observation of each of the endpoint's queries, in plan order."""
+        stale, fresh_ready = self._freshness[runtime.table_id]
+        tracked = runtime.instances.seen_event
+        observed = []
+        for _, query_id, group, metric in runtime.plan:
+            sums, counts = results[query_id]
+            reporting = counts[group]
+            missing = stale[group]
+            if metric.per_instance and tracked:
+                missing += max(0, capacity.ready - fresh_ready[group])
+            value: float | None = None
+            if reporting:
+                value = sums[group]
+                if metric.aggregation is Aggregation.MEAN:
+                    value /= reporting
+            observed.append(Observation(value, reporting, missing, metric.aggregation))
+        return observed
 
     def _maybe_prefetch(
         self, runtime: _Endpoint, decision: Decision, current: int, hook: PrefetchHook
@@ -597,12 +704,15 @@ class Engine:
             logger.exception("prefetch hook %r failed for %s", hook, decision.endpoint)
         return decision
 
-    def _apply(self, runtime: _Endpoint, decision: Decision) -> None:
+    def _apply(self, runtime: _Endpoint, decision: Decision, log_changes: bool) -> None:
         runtime.last_decision = decision
-        if decision.changed:
+        desired = decision.desired
+        if log_changes and desired != decision.current:
             logger.info("endpoint %s: %s", decision.endpoint, decision.reason)
-        runtime.requested = decision.desired
-        at_zero = decision.desired == 0
+        if runtime.requested != desired:
+            runtime.requested = desired
+            runtime.invalidate_capacity()
+        at_zero = desired == 0
         if at_zero and runtime.zero_since is None:
             runtime.zero_since = decision.at
         elif not at_zero:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmstart.engine.aggregate import Aggregation, WindowQuery
+from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery
 from warmstart.engine.errors import EngineConfigError
 from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Policy, PolicyInputs, Recommendation
@@ -46,6 +46,8 @@ class TargetTracking(Policy):
         except ValueError as error:
             raise EngineConfigError(str(error)) from error
         object.__setattr__(self, "_query", query)
+        # Every reason names the query, so its label is formatted once here.
+        object.__setattr__(self, "_description", query.describe())
         if not self.name:
             object.__setattr__(self, "name", f"target_tracking({self.metric})")
 
@@ -59,15 +61,22 @@ class TargetTracking(Policy):
         return (self.query,)
 
     def recommend(self, inputs: PolicyInputs, state: Any) -> tuple[Recommendation, Any]:
-        query = self.query
-        observation = inputs.observe(query)
-        current = inputs.capacity.current
+        observation = inputs.observe(self.query)
+        return self.recommend_observed(observation, inputs.capacity.current), state
+
+    def recommend_observed(self, observation: Observation, current: int) -> Recommendation:
+        """Return the recommendation for ``observation`` of ``query`` at capacity ``current``.
+
+        ``recommend`` reads both from its inputs. The policy is stateless and reads nothing
+        else, so the engine calls this directly and skips building ``PolicyInputs``.
+        """
         total = observation.total
+        description: str = getattr(self, "_description")  # noqa: B009
         if total is None:
-            reason = f"no fresh {query.describe()} data"
+            reason = f"no fresh {description} data"
             if observation.stale:
                 reason += f" ({observation.stale} series stale or missing)"
-            return Recommendation(self.name, current, False, reason, False), state
+            return Recommendation(self.name, current, False, reason, False)
 
         # Load used for each direction: see the module docstring for the MEAN rule.
         load_up = total
@@ -77,7 +86,7 @@ class TargetTracking(Policy):
             load_down = total + self.target * missing
 
         desired_up = ceil_count(load_up / self.target)
-        desired_down = ceil_count(load_down / self.target)
+        desired_down = desired_up if load_down == load_up else ceil_count(load_down / self.target)
         if desired_up > current:
             desired, load = desired_up, load_up
         elif desired_down < current:
@@ -87,18 +96,12 @@ class TargetTracking(Policy):
 
         ratio = load / (current * self.target) if current > 0 else None
         reason = (
-            f"{query.describe()}, {observation.aggregation.value} over "
+            f"{description}, {observation.aggregation.value} over "
             f"{observation.reporting} instance(s) = {observation.value:.4g}; load {load:.4g} "
             f"vs target {self.target:g} per instance -> {desired} (current {current})"
         )
         if observation.stale:
             reason += f"; {observation.stale} series stale or missing, scale-down blocked"
-        recommendation = Recommendation(
-            self.name,
-            desired,
-            True,
-            reason,
-            scale_down_allowed=observation.complete,
-            usage_ratio=ratio,
-        )
-        return recommendation, state
+        # Positional, in field order: policy, desired, valid, reason, scale_down_allowed,
+        # floor_only, usage_ratio. The engine builds one per endpoint per evaluation.
+        return Recommendation(self.name, desired, True, reason, observation.complete, False, ratio)
