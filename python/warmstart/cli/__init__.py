@@ -13,6 +13,9 @@ from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
 
+# Long-running commands, which log at info by default.
+SERVICES = frozenset({"serve", "mirror"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(arguments.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if arguments.command in SERVICES:
+        # Services log starts, stops and connections at info; an operator expects to see them.
+        level = min(level, logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         status: int = arguments.run(arguments)
     except BrokenPipeError:
