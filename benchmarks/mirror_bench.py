@@ -219,12 +219,27 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument("--rate-mib", type=float, default=8.0, help="MiB/s per origin connection")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--layout",
+        type=Path,
+        default=None,
+        help="serve this OCI layout's 'latest' tag (e.g. a benchmark image from "
+        "`python -m benchmarks.images build`) instead of generating an image",
+    )
     arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="warmstart-mirror-bench-"))
     bench = Bench(work, arguments.rate_mib)
     results: dict[str, float] = {}
     try:
-        image_bytes = make_image(work / "image", arguments.layers, arguments.layer_mib)
+        if arguments.layout is not None:
+            shutil.copytree(arguments.layout, work / "image")
+            index = json.loads((work / "image" / "index.json").read_text())
+            for entry in index["manifests"]:
+                entry.setdefault("annotations", {})["org.opencontainers.image.ref.name"] = "v1"
+            (work / "image" / "index.json").write_text(json.dumps(index))
+            image_bytes = sum(p.stat().st_size for p in (work / "image" / "blobs").rglob("*"))
+        else:
+            image_bytes = make_image(work / "image", arguments.layers, arguments.layer_mib)
         results["image_mib"] = image_bytes / (1 << 20)
         origin = bench.origin()
         subprocess.run(
