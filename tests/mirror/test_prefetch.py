@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from tests.engine.helpers import DIRECT, feed, tracking_spec
 from tests.mirror.conftest import Registry, make_image, push, tree_digests
 from tests.mirror.helpers import copy_from_mirror, get, running
-from warmstart import Decision, EndpointSpec, Engine, FakeClock, LayerStore, MetricSpec, Predictive
+from warmstart import (
+    Decision,
+    EndpointSpec,
+    Engine,
+    EngineConfigError,
+    FakeClock,
+    LayerStore,
+    MetricSpec,
+    Predictive,
+)
 from warmstart.mirror import ImagePrefetcher, Mirror, Upstream, prefetch
 from warmstart.mirror.prefetch import registry_of
 
@@ -192,3 +204,26 @@ def test_prefetch_repeats_after_interval() -> None:
     assert len(calls) >= 2
     for earlier, later in itertools.pairwise(calls):
         assert later.at - earlier.at >= 60.0
+
+
+def first_prefetch_at(lead_s: float) -> float:
+    calls: list[Decision] = []
+    clock = FakeClock(1000.0)
+    engine = Engine([ramp_spec(30)], clock=clock, prefetch=calls.append, prefetch_lead_s=lead_s)
+    ramp(engine, clock, 300, slope=1.0)
+    assert calls, f"no prefetch with a lead of {lead_s} s"
+    return calls[0].at
+
+
+def test_prefetch_lead_fires_before_the_scale_out_forecast() -> None:
+    # Capacity 30 at 10 rps each covers 300 rps: the default 120 s horizon reaches that load
+    # about 180 s into the ramp, a 300 s lead about 120 s earlier.
+    without_lead = first_prefetch_at(0.0)
+    with_lead = first_prefetch_at(300.0)
+    assert with_lead < without_lead - 60.0
+
+
+def test_prefetch_lead_must_be_finite_seconds() -> None:
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(EngineConfigError, match="prefetch_lead_s"):
+            Engine([ramp_spec(1)], prefetch=lambda decision: None, prefetch_lead_s=bad)

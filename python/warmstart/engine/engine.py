@@ -32,8 +32,9 @@ from warmstart.engine.clock import Clock, WallClock
 from warmstart.engine.decision import Decision
 from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
+from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Capacity, PolicyInputs
-from warmstart.engine.policy.predictive import Predictive
+from warmstart.engine.policy.predictive import LoadHistory, Predictive
 from warmstart.engine.policy.target_tracking import TargetTracking
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
@@ -142,6 +143,9 @@ class Engine:
     current capacity (``Capacity.current``), at most once per ``prefetch_interval_s`` seconds per
     endpoint, because the images a prefetch warms stay warm. That decision has ``prefetch`` set
     and is emitted even without a change. Exceptions from the hook are logged.
+    ``prefetch_lead_s`` (seconds, typically the image pull time) makes the hook look further
+    ahead than the scale-out: it fires when the forecast at ``time to ready + prefetch_lead_s``
+    exceeds the current capacity, so images are warm before the scale-out that needs them.
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class Engine:
         queue_size: int = 1024,
         prefetch: PrefetchHook | None = None,
         prefetch_interval_s: float = 300.0,
+        prefetch_lead_s: float = 0.0,
     ) -> None:
         specs = list(endpoints)
         names = [spec.name for spec in specs]
@@ -165,6 +170,10 @@ class Engine:
         if not prefetch_interval_s >= 0:
             raise EngineConfigError(
                 f"prefetch_interval_s must be at least 0 seconds, got {prefetch_interval_s!r}"
+            )
+        if not (math.isfinite(prefetch_lead_s) and prefetch_lead_s >= 0):
+            raise EngineConfigError(
+                f"prefetch_lead_s must be a finite number of seconds >= 0, got {prefetch_lead_s!r}"
             )
         if queue_size < 1:
             raise EngineConfigError(f"queue_size must be at least 1, got {queue_size!r}")
@@ -178,6 +187,7 @@ class Engine:
         self._callbacks: list[DecisionCallback] = [on_decision] if on_decision else []
         self._prefetch = prefetch
         self._prefetch_interval_s = prefetch_interval_s
+        self._prefetch_lead_s = prefetch_lead_s
         self._emit_all = emit == "all"
         self._queue_size = queue_size
         self._subscribers: list[asyncio.Queue[Decision | None]] = []
@@ -650,7 +660,7 @@ class Engine:
         )
         decision = decide(spec.behavior, runtime.behavior_state, context, recommendations)
         if self._prefetch is not None:
-            decision = self._maybe_prefetch(runtime, decision, capacity.current, self._prefetch)
+            decision = self._maybe_prefetch(runtime, decision, capacity, self._prefetch)
         self._apply(runtime, decision, log_changes)
         return decision
 
@@ -676,18 +686,10 @@ class Engine:
         return observed
 
     def _maybe_prefetch(
-        self, runtime: _Endpoint, decision: Decision, current: int, hook: PrefetchHook
+        self, runtime: _Endpoint, decision: Decision, capacity: Capacity, hook: PrefetchHook
     ) -> Decision:
-        # TODO: the forecast looks ahead by the endpoint's time to ready only. A separate image
-        # lead time would start the hook earlier than the scale-out it prepares.
-        expects_more = any(
-            isinstance(policy, Predictive)
-            and recommendation.valid
-            and recommendation.desired > current
-            for policy, recommendation in zip(
-                runtime.spec.policies, decision.recommendations, strict=True
-            )
-        )
+        current = capacity.current
+        expects_more = self._forecast_exceeds(runtime, decision, capacity)
         last = runtime.last_prefetch
         if not expects_more or (
             last is not None and decision.at - last < self._prefetch_interval_s
@@ -703,6 +705,23 @@ class Engine:
         except Exception:
             logger.exception("prefetch hook %r failed for %s", hook, decision.endpoint)
         return decision
+
+    def _forecast_exceeds(self, runtime: _Endpoint, decision: Decision, capacity: Capacity) -> bool:
+        """Return whether a predictive policy expects more than the current capacity, at its
+        own horizon or, with a prefetch lead, that much further ahead."""
+        pairs = zip(runtime.spec.policies, decision.recommendations, strict=True)
+        for position, (policy, recommendation) in enumerate(pairs):
+            if not isinstance(policy, Predictive):
+                continue
+            if recommendation.valid and recommendation.desired > capacity.current:
+                return True
+            history = runtime.policy_states[position]
+            if self._prefetch_lead_s > 0 and isinstance(history, LoadHistory):
+                horizon = policy.horizon(capacity.time_to_ready_s) + self._prefetch_lead_s
+                forecast, _ = policy.forecast(history, decision.at, horizon)
+                if forecast is not None and ceil_count(forecast / policy.target) > capacity.current:
+                    return True
+        return False
 
     def _apply(self, runtime: _Endpoint, decision: Decision, log_changes: bool) -> None:
         runtime.last_decision = decision
