@@ -43,13 +43,16 @@ fn io_message(operation: &str, path: &std::path::Path, source: &std::io::Error) 
     format!("{operation} {} failed: {reason}{hint}", path.display())
 }
 
+/// Builds an exception with the GIL held; a failure to build it (the class cannot be imported)
+/// is raised in its place.
+fn with_gil_exception(build: impl FnOnce(Python<'_>) -> PyResult<PyErr>) -> PyErr {
+    Python::attach(|py| build(py).unwrap_or_else(|failure| failure))
+}
+
 /// Converts a store error into an instance of its `warmstart.errors` class, with the failing
 /// values attached as attributes.
 pub fn to_py_err(error: StoreError) -> PyErr {
-    Python::attach(|py| match build(py, &error) {
-        Ok(exception) => exception,
-        Err(lookup_failure) => lookup_failure,
-    })
+    with_gil_exception(|py| build(py, &error))
 }
 
 fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
@@ -141,10 +144,7 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
 /// store error become that store error's class; retries that ran out take the class of their
 /// last failure, with the attempt count in the message.
 pub fn pull_to_py_err(error: PullError) -> PyErr {
-    Python::attach(|py| match build_pull(py, &error) {
-        Ok(exception) => exception,
-        Err(lookup_failure) => lookup_failure,
-    })
+    with_gil_exception(|py| build_pull(py, &error))
 }
 
 fn build_pull(py: Python<'_>, error: &PullError) -> PyResult<PyErr> {
@@ -218,10 +218,7 @@ fn classify_pull(error: &PullError) -> Classified<'_> {
 /// Converts an unpack error into an instance of its `warmstart.errors` class. A store failure
 /// inside an unpack keeps its store class.
 pub fn unpack_to_py_err(error: UnpackError) -> PyErr {
-    Python::attach(|py| match build_unpack(py, &error) {
-        Ok(exception) => exception,
-        Err(lookup_failure) => lookup_failure,
-    })
+    with_gil_exception(|py| build_unpack(py, &error))
 }
 
 fn build_unpack(py: Python<'_>, error: &UnpackError) -> PyResult<PyErr> {

@@ -4,7 +4,7 @@
 //! starts where asked means the server honours ranges, and the blob's other ranges are queued
 //! behind the per-host connection limit. A 200, or a 206 starting elsewhere, means it does not:
 //! the blob is fetched as one stream from byte 0, and no full body is ever spliced into a chunk.
-//! Bytes are written at their offset in the preallocated partial file; a hashing task reads the
+//! Bytes are written at their offset in the preallocated partial file. A hashing task reads the
 //! contiguous prefix back from the file as it grows, so verification overlaps the download and
 //! the digest covers exactly the bytes on disk.
 
@@ -32,7 +32,7 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Bytes hashed per read of the partial file.
 const HASH_BUFFER: usize = 4 << 20;
 
-/// How blobs are split and how many connections serve them.
+/// Range size and connection count of a fetch.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// Concurrent connections per host, shared by every blob and pull of one [`Fetcher`].
@@ -50,7 +50,7 @@ impl Default for FetchOptions {
     }
 }
 
-/// Where a blob's bytes come from.
+/// The source of a blob's bytes.
 #[derive(Clone, Debug)]
 pub enum BlobSource {
     Registry(Reference),
@@ -66,7 +66,7 @@ pub struct BlobJob {
     pub source: BlobSource,
 }
 
-/// What happened to one blob.
+/// The outcome of fetching one blob.
 #[derive(Clone, Debug)]
 pub struct BlobReport {
     pub digest: Digest,
@@ -135,7 +135,7 @@ impl Fetcher {
         &self.client
     }
 
-    /// The connection limit of a host; the first pull to reach a host sets its size.
+    /// Returns the connection limit of a host. The first pull to reach a host sets its size.
     fn permits(&self, host: &str, connections: usize) -> Arc<Semaphore> {
         let mut hosts = self.hosts.lock().expect("not poisoned");
         Arc::clone(
@@ -311,7 +311,7 @@ struct Download {
     syncing: Arc<AtomicBool>,
 }
 
-/// How the probe response answered a range request.
+/// The kind of response a range probe received.
 enum Probe {
     /// A 206 starting where asked: ranges work.
     Ranged(Response),
@@ -397,8 +397,8 @@ impl Download {
     }
 
     /// Streams a response body into the partial file from `position`, stopping at `end`.
-    /// Returns the position reached; a body that ends early returns a smaller position, and a
-    /// transport failure or stall is returned with the position it reached.
+    /// Returns the position reached, which is short of `end` when the body ends early. A
+    /// transport failure or stall comes back with the position it reached.
     async fn stream_body(
         &self,
         mut response: Response,
@@ -541,7 +541,7 @@ async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
             result
         }
         Probe::WrongStart => {
-            tracing::warn!(source = %download.describe_source(), "server answered a range request at the wrong offset; fetching the blob as one stream");
+            tracing::warn!(source = %download.describe_source(), "server returned a range at the wrong offset; fetching the blob as one stream");
             let result = fetch_whole(download, None).await;
             drop(permit);
             result

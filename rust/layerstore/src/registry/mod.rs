@@ -34,7 +34,7 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
-/// Longest wait a `Retry-After` header can impose.
+/// Maximum wait a `Retry-After` header can impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Settings of a [`RegistryClient`].
@@ -76,7 +76,7 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
-/// Where a request goes: a registry repository (for credentials and errors) or a plain URL.
+/// The destination of a request: a registry repository (for credentials and errors) or a plain URL.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// `None` for plain URLs, which get no registry credentials.
@@ -92,7 +92,7 @@ pub struct RegistryClient {
     options: ClientOptions,
     /// `Authorization` header values by `registry/repository`.
     tokens: Mutex<HashMap<String, String>>,
-    /// The scheme each loopback registry answered to, by host.
+    /// The scheme each loopback registry responded to, by host.
     schemes: Mutex<HashMap<String, &'static str>>,
 }
 
@@ -131,10 +131,10 @@ impl RegistryClient {
         &self.options
     }
 
-    /// The registry's base URL: `http://` for registries marked insecure, `https://` for
-    /// the rest, except loopback registries, which get HTTPS when they speak it and plain HTTP
-    /// otherwise, as Docker treats them. The first request to a loopback registry probes
-    /// `https://host/v2/` once; the answer is remembered for the client's lifetime.
+    /// Returns the registry's base URL: `http://` for registries marked insecure and `https://`
+    /// for the rest. Loopback registries get HTTPS when they speak it and plain HTTP otherwise,
+    /// as Docker treats them. The first request to a loopback registry probes
+    /// `https://host/v2/` once, and the client keeps the result for its lifetime.
     pub async fn registry_url(&self, reference: &Reference) -> String {
         let host = reference.api_host();
         let marked_insecure = self
@@ -440,7 +440,7 @@ impl RegistryClient {
         self.tokens.lock().expect("not poisoned").get(&key).cloned()
     }
 
-    /// Answers a 401: fetches a bearer token from the challenge's realm, or uses basic
+    /// Handles a 401: fetches a bearer token from the challenge's realm, or uses basic
     /// credentials, and caches the header for the repository.
     async fn authenticate(
         &self,

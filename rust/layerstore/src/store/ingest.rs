@@ -10,7 +10,7 @@
 //! A process killed at any step leaves either nothing under `blobs/` or the complete, verified
 //! blob. A keyed partial file stays in `ingest/` and the next put of the same digest resumes it.
 //!
-//! Single flight: a put with a known digest holds an exclusive `flock` on
+//! Single flight: a put with a known digest takes an exclusive `flock` on
 //! `ingest/<alg>-<hex>.lock` for its whole duration, so concurrent puts of the same digest (threads
 //! or processes) write it once and the others return the committed blob. Puts of different
 //! digests take different locks and never wait for each other. The lock file is removed after a
@@ -36,11 +36,11 @@ const BUFFER_SIZE: usize = 1 << 20;
 /// Buffers in flight between the two threads; with [`BUFFER_SIZE`] this bounds a put's memory to
 /// about 8 MiB whatever the blob size.
 const BUFFERS_IN_FLIGHT: usize = 8;
-/// The writer asks for a flush of dirty pages every this many bytes, so the final fsync does not
+/// The writer requests a flush of dirty pages every this many bytes, so the final fsync does not
 /// have to write the whole blob at once and disk writes overlap hashing.
 const SYNC_INTERVAL: u64 = 16 << 20;
 
-/// What the caller knows about the content before writing it. Unknown fields are not checked.
+/// The caller's knowledge of the content before writing it. Unknown fields are not checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
     pub digest: Option<Digest>,
@@ -256,7 +256,7 @@ pub(crate) fn open_partial_file(path: &Path) -> Result<File> {
 /// Opens (creating if needed) and exclusively locks the lock file at `path`.
 ///
 /// Lock files may be removed, but only by a holder of their lock. A waiter that gets the lock of
-/// a file that was removed (or replaced) meanwhile sees that `path` no longer names the inode it
+/// a file that was removed (or replaced) meanwhile finds that `path` no longer names the inode it
 /// locked, and starts over on the current file, so two writers never hold "the" lock at once.
 pub(crate) fn lock_file(path: &Path) -> Result<File> {
     loop {
@@ -466,7 +466,7 @@ impl Ingest<'_> {
             return Err(error);
         }
 
-        // An unkeyed put learns its digest only now; it takes the digest's lock for the rename
+        // An unkeyed put learns its digest only now. It takes the digest's lock for the rename,
         // so it cannot race a keyed writer or gc of the same blob.
         let late_lock = if self.keyed {
             None
