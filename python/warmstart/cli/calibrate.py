@@ -14,6 +14,16 @@ from warmstart.replay.profile import DEFAULT_PROFILE, load_profile
 __all__ = ["add_parser"]
 
 
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"count must be at least 1, got {value}")
+    return value
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "calibrate",
@@ -45,6 +55,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=16 << 20,
         metavar="SIZE",
         help="chunked pull range size, e.g. 16M (default: 16M)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_count,
+        default=1,
+        metavar="N",
+        help="run each of the two fit pulls N times and fit the fastest, for a busy node "
+        "(default: 1)",
     )
     parser.add_argument(
         "--insecure",
@@ -94,6 +112,7 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
             connections=arguments.connections,
             chunk_size=arguments.chunk_size,
             insecure=arguments.insecure,
+            repeat=arguments.repeat,
         )
     )
     if arguments.output is not None:
