@@ -2,11 +2,11 @@
 
 These benchmarks run in a VM whose virtio balloon device has free page reporting on (feature
 bit 5 in ``/sys/bus/virtio/devices/*/features``). A few seconds after the guest frees memory,
-the host takes the pages back. The next write to them faults them in again on the host. Measured here with ``dd`` of 2,000 MiB into a new file: 0.37 s
-when the pages had been freed just before, 4.4 to 4.9 s when they had been free for 10 s or
-more. A benchmark that writes gigabytes (a pull, an unpack) would therefore charge this cost to
-whichever tool happens to run after a pause, and spare the one that runs right after another
-tool deleted its output.
+the host takes the pages back. The next write to them faults them in again on the host.
+Measured here with ``dd`` of 2,000 MiB into a new file: 0.37 s when the pages had been freed
+just before, 4.4 to 4.9 s when they had been free for 10 s or more. A benchmark that writes
+gigabytes (a pull, an unpack) would therefore charge this cost to whichever tool happens to run
+after a pause, and spare the one that runs right after another tool deleted its output.
 
 ``prime_free_memory`` writes a scratch file of the given size and deletes it, so the free list
 holds that much memory the host has just backed; call it right before starting the clock. On a

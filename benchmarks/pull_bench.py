@@ -7,6 +7,8 @@ Usage, from the repository root (the images come from ``python -m benchmarks.ima
 For each image the same blobs are fetched by:
 - ``warmstart pull`` into a fresh store (8 connections, 16 MiB ranges, hashing and fsync);
 - ``skopeo copy docker://... oci:DIR`` (its defaults: one connection per layer);
+- containerd's ``ctr content fetch`` into a fresh containerd (its defaults: one connection
+  per layer);
 - ``curl``, 8 parallel range requests of equal size per blob (16 MiB ranges through the
   throttle), written to files without hashing: the transport's ceiling on this machine.
 ``curl`` runs twice: once as is, and once followed by ``sync``, because warmstart's time includes
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.containerd import Containerd
 from benchmarks.images import DEFAULT_CACHE, build_images
 from benchmarks.memory_priming import prime_free_memory
 from benchmarks.throttle_proxy import ThrottleProxy
@@ -91,6 +94,15 @@ def time_skopeo(reference: str, work: Path, size: int) -> float:
     return elapsed
 
 
+def time_ctr(reference: str, work: Path, size: int) -> float:
+    """Time ``ctr content fetch`` of the image into a fresh containerd's content store."""
+    with Containerd.start(work / "containerd") as daemon:
+        prime_free_memory(work, size)
+        started = time.perf_counter()
+        daemon.ctr("content", "fetch", "--plain-http", reference)
+        return time.perf_counter() - started
+
+
 def time_curl(
     host: str,
     repository: str,
@@ -144,6 +156,7 @@ def tool_runs(
     return {
         "warmstart": lambda: time_warmstart(reference, work, total),
         "skopeo": lambda: time_skopeo(reference, work, total),
+        "ctr": lambda: time_ctr(reference, work, total),
         "curl": lambda: time_curl(host, repository, blobs, work, 8, range_size),
         # warmstart's time includes making the blobs durable; the peers' does not.
         "curl_then_sync": lambda: (
