@@ -255,7 +255,12 @@ class UnpackReport:
         """Metadata that could not be kept, one line per kind of loss."""
 
     @property
-    def seconds(self) -> float: ...
+    def seconds(self) -> float:
+        """Wall time of the unpack.
+
+        From ``pull_and_unpack`` in the overlay layout it runs from the start of the first
+        layer's extraction, during the pull, to the end.
+        """
 
 @disjoint_base
 class LayerStore:

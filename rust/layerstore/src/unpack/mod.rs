@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod path;
 pub mod pull;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,7 +57,7 @@ pub struct LayerReport {
     pub entries: u64,
     /// True when an earlier run had already published this layer.
     pub reused: bool,
-    /// Seconds spent extracting this layer.
+    /// Seconds spent extracting this layer, including waits for its bytes during a pull.
     pub seconds: f64,
 }
 
@@ -72,6 +73,8 @@ pub struct UnpackReport {
     pub layers: Vec<LayerReport>,
     /// Metadata that could not be kept, one line per kind of loss.
     pub warnings: Vec<String>,
+    /// Wall time. For a pull with overlapped unpack, from the start of the first extraction
+    /// during the pull to the end.
     pub seconds: f64,
 }
 
@@ -111,14 +114,7 @@ pub(crate) fn unpack_image_with(
     context: Context,
 ) -> UnpackResult<UnpackReport> {
     let started = Instant::now();
-    bundle.claim(&Record {
-        manifest: image.manifest_digest.clone(),
-        layers: image
-            .layers
-            .iter()
-            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
-            .collect(),
-    })?;
+    claim(bundle, image)?;
     bundle.remove_partials()?;
     let (mode, result, layers) = if options.flatten {
         let layers = flatten(store, image, bundle, &context)?;
@@ -147,6 +143,18 @@ pub(crate) fn unpack_image_with(
         "unpack finished"
     );
     Ok(report)
+}
+
+/// Checks that `bundle` belongs to `image`, recording the image in it if it is new.
+pub(crate) fn claim(bundle: &Bundle, image: &Image) -> UnpackResult<()> {
+    bundle.claim(&Record {
+        manifest: image.manifest_digest.clone(),
+        layers: image
+            .layers
+            .iter()
+            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
+            .collect(),
+    })
 }
 
 /// Extracts every missing layer into its own directory, in parallel, largest first, and then
@@ -191,11 +199,25 @@ fn overlay_layer(
     bundle: &Bundle,
     context: &Context,
 ) -> UnpackResult<LayerReport> {
+    let blob = store.open_blob(&layer.digest)?;
+    overlay_layer_from(blob, layer, bundle, context, layer.diff_id.hex())
+}
+
+/// Extracts one layer read from `blob` into the staging directory `staging_key` and publishes
+/// it under its diff_id once the digest read and the diff_id both match `layer`. On any error
+/// the staging directory is removed and nothing is published.
+pub(crate) fn overlay_layer_from(
+    blob: impl Read + Send + 'static,
+    layer: &Layer,
+    bundle: &Bundle,
+    context: &Context,
+    staging_key: &str,
+) -> UnpackResult<LayerReport> {
     let started = Instant::now();
-    let staging = bundle.layer_staging(layer.diff_id.hex())?;
+    let staging = bundle.layer_staging(staging_key)?;
     let mut directories = DeferredDirectories::new();
     let extracted = extract::extract_layer(
-        store.open_blob(&layer.digest)?,
+        blob,
         &layer.digest,
         &layer.media_type,
         layer.diff_id.algorithm(),
