@@ -227,7 +227,11 @@ class LayerReport:
     def entries(self) -> int: ...
     @property
     def reused(self) -> bool:
-        """True when an earlier run had already published this layer."""
+        """True when the layer was published before.
+
+        That is by an earlier run, or at the layer's first position in an image that lists it
+        twice.
+        """
 
     @property
     def seconds(self) -> float: ...

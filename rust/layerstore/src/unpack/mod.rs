@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod path;
 pub mod pull;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,7 +56,8 @@ pub struct LayerReport {
     pub uncompressed_bytes: u64,
     /// Tar entries extracted; 0 when the layer was already unpacked.
     pub entries: u64,
-    /// True when an earlier run had already published this layer.
+    /// True when the layer's directory was published before: by an earlier run, or for a
+    /// layer the image lists twice, at its first position.
     pub reused: bool,
     /// Seconds spent extracting this layer, including waits for its bytes during a pull.
     pub seconds: f64,
@@ -168,11 +170,18 @@ fn overlay(
     let complete = bundle.lowerdir_path().exists();
     let mut order: Vec<usize> = (0..image.layers.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(image.layers[index].size));
+    // A layer listed twice is extracted once, because both extractions would use one staging
+    // directory; its other positions report it as reused.
+    let mut first: HashMap<&Digest, usize> = HashMap::new();
+    for (index, layer) in image.layers.iter().enumerate() {
+        first.entry(&layer.diff_id).or_insert(index);
+    }
     let mut reports: Vec<(usize, LayerReport)> = order
         .par_iter()
         .map(|&index| {
             let layer = &image.layers[index];
-            let report = if complete || bundle.layer_path(&layer.diff_id).is_dir() {
+            let repeated = first[&layer.diff_id] != index;
+            let report = if complete || repeated || bundle.layer_path(&layer.diff_id).is_dir() {
                 reused(layer)
             } else {
                 overlay_layer(store, layer, bundle, context)?
