@@ -389,11 +389,11 @@ def assemble_decision(
     )
 
 
-# Stages are immutable, so decisions share the common ones: every engine keeps its last
-# decision per endpoint, and fewer objects per decision make the garbage collector's passes
-# shorter. Only stages whose value is an int are shared, because a cache keyed by value would
-# return 3 for 3.0 or numpy.int64(3), which print differently. The caches are cleared when
-# full, to bound memory.
+# Stages are immutable, so decisions share the common ones. The engine keeps the last decision
+# of every endpoint and callers often keep a pass's decisions, so fewer objects per decision
+# make the garbage collector run less often. Only stages whose value is an int are shared,
+# because a cache keyed by value would return 3 for 3.0 or numpy.int64(3), which print
+# differently. The caches are cleared when full, to bound memory.
 _SHARED_STAGES_MAX = 4096
 # Stage tuples of decisions whose stages all kept the raw value, by (raw note, value).
 _UNCHANGED_STAGES: dict[tuple[str, int], tuple[Stage, ...]] = {}
@@ -404,7 +404,7 @@ _SHARED_STAGES: dict[tuple[int, int, str], Stage] = {}
 
 def _stage(index: int, value: int, note: str) -> Stage:
     """Return ``Stage(STAGES[index], value, note)``, shared when ``note`` is empty."""
-    if note or type(value) is not int:
+    if note:
         # tuple.__new__ builds the Stage without the generated __new__, as namedtuple's _make
         # does. With timeit on CPython 3.11 that took about half the time.
         stage: Stage = _new_tuple(Stage, (STAGES[index], value, note))
