@@ -15,6 +15,11 @@ measures, every run into an empty store and an empty target after ``sync``:
 - ``pull then unpack``: the two one after the other;
 - ``pull --unpack``: ``LayerStore.pull_and_unpack``, extraction overlapped with the download.
 
+With ``--keep``, stores and targets are deleted only at the end. On ext4 without a journal,
+creating inodes right after many were deleted is slow: the allocator skips inodes deleted in the
+last minutes (``recently_deleted`` in ``fs/ext4/ialloc.c``), so each run would pay for the
+deletion of the previous one. ``--keep`` needs disk space for every run's store and target.
+
 Each line shows the wall time, the CPU time of this process (warmstart's threads), of the
 registry and of the proxy, and the load average. The summary gives medians and the overlapped
 time against max(pull, unpack) and against pull + unpack.
@@ -124,16 +129,24 @@ class ProxyProcess:
 class Runner:
     """Runs each step into fresh directories under `work` and measures it."""
 
-    def __init__(self, work: Path, registry_pid: int, proxy_pid: int | None) -> None:
+    def __init__(
+        self, work: Path, registry_pid: int, proxy_pid: int | None, keep: bool = False
+    ) -> None:
         self.work = work
         self.registry_pid = registry_pid
         self.proxy_pid = proxy_pid
+        self.keep = keep
         self.store_root = work / "store"
         self.target = work / "target"
 
     def clean(self) -> None:
-        shutil.rmtree(self.store_root, ignore_errors=True)
-        shutil.rmtree(self.target, ignore_errors=True)
+        """Empty the store and target paths, moving the old ones aside with `keep`."""
+        for path in (self.store_root, self.target):
+            if self.keep and path.exists():
+                kept = self.work / "kept"
+                kept.mkdir(exist_ok=True)
+                path.rename(kept / f"{path.name}-{len(list(kept.iterdir()))}")
+            shutil.rmtree(path, ignore_errors=True)
 
     def measure(self, work: Callable[[], float | None]) -> Sample:
         subprocess.run(["sync"], check=True)
@@ -229,6 +242,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch directory (default: a new one in /tmp)"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="delete stores and targets only at the end; see the module docstring",
+    )
     return parser.parse_args()
 
 
@@ -271,7 +289,8 @@ def main() -> None:
             for route in routes:
                 direct = route == "direct"
                 host = registry.host if direct else proxy.host
-                runner = Runner(work, registry.process.pid, None if direct else proxy.process.pid)
+                proxy_pid = None if direct else proxy.process.pid
+                runner = Runner(work, registry.process.pid, proxy_pid, arguments.keep)
                 results[f"{name} {route}"] = measure_route(
                     name, route, host, runner, arguments.repeat
                 )
