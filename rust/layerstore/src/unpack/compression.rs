@@ -1,6 +1,5 @@
 //! Layer compression: recognised by media type, checked against the blob's first bytes.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::digest::{Digest, Hasher};
@@ -99,7 +98,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-type Compressed = BufReader<HashingReader<File>>;
+type Compressed = BufReader<HashingReader<Box<dyn Read + Send>>>;
 
 /// The decompressed stream of a layer blob, with the compressed bytes hashed as they are read.
 pub enum Decoder {
@@ -112,12 +111,13 @@ impl Decoder {
     /// Opens a layer blob for decompression after checking that its first bytes match the
     /// compression its media type declares.
     pub fn open(
-        file: File,
+        blob: impl Read + Send + 'static,
         layer: &Digest,
         media_type: &str,
         compression: Compression,
     ) -> UnpackResult<Decoder> {
-        let hashing = HashingReader::new(file, layer.algorithm().hasher());
+        let blob: Box<dyn Read + Send> = Box::new(blob);
+        let hashing = HashingReader::new(blob, layer.algorithm().hasher());
         let mut compressed = BufReader::with_capacity(READ_BUFFER, hashing);
         let head = fill_head(&mut compressed).map_err(|source| UnpackError::InvalidLayer {
             layer: layer.clone(),

@@ -64,13 +64,13 @@ pub struct Extracted {
     pub entries: u64,
 }
 
-/// Extracts the layer blob `file` into `root`. Decompression runs on a thread of its own while
+/// Extracts the layer blob read from `blob` into `root`. Decompression runs on a thread of its own while
 /// this thread writes files, so a single large layer uses two cores. Returns the digest of the
 /// blob as read and the `diff_id` of its tar stream (computed with `diff_algorithm`); the caller
 /// compares both with what it expects before publishing `root`.
 #[allow(clippy::too_many_arguments)]
 pub fn extract_layer(
-    file: File,
+    blob: impl Read + Send + 'static,
     layer: &Digest,
     media_type: &str,
     diff_algorithm: Algorithm,
@@ -85,7 +85,7 @@ pub fn extract_layer(
             media_type: media_type.to_owned(),
         }
     })?;
-    let decoder = Decoder::open(file, layer, media_type, compression)?;
+    let decoder = Decoder::open(blob, layer, media_type, compression)?;
     let (sender, receiver) = sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
     std::thread::scope(|scope| {
         let decompressing = scope.spawn(move || -> io::Result<(Digest, u64)> {

@@ -18,6 +18,8 @@ pub mod metadata;
 pub mod path;
 pub mod pull;
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,9 +56,10 @@ pub struct LayerReport {
     pub uncompressed_bytes: u64,
     /// Tar entries extracted; 0 when the layer was already unpacked.
     pub entries: u64,
-    /// True when an earlier run had already published this layer.
+    /// True when the layer's directory was published before: by an earlier run, or for a
+    /// layer the image lists twice, at its first position.
     pub reused: bool,
-    /// Seconds spent extracting this layer.
+    /// Seconds spent extracting this layer, including waits for its bytes during a pull.
     pub seconds: f64,
 }
 
@@ -72,6 +75,8 @@ pub struct UnpackReport {
     pub layers: Vec<LayerReport>,
     /// Metadata that could not be kept, one line per kind of loss.
     pub warnings: Vec<String>,
+    /// Wall time. For a pull with overlapped unpack, from the start of the first extraction
+    /// during the pull to the end.
     pub seconds: f64,
 }
 
@@ -111,14 +116,7 @@ pub(crate) fn unpack_image_with(
     context: Context,
 ) -> UnpackResult<UnpackReport> {
     let started = Instant::now();
-    bundle.claim(&Record {
-        manifest: image.manifest_digest.clone(),
-        layers: image
-            .layers
-            .iter()
-            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
-            .collect(),
-    })?;
+    claim(bundle, image)?;
     bundle.remove_partials()?;
     let (mode, result, layers) = if options.flatten {
         let layers = flatten(store, image, bundle, &context)?;
@@ -149,6 +147,18 @@ pub(crate) fn unpack_image_with(
     Ok(report)
 }
 
+/// Checks that `bundle` belongs to `image`, recording the image in it if it is new.
+pub(crate) fn claim(bundle: &Bundle, image: &Image) -> UnpackResult<()> {
+    bundle.claim(&Record {
+        manifest: image.manifest_digest.clone(),
+        layers: image
+            .layers
+            .iter()
+            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
+            .collect(),
+    })
+}
+
 /// Extracts every missing layer into its own directory, in parallel, largest first, and then
 /// writes `lowerdir`. Does nothing but report when `lowerdir` already exists.
 fn overlay(
@@ -160,11 +170,18 @@ fn overlay(
     let complete = bundle.lowerdir_path().exists();
     let mut order: Vec<usize> = (0..image.layers.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(image.layers[index].size));
+    // A layer listed twice is extracted once, because both extractions would use one staging
+    // directory; its other positions report it as reused.
+    let mut first: HashMap<&Digest, usize> = HashMap::new();
+    for (index, layer) in image.layers.iter().enumerate() {
+        first.entry(&layer.diff_id).or_insert(index);
+    }
     let mut reports: Vec<(usize, LayerReport)> = order
         .par_iter()
         .map(|&index| {
             let layer = &image.layers[index];
-            let report = if complete || bundle.layer_path(&layer.diff_id).is_dir() {
+            let repeated = first[&layer.diff_id] != index;
+            let report = if complete || repeated || bundle.layer_path(&layer.diff_id).is_dir() {
                 reused(layer)
             } else {
                 overlay_layer(store, layer, bundle, context)?
@@ -191,11 +208,25 @@ fn overlay_layer(
     bundle: &Bundle,
     context: &Context,
 ) -> UnpackResult<LayerReport> {
+    let blob = store.open_blob(&layer.digest)?;
+    overlay_layer_from(blob, layer, bundle, context, layer.diff_id.hex())
+}
+
+/// Extracts one layer read from `blob` into the staging directory `staging_key` and publishes
+/// it under its diff_id once the digest read and the diff_id both match `layer`. On any error
+/// the staging directory is removed and nothing is published.
+pub(crate) fn overlay_layer_from(
+    blob: impl Read + Send + 'static,
+    layer: &Layer,
+    bundle: &Bundle,
+    context: &Context,
+    staging_key: &str,
+) -> UnpackResult<LayerReport> {
     let started = Instant::now();
-    let staging = bundle.layer_staging(layer.diff_id.hex())?;
+    let staging = bundle.layer_staging(staging_key)?;
     let mut directories = DeferredDirectories::new();
     let extracted = extract::extract_layer(
-        store.open_blob(&layer.digest)?,
+        blob,
         &layer.digest,
         &layer.media_type,
         layer.diff_id.algorithm(),
