@@ -2,8 +2,9 @@
 
 Usage, from the repository root (the images come from ``python -m benchmarks.images build``)::
 
-    python -m benchmarks.calibrate_bench [--cache /work/bench-images] [--calibrate calibration]
-        [--calibrate-repeat 2] [--repeat 3] [--rate-mb 50] [--delay-ms 20]
+    python -m benchmarks.calibrate_bench [--cache /work/bench-images] [--work DIR]
+        [--calibrate calibration] [--calibrate-repeat 2] [--repeat 3] [--rate-mb 50]
+        [--delay-ms 20] [--only small,medium,large]
 
 All on 127.0.0.1: the real registry (``docker-registry``) serves the benchmark images (``small``,
 ``medium``, ``large``) and a generated calibration image, behind ``benchmarks/throttle_proxy.py``
@@ -17,6 +18,11 @@ ranges) and ``calibrate``'s check settings (4 connections, 32 MiB ranges). The f
 slowest of each are printed next to the model's prediction from the fitted network, for the
 blob sizes in the order the layer store started them (largest first). The error is against
 the fastest pull, since other work on the machine only ever adds time, as in the fit.
+
+Right before every pull, calibrate's included, ``prime_free_memory`` writes and deletes as many
+bytes as the image has (see ``benchmarks/memory_priming.py``: on this VM the first write to
+memory the host has taken back costs about 10 times more, and it must not fall on some pulls
+and not others).
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy
-from benchmarks.images import DEFAULT_CACHE, build_images
+from benchmarks.images import DEFAULT_CACHE, build_images, layout_size
+from benchmarks.memory_priming import prime_free_memory
 from benchmarks.throttle_proxy import ThrottleProxy
 from tests.registry.layout import build_image
 from tests.registry.real import RealRegistry
@@ -84,9 +90,12 @@ def push_calibration_image(registry: RealRegistry) -> None:
 
 
 def pull_cold(
-    reference: str, store_root: Path, connections: int, chunk_size: int
+    reference: str, store_root: Path, connections: int, chunk_size: int, size: int
 ) -> tuple[float, list[int]]:
-    """Pull into a fresh store; return the pull's seconds and blob sizes in report order."""
+    """Pull into a fresh store; return the pull's seconds and blob sizes in report order.
+
+    ``size`` is the image's bytes, primed as free memory right before the pull.
+    """
     shutil.rmtree(store_root, ignore_errors=True)
     store = LayerStore(store_root)
 
@@ -99,7 +108,7 @@ def pull_cold(
         )
         return report.seconds, [blob.size for blob in report.blobs]
 
-    subprocess.run(["sync"], check=True)
+    prime_free_memory(store_root.parent, size)
     try:
         return asyncio.run(pull())
     finally:
@@ -135,6 +144,12 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
+        "--work",
+        type=Path,
+        help="directory for the registry and the stores, removed after (default: a new "
+        "temporary directory)",
+    )
+    parser.add_argument(
         "--calibrate",
         default=CALIBRATION_IMAGE,
         choices=(CALIBRATION_IMAGE, *BENCHMARK_IMAGES),
@@ -150,11 +165,19 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_calibrate(reference: str, work: Path, repeat: int) -> Calibration:
-    """Run ``calibrate`` on ``reference`` and print the fitted network and its pulls."""
+def run_calibrate(reference: str, work: Path, repeat: int, size: int) -> Calibration:
+    """Run ``calibrate`` on ``reference`` (``size`` bytes) and print the fitted network and
+    its pulls."""
     started = time.perf_counter()
     calibration = asyncio.run(
-        calibrate(reference, load_profile(), insecure=True, work_dir=work, repeat=repeat)
+        calibrate(
+            reference,
+            load_profile(),
+            insecure=True,
+            work_dir=work,
+            repeat=repeat,
+            before_pull=lambda: prime_free_memory(work, size),
+        )
     )
     network = calibration.network
     print(
@@ -162,6 +185,12 @@ def run_calibrate(reference: str, work: Path, repeat: int) -> Calibration:
         f"{network.connection_bytes_per_s / 1e6:.2f} MB/s per connection, "
         f"{network.first_byte_s * 1000:.1f} ms to first byte, node cap "
         f"{network.node_bytes_per_s / 1e6:.0f} MB/s",
+        flush=True,
+    )
+    blobs = zip(calibration.layers, calibration.fit_blob_seconds, strict=True)
+    print(
+        "  containerd fit pull, bytes: seconds of each blob: "
+        + ", ".join(f"{size}: {seconds:.3f}" for size, seconds in blobs),
         flush=True,
     )
     for m in calibration.measurements:
@@ -174,13 +203,16 @@ def run_calibrate(reference: str, work: Path, repeat: int) -> Calibration:
     return calibration
 
 
-def check_image(name: str, host: str, network: Network, work: Path, repeat: int) -> list[Row]:
-    """Pull one image cold ``repeat`` times per strategy and compare with the model."""
+def check_image(
+    name: str, host: str, network: Network, work: Path, repeat: int, size: int
+) -> list[Row]:
+    """Pull one image (``size`` bytes) cold ``repeat`` times per strategy and compare with
+    the model."""
     reference = f"{host}/bench/{name}:{TAG}"
     rows = []
     for strategy, puller, connections, chunk_size in STRATEGIES:
         pulls = [
-            pull_cold(reference, work / "store", connections, chunk_size or WHOLE_BLOB)
+            pull_cold(reference, work / "store", connections, chunk_size or WHOLE_BLOB, size)
             for _ in range(repeat)
         ]
         times = [seconds for seconds, _ in pulls]
@@ -200,6 +232,7 @@ def results_json(calibration: Calibration, rows: list[Row]) -> dict[str, object]
             "first_byte_s": network.first_byte_s,
             "node_bytes_per_s": network.node_bytes_per_s,
         },
+        "fit_blob_seconds": list(calibration.fit_blob_seconds),
         "calibration": [
             {
                 "name": m.name,
@@ -230,7 +263,9 @@ def main() -> None:
     names = arguments.only.split(",")
     benchmark_names = sorted({*names, arguments.calibrate} - {CALIBRATION_IMAGE})
     layouts = build_images(benchmark_names, arguments.cache)
-    work = Path(tempfile.mkdtemp(prefix="warmstart-calibrate-bench-"))
+    sizes = {name: layout_size(layout) for name, layout in layouts.items()}
+    sizes[CALIBRATION_IMAGE] = sum(CALIBRATION_LAYER_SIZES)
+    work = Path(tempfile.mkdtemp(prefix="warmstart-calibrate-bench-", dir=arguments.work))
     registry = RealRegistry.start(work / "registry")
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -249,12 +284,16 @@ def main() -> None:
             first_byte_delay_s=arguments.delay_ms / 1000,
         ) as proxy:
             reference = f"{proxy.host}/bench/{arguments.calibrate}:{TAG}"
-            calibration = run_calibrate(reference, work, arguments.calibrate_repeat)
+            calibration = run_calibrate(
+                reference, work, arguments.calibrate_repeat, sizes[arguments.calibrate]
+            )
 
             print(HEADER, flush=True)
             rows = []
             for name in names:
-                rows += check_image(name, proxy.host, calibration.network, work, arguments.repeat)
+                rows += check_image(
+                    name, proxy.host, calibration.network, work, arguments.repeat, sizes[name]
+                )
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)

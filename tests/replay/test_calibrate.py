@@ -166,3 +166,28 @@ def test_calibrate_keeps_base_unpack_rate_for_non_tar_layers(
     base = load_profile()
     calibration = asyncio.run(calibrate(reference, base, connections=2, chunk_size=MIB))
     assert calibration.network.unpack_bytes_per_s == base.registry.unpack_bytes_per_s
+
+
+def test_calibrate_calls_before_pull_and_times_blobs(
+    registry_repo: RegistryRepository,
+) -> None:
+    sizes = [2 * MIB, 300_000]
+    registry_repo.push_generated("v1", [os.urandom(size) for size in sizes], compress=False)
+    reference = f"{registry_repo.reference_prefix}:v1"
+    calls: list[int] = []
+
+    calibration = asyncio.run(
+        calibrate(
+            reference,
+            load_profile(),
+            connections=2,
+            chunk_size=MIB,
+            repeat=2,
+            before_pull=lambda: calls.append(1),
+        )
+    )
+
+    # Two fit strategies pulled twice each, then the check pull and the warm pull.
+    assert len(calls) == 6
+    assert len(calibration.fit_blob_seconds) == len(calibration.layers)
+    assert all(seconds > 0 for seconds in calibration.fit_blob_seconds)

@@ -78,6 +78,7 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
     return {
         "reference": calibration.reference,
         "layers": list(calibration.layers),
+        "fit_blob_seconds": list(calibration.fit_blob_seconds),
         "registry": {
             "connection_bytes_per_s": network.connection_bytes_per_s,
             "first_byte_s": network.first_byte_s,

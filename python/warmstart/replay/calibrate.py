@@ -23,7 +23,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,9 @@ class Calibration:
     network: Network
     layers: tuple[int, ...]
     measurements: tuple[Measurement, ...]
+    # Seconds from the first blob request until each blob of ``layers`` was committed, in the
+    # containerd-strategy pull that the rate is fitted to (0 for a blob found in the store).
+    fit_blob_seconds: tuple[float, ...] = ()
 
 
 def fit_network(
@@ -186,9 +189,16 @@ def _relative_error(
 
 
 async def _pull(
-    reference: str, store_path: Path, connections: int, chunk_size: int, insecure: list[str]
+    reference: str,
+    store_path: Path,
+    connections: int,
+    chunk_size: int,
+    insecure: list[str],
+    before_pull: Callable[[], object] | None,
 ) -> PullReport:
     store = LayerStore(store_path)
+    if before_pull is not None:
+        before_pull()
     return await store.pull(
         reference, connections=connections, chunk_size=chunk_size, insecure_registries=insecure
     )
@@ -201,13 +211,14 @@ async def _fastest_pull(
     chunk_size: int,
     insecure: list[str],
     repeat: int,
+    before_pull: Callable[[], object] | None,
 ) -> PullReport:
     """Pull cold ``repeat`` times and return the fastest report; ``store_path`` keeps the
     image of that pull."""
     fastest: PullReport | None = None
     for attempt in range(repeat):
         trial = store_path.with_name(f"{store_path.name}-{attempt}")
-        report = await _pull(reference, trial, connections, chunk_size, insecure)
+        report = await _pull(reference, trial, connections, chunk_size, insecure, before_pull)
         if fastest is None or report.seconds < fastest.seconds:
             fastest = report
             shutil.rmtree(store_path, ignore_errors=True)
@@ -270,6 +281,7 @@ async def calibrate(
     insecure: bool = False,
     work_dir: Path | None = None,
     repeat: int = 1,
+    before_pull: Callable[[], object] | None = None,
 ) -> Calibration:
     """Pull ``reference`` cold and warm, fit the network on two pulls and check it on others.
 
@@ -279,7 +291,9 @@ async def calibrate(
     pull's per-blob times the per-connection rate (``fit_network``), and the chunked pull's
     total the node cap (``fit_node_cap``). Check: a cold chunked pull with half the
     connections and twice the range size, which the fit never saw, and a warm pull. Stores go
-    under ``work_dir`` (a temporary directory when None) and are removed after. Pull errors
+    under ``work_dir`` (a temporary directory when None) and are removed after.
+    ``before_pull``, when given, is called right before each pull starts, outside its time:
+    a benchmark uses it to prepare the machine the same way for every pull. Pull errors
     propagate as the store's exceptions.
     """
     if repeat < 1:
@@ -290,14 +304,15 @@ async def calibrate(
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="warmstart-calibrate-") as scratch:
         root = Path(scratch)
         containerd = await _fastest_pull(
-            reference, root / "one", 3, _WHOLE_BLOB_CHUNK, hosts, repeat
+            reference, root / "one", 3, _WHOLE_BLOB_CHUNK, hosts, repeat, before_pull
         )
         chunked = await _fastest_pull(
-            reference, root / "two", connections, chunk_size, hosts, repeat
+            reference, root / "two", connections, chunk_size, hosts, repeat, before_pull
         )
         unpack_s = await _unpack_seconds(root / "two", chunked.tag, root / "rootfs")
-        check = await _pull(reference, root / "three", check_connections, check_chunk, hosts)
-        warm = await _pull(reference, root / "three", check_connections, check_chunk, hosts)
+        three = root / "three"
+        check = await _pull(reference, three, check_connections, check_chunk, hosts, before_pull)
+        warm = await _pull(reference, three, check_connections, check_chunk, hosts, before_pull)
 
     # The manifest request is the one request of a pull that moves almost no bytes, so its
     # time is the first-byte time. The faster of the two fit pulls is kept, since a stall on
@@ -371,7 +386,8 @@ async def calibrate(
             warm.bytes_fetched,
         ),
     )
-    return Calibration(reference, network, layers, measurements)
+    fit_blob_seconds = tuple(0.0 if b.reused else b.seconds for b in containerd.blobs)
+    return Calibration(reference, network, layers, measurements, fit_blob_seconds)
 
 
 def _number(value: float) -> str:
