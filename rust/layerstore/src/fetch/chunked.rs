@@ -264,9 +264,7 @@ impl Fetcher {
         })
         .await;
         for (index, download, guard, first) in queued {
-            tasks.spawn(async move {
-                (index, finish_blob(download, guard, first, started).await)
-            });
+            tasks.spawn(async move { (index, finish_blob(download, guard, first, started).await) });
         }
         while let Some(joined) = tasks.join_next().await {
             let (index, result) = joined.expect("blob tasks do not panic");
