@@ -198,3 +198,12 @@ def test_name_must_be_string(key: str) -> None:
 
     with pytest.raises(ProfileError, match=f"{key} must be a string"):
         parse_profile(data)
+
+
+def test_binary_profile_is_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+
+    with pytest.raises(ProfileError, match="invalid UTF-8") as caught:
+        load_profile(path)
+    assert str(path) in str(caught.value)

@@ -169,6 +169,12 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
                 f"profile {text_name!r} not found; use a TOML file path or one of "
                 f"{', '.join(builtin_profiles())}"
             ) from None
+        except UnicodeDecodeError as error:
+            raise ProfileError(
+                f"{source}: invalid UTF-8, a profile is TOML text: {error}"
+            ) from None
+        except OSError as error:
+            raise ProfileError(f"{source}: cannot read the profile: {error}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
