@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
-use crate::manifest::{self, Descriptor};
+use crate::manifest;
 use crate::store::ingest::remove_if_exists;
 use crate::store::{read_dir, BlobFile, BlobInfo, Store};
 
