@@ -2,11 +2,13 @@
 //!
 //! Two layouts, both in a target directory described in [`bundle`]:
 //! - **overlay**: one directory per layer, in the form overlayfs takes as lower directories,
-//!   extracted in parallel on every core, plus a `lowerdir` file naming them top-most first;
+//!   extracted in parallel (one layer per core, largest first), plus a `lowerdir` file naming
+//!   them top-most first;
 //! - **flatten**: one merged root filesystem, the layers applied in order with whiteouts.
 //!
-//! Each layer is checked twice: the blob read must hash to the layer digest, and its tar stream
-//! to the `diff_id` the image config lists. A layer is published only when both match.
+//! A layer is published only when its tar stream hashes to the `diff_id` the image config
+//! lists, which covers every byte extracted. The compressed blob is not hashed again: the store
+//! checked its digest before storing it, as containerd's content store does before its unpack.
 //! Entries that would write outside the target are rejected, see [`path`].
 
 pub mod bundle;
@@ -19,20 +21,20 @@ pub mod path;
 pub mod pull;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use crate::digest::Digest;
-use crate::error::StoreError;
 use crate::store::Store;
 
+use bundle::Flusher;
 pub use bundle::{Bundle, Record};
 pub use error::{UnpackError, UnpackResult};
 pub use extract::Mode;
 pub use image::{Image, Layer};
 
-use extract::{Context, DeferredDirectories, Extracted};
+use extract::{BlobCheck, Context, DeferredDirectories, Extracted, Target};
 use metadata::{Degradations, Privileges};
 
 /// Settings of one unpack.
@@ -149,8 +151,17 @@ pub(crate) fn unpack_image_with(
     Ok(report)
 }
 
-/// Extracts every missing layer into its own directory, in parallel, largest first, and then
-/// writes `lowerdir`. Does nothing but report when `lowerdir` already exists.
+/// A layer extracted and verified in its staging directory, not yet published.
+struct Staged {
+    staging: PathBuf,
+    published: PathBuf,
+    report: LayerReport,
+}
+
+/// Extracts every missing layer into its own directory, in parallel, largest first, publishes
+/// them after one flush and then writes `lowerdir`. Does nothing but report when `lowerdir`
+/// already exists. When a layer fails, the layers that succeeded are still published, so the
+/// next run keeps them, and the first error is returned.
 fn overlay(
     store: &Store,
     image: &Image,
@@ -160,18 +171,35 @@ fn overlay(
     let complete = bundle.lowerdir_path().exists();
     let mut order: Vec<usize> = (0..image.layers.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(image.layers[index].size));
-    let mut reports: Vec<(usize, LayerReport)> = order
-        .par_iter()
-        .map(|&index| {
-            let layer = &image.layers[index];
-            let report = if complete || bundle.layer_path(&layer.diff_id).is_dir() {
-                reused(layer)
-            } else {
-                overlay_layer(store, layer, bundle, context)?
-            };
-            Ok((index, report))
-        })
-        .collect::<UnpackResult<_>>()?;
+    let flusher = Flusher::start(bundle.root())?;
+    let results = run_largest_first(&order, |index| {
+        let layer = &image.layers[index];
+        if complete || bundle.layer_path(&layer.diff_id).is_dir() {
+            Ok(None)
+        } else {
+            overlay_layer(store, layer, bundle, context).map(Some)
+        }
+    });
+    drop(flusher);
+    let mut reports = Vec::new();
+    let mut pairs = Vec::new();
+    let mut first_error = None;
+    for (index, result) in results {
+        match result {
+            Ok(Some(staged)) => {
+                pairs.push((staged.staging, staged.published));
+                reports.push((index, staged.report));
+            }
+            Ok(None) => reports.push((index, reused(&image.layers[index]))),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    bundle.publish_all(&pairs)?;
+    if let Some(error) = first_error {
+        return Err(error);
+    }
     reports.sort_by_key(|(index, _)| *index);
     if !complete {
         let paths: Vec<PathBuf> = image
@@ -184,25 +212,54 @@ fn overlay(
     Ok(reports.into_iter().map(|(_, report)| report).collect())
 }
 
-/// Extracts one layer into a staging directory and publishes it under its diff_id.
+/// Runs `work` for each index of `order` on one thread per core, each thread taking the next
+/// index in `order` when it is free. With `order` largest first, the largest layer starts at
+/// once and the small ones fill the other cores around it. (A rayon `par_iter` splits the list
+/// in halves instead, which can run the two largest layers one after the other.)
+fn run_largest_first<T: Send>(
+    order: &[usize],
+    work: impl Fn(usize) -> T + Sync,
+) -> Vec<(usize, T)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(order.len());
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(order.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let result = work(index);
+                    results.lock().expect("not poisoned").push((index, result));
+                }
+            });
+        }
+    });
+    results.into_inner().expect("not poisoned")
+}
+
+/// Extracts one layer into a staging directory and verifies it, for publishing under its diff_id.
 fn overlay_layer(
     store: &Store,
     layer: &Layer,
     bundle: &Bundle,
     context: &Context,
-) -> UnpackResult<LayerReport> {
+) -> UnpackResult<Staged> {
     let started = Instant::now();
     let staging = bundle.layer_staging(layer.diff_id.hex())?;
     let mut directories = DeferredDirectories::new();
-    let extracted = extract::extract_layer(
+    let extracted = extract::extract_layer_with(
         store.open_blob(&layer.digest)?,
         &layer.digest,
         &layer.media_type,
         layer.diff_id.algorithm(),
-        &staging,
-        Mode::Overlay,
-        &mut directories,
-        context,
+        BlobCheck::Trusted,
+        Target {
+            root: &staging,
+            mode: Mode::Overlay,
+            directories: &mut directories,
+            context,
+        },
     );
     let extracted = match extracted.and_then(|extracted| check(layer, extracted)) {
         Ok(extracted) => extracted,
@@ -211,9 +268,15 @@ fn overlay_layer(
             return Err(error);
         }
     };
-    extract::apply_directories(&directories, context)?;
-    bundle.publish(&staging, &bundle.layer_path(&layer.diff_id))?;
-    Ok(report(layer, &extracted, started))
+    if let Err(error) = extract::apply_directories(&directories, context) {
+        bundle::remove_tree(&staging)?;
+        return Err(error);
+    }
+    Ok(Staged {
+        published: bundle.layer_path(&layer.diff_id),
+        staging,
+        report: report(layer, &extracted, started),
+    })
 }
 
 /// Applies every layer in order to one staging directory and publishes it as `rootfs/`.
@@ -228,21 +291,25 @@ fn flatten(
         return Ok(image.layers.iter().map(reused).collect());
     }
     let staging = bundle.rootfs_staging()?;
+    let flusher = Flusher::start(bundle.root())?;
     let mut directories = DeferredDirectories::new();
     let mut reports = Vec::new();
     // TODO: decompress the next layer while this one is applied; today only decompression and
     // extraction of the same layer overlap.
     for layer in &image.layers {
         let started = Instant::now();
-        let extracted = extract::extract_layer(
+        let extracted = extract::extract_layer_with(
             store.open_blob(&layer.digest)?,
             &layer.digest,
             &layer.media_type,
             layer.diff_id.algorithm(),
-            &staging,
-            Mode::Flatten,
-            &mut directories,
-            context,
+            BlobCheck::Trusted,
+            Target {
+                root: &staging,
+                mode: Mode::Flatten,
+                directories: &mut directories,
+                context,
+            },
         )
         .and_then(|extracted| check(layer, extracted));
         match extracted {
@@ -254,20 +321,14 @@ fn flatten(
         }
     }
     extract::apply_directories(&directories, context)?;
+    drop(flusher);
     bundle.publish(&staging, &bundle.rootfs_path())?;
     Ok(reports)
 }
 
-/// Checks the digests of an extracted layer against the manifest and the config.
+/// Checks the diff_id of an extracted layer against the config. The blob is not hashed again
+/// ([`BlobCheck::Trusted`]): the store checked its digest before storing it.
 fn check(layer: &Layer, extracted: Extracted) -> UnpackResult<Extracted> {
-    if extracted.digest != layer.digest {
-        return Err(StoreError::DigestMismatch {
-            expected: layer.digest.clone(),
-            actual: extracted.digest,
-            bytes: extracted.compressed_bytes,
-        }
-        .into());
-    }
     if extracted.diff_id != layer.diff_id {
         return Err(UnpackError::DiffIdMismatch {
             layer: layer.digest.clone(),
