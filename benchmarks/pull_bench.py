@@ -2,18 +2,23 @@
 
 Usage, from the repository root (the images come from ``python -m benchmarks.images build``)::
 
-    python -m benchmarks.pull_bench [--cache /work/bench-images] [--only large,medium]
+    python -m benchmarks.pull_bench [--cache /work/bench-images] [--only large,medium] [--repeat 3]
 
 For each image the same blobs are fetched by:
 - ``warmstart pull`` into a fresh store (8 connections, 16 MiB ranges, hashing and fsync);
 - ``skopeo copy docker://... oci:DIR`` (its defaults: one connection per layer);
+- containerd's ``ctr content fetch`` into a fresh containerd (its defaults: one connection
+  per layer);
 - ``curl``, 8 parallel range requests of equal size per blob (16 MiB ranges through the
   throttle), written to files without hashing: the transport's ceiling on this machine.
 ``curl`` runs twice: once as is, and once followed by ``sync``, because warmstart's time includes
-making every blob durable (fsync before commit) and the peers' does not. Each is run once
-directly against the real registry on loopback, and once through a proxy
-that caps each TCP connection at 50 MB/s with 20 ms to the first byte. It also times a warm
-pull (every blob present) of the 20-layer image and reads the peak memory of a large pull.
+making every blob durable (fsync before commit) and the peers' does not. Each runs directly
+against the real registry on loopback, and through a proxy that caps each TCP connection at
+50 MB/s with 20 ms to the first byte. Every tool runs ``--repeat`` times in rotating order and
+the median is reported; each run starts after ``prime_free_memory`` (see
+``benchmarks/memory_priming.py``: on this VM, writing into memory the host has taken back costs
+seconds, and it must not fall on whichever tool runs first). It also times a warm pull (every
+blob present) of the 20-layer image and reads the peak memory of a large pull.
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.containerd import Containerd
 from benchmarks.images import DEFAULT_CACHE, build_images
+from benchmarks.memory_priming import prime_free_memory
 from benchmarks.throttle_proxy import ThrottleProxy
 from tests.registry.real import RealRegistry
 
@@ -48,7 +57,7 @@ def manifest_blobs(layout: Path) -> list[tuple[str, int]]:
     return [(blob["digest"], blob["size"]) for blob in blobs]
 
 
-def time_warmstart(reference: str, work: Path) -> float:
+def time_warmstart(reference: str, work: Path, size: int) -> float:
     store_root = work / "warmstart-store"
     shutil.rmtree(store_root, ignore_errors=True)
     store = LayerStore(store_root)
@@ -56,7 +65,7 @@ def time_warmstart(reference: str, work: Path) -> float:
     async def pull() -> None:
         await store.pull(reference, connections=8, chunk_size=16 * MIB)
 
-    subprocess.run(["sync"], check=True)
+    prime_free_memory(work, size)
     started = time.perf_counter()
     asyncio.run(pull())
     elapsed = time.perf_counter() - started
@@ -64,10 +73,10 @@ def time_warmstart(reference: str, work: Path) -> float:
     return elapsed
 
 
-def time_skopeo(reference: str, work: Path) -> float:
+def time_skopeo(reference: str, work: Path, size: int) -> float:
     target = work / "skopeo-layout"
     shutil.rmtree(target, ignore_errors=True)
-    subprocess.run(["sync"], check=True)
+    prime_free_memory(work, size)
     started = time.perf_counter()
     subprocess.run(
         [
@@ -85,6 +94,15 @@ def time_skopeo(reference: str, work: Path) -> float:
     return elapsed
 
 
+def time_ctr(reference: str, work: Path, size: int) -> float:
+    """Time ``ctr content fetch`` of the image into a fresh containerd's content store."""
+    with Containerd.start(work / "containerd") as daemon:
+        prime_free_memory(work, size)
+        started = time.perf_counter()
+        daemon.ctr("content", "fetch", "--plain-http", reference)
+        return time.perf_counter() - started
+
+
 def time_curl(
     host: str,
     repository: str,
@@ -98,7 +116,7 @@ def time_curl(
     target = work / "curl"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
-    subprocess.run(["sync"], check=True)
+    prime_free_memory(work, sum(size for _, size in blobs))
     started = time.perf_counter()
     for digest, size in blobs:
         piece = range_size or max(1, -(-size // parallel))
@@ -127,6 +145,39 @@ def time_curl(
     if not keep:
         shutil.rmtree(target)
     return elapsed
+
+
+def tool_runs(
+    host: str, repository: str, blobs: list[tuple[str, int]], work: Path, range_size: int | None
+) -> dict[str, Callable[[], float]]:
+    """Return the timed run of each tool for one image and route."""
+    reference = f"{host}/{repository}:{TAG}"
+    total = sum(size for _, size in blobs)
+    return {
+        "warmstart": lambda: time_warmstart(reference, work, total),
+        "skopeo": lambda: time_skopeo(reference, work, total),
+        "ctr": lambda: time_ctr(reference, work, total),
+        "curl": lambda: time_curl(host, repository, blobs, work, 8, range_size),
+        # warmstart's time includes making the blobs durable; the peers' does not.
+        "curl_then_sync": lambda: (
+            time_curl(host, repository, blobs, work, 8, range_size, keep=True) + time_sync()
+        ),
+    }
+
+
+def rotated_medians(runs: dict[str, Callable[[], float]], repeat: int) -> dict[str, float]:
+    """Run every tool ``repeat`` times, each round starting one tool later, and return medians.
+
+    Rotating the order keeps any effect of running first or after another tool (page cache,
+    memory the host has just backed) from always landing on the same tool.
+    """
+    names = list(runs)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeat):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(runs[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def time_sync() -> float:
@@ -181,6 +232,9 @@ def main() -> None:
     parser.add_argument("--only", default="large,medium")
     parser.add_argument("--rate-mb", type=float, default=50.0, help="per-connection cap, MB/s")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="time to first byte, ms")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each tool; the median is reported"
+    )
     arguments = parser.parse_args()
     names = arguments.only.split(",")
     layouts = build_images([*names, "small"], arguments.cache)
@@ -208,18 +262,11 @@ def main() -> None:
                     ("direct", registry.host, None),
                     ("throttled", proxy.host, 16 * MIB),
                 ]:
-                    reference = f"{host}/bench/{name}:{TAG}"
-                    figures[f"{route}_warmstart_s"] = time_warmstart(reference, work)
-                    figures[f"{route}_skopeo_s"] = time_skopeo(reference, work)
-                    figures[f"{route}_curl_s"] = time_curl(
-                        host, f"bench/{name}", blobs, work, 8, range_size
-                    )
-                    # warmstart's time includes making the blobs durable; the peers' does not.
-                    figures[f"{route}_curl_then_sync_s"] = (
-                        time_curl(host, f"bench/{name}", blobs, work, 8, range_size, keep=True)
-                        + time_sync()
-                    )
+                    runs = tool_runs(host, f"bench/{name}", blobs, work, range_size)
+                    seconds = rotated_medians(runs, arguments.repeat)
                     shutil.rmtree(work / "curl", ignore_errors=True)
+                    for tool, value in seconds.items():
+                        figures[f"{route}_{tool}_s"] = value
                     print(name, route, {k: round(v, 2) for k, v in figures.items()}, flush=True)
                 results[name] = figures
             results["warm_pull_small_s"] = warm_pull_seconds(

@@ -2,14 +2,16 @@
 
 Usage, from the repository root (the images come from ``python -m benchmarks.images build``)::
 
-    python -m benchmarks.unpack_bench [--only large,medium] [--repeat 2] [--work DIR]
+    python -m benchmarks.unpack_bench [--only large,medium] [--repeat 3] [--work DIR]
 
-The images are pushed to a ``docker-registry`` started on 127.0.0.1, and for each image and
-repetition these are timed, each into an empty directory on one file system (see below):
+The images are pushed to a ``docker-registry`` started on 127.0.0.1. For each image, every
+repetition times these, in an order that starts one tool later each repetition, each into
+empty directories on one file system (see below):
 
-- containerd's unpack, as ``ctr image pull`` time minus ``ctr content fetch`` time. containerd
-  runs with its unix socket and its root on that file system, and is restarted on an empty root
-  before every ``ctr`` command, so both commands start from an empty content store.
+- containerd's unpack, as ``ctr image pull`` time minus ``ctr content fetch`` time. Each
+  ``ctr`` command gets a containerd of its own (``benchmarks/containerd.py``) with an empty
+  root on that file system, so both start from an empty content store. The snapshotter is
+  overlayfs, or native when the overlayfs plugin does not load (the output says which).
 - ``tar -xzf`` of each layer blob of the OCI layout, one after another, into one directory.
 - ``warmstart unpack`` (the CLI) of the image already in a warmstart store, once in the overlay
   layout and once with ``--flatten``. The store is filled once by ``warmstart pull`` from the
@@ -20,15 +22,19 @@ a journal, mkfs defaults) in a ``--fs-size`` GiB file under ``--work``, mounted 
 device with direct I/O, which the script creates and removes (this needs root; ``--fs-size 0``
 uses ``--work`` as it is). The reason: on ext4 without a journal, every inode allocation looks
 up the inode table block to skip inodes freed less than 60 s ago (300 s more while the block is
-dirty; ``recently_deleted()`` in ``fs/ext4/ialloc.c``). A benchmark that deletes gigabytes of
-output between runs then spends up to 40 % of its CPU time there, and the same run took
-between 15 s and 35 s on such a root file system.
+dirty; ``recently_deleted()`` in ``fs/ext4/ialloc.c``), so a run right after the previous
+run's output was deleted would pay for that deletion.
 
-Before every timed command the previous output is removed, ``sync`` runs, and the script waits
-``--settle`` seconds. Each timed command holds the shared CPU lock ``/tmp/warmstart-cpu.lock``,
-which is released in between.
+Before every timed command the previous output is removed, ``sync`` runs, the script waits
+``--settle`` seconds, and ``prime_free_memory`` writes and deletes a scratch file of three times
+the image's compressed size in ``--work`` (see ``benchmarks/memory_priming.py``). Each timed command holds
+the shared CPU lock ``/tmp/warmstart-cpu.lock``, which is released in between.
 
-Prints one line per measurement, then the medians and the ratios to warmstart's overlay layout.
+Prints one line per measurement (wall time, CPU time of the tool's processes, load average),
+then the medians and the ratios to warmstart's overlay layout, and for warmstart the time of
+its largest layer. Then, outside the comparison, the time ``gzip -dc`` (and ``pigz -dc`` when
+installed) takes to decompress the largest layer blob to ``/dev/null``, one thread's inflate
+rate for comparison with warmstart's largest layer.
 """
 
 from __future__ import annotations
@@ -37,30 +43,35 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.containerd import Containerd
 from benchmarks.images import DEFAULT_CACHE, build_images, push_images
+from benchmarks.memory_priming import prime_free_memory
 from tests.registry.real import RealRegistry
 
 from warmstart import LayerStore
 
 TAG = "latest"
 CPU_LOCK = Path("/tmp/warmstart-cpu.lock")
-NAMESPACE = "bench"
-CONTAINERD_START_TIMEOUT_S = 30.0
-CTR_TIMEOUT_S = 1800.0
 DEFAULT_FS_SIZE_GIB = 16
+# Bytes of free memory primed before each timed run, per byte of compressed image: about the
+# size of the uncompressed layers a run writes.
+PRIMING_FACTOR = 3
+SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
 
 CONTAINERD_UNPACK = "containerd unpack (pull - fetch)"
 TAR = "tar -xzf, one layer after another"
@@ -101,87 +112,17 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-class Containerd:
-    """A containerd of its own: root, state, config and socket under ``base``."""
-
-    def __init__(self, base: Path, snapshotter: str) -> None:
-        self.base = base
-        self.snapshotter = snapshotter
-        self.socket = base / "containerd.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data(self) -> list[Path]:
-        """Directories of the content store, snapshots and runtime state."""
-        return [self.base / "root", self.base / "state"]
-
-    def start_empty(self) -> None:
-        """Stop containerd if it runs, remove its root and state, and start it again."""
-        self.stop()
-        for path in self.data:
-            shutil.rmtree(path, ignore_errors=True)
-        self.base.mkdir(parents=True, exist_ok=True)
-        config = self.base / "config.toml"
-        config.write_text(
-            "version = 2\n"
-            f'root = "{self.base / "root"}"\n'
-            f'state = "{self.base / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n'
-            f'[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
-        )
-        log = (self.base / "containerd.log").open("ab")
-        self.process = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=log, stderr=log
-        )
-        log.close()
-        deadline = time.monotonic() + CONTAINERD_START_TIMEOUT_S
-        while not self.socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log_text = (self.base / "containerd.log").read_text(errors="replace")
-                self.stop()
-                raise RuntimeError(f"containerd did not start; its log:\n{log_text[-2000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Stop containerd by its PID: SIGTERM, then SIGKILL after 30 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-    def ctr(self, *arguments: str) -> str:
-        """Run ``ctr`` against this containerd and return its standard output.
-
-        Raises ``RuntimeError`` with ctr's error output when it fails.
-        """
-        command = ["ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *arguments]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=CTR_TIMEOUT_S, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-        return result.stdout
-
-    def overlayfs_works(self) -> bool:
-        """Return whether the overlayfs snapshotter plugin loaded (``ctr plugins ls``)."""
-        for line in self.ctr("plugins", "ls").splitlines():
-            fields = line.split()
-            if fields[:2] == ["io.containerd.snapshotter.v1", "overlayfs"]:
-                return fields[-1] == "ok"
-        return False
-
-
 class Bench:
-    def __init__(self, work: Path, settle_s: float) -> None:
+    def __init__(self, work: Path, scratch: Path, settle_s: float, snapshotter: str) -> None:
         self.work = work
+        # Where prime_free_memory writes: outside the loop file system, which has no room for it.
+        self.scratch = scratch
         self.settle_s = settle_s
+        self.snapshotter = snapshotter
         self.output = work / "out"
         self.results: dict[tuple[str, str], list[float]] = defaultdict(list)
+        # For warmstart runs: (seconds, uncompressed bytes) of the largest layer, per run.
+        self.largest_layer: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
 
     def prepare(self, *paths: Path) -> None:
         """Remove earlier output, flush the file system, and wait out ext4's inode reuse delay."""
@@ -190,40 +131,71 @@ class Bench:
         subprocess.run(["sync"], check=True)
         time.sleep(self.settle_s)
 
-    def timed(self, image: str, label: str, command: Sequence[str]) -> float:
-        """Run ``command`` under the CPU lock and return its wall time in seconds."""
+    def timed(
+        self,
+        image: Image,
+        label: str,
+        run: Callable[[], object],
+        cpu: Callable[[], float] | None = None,
+    ) -> tuple[float, object]:
+        """Prime free memory, then time ``run`` under the CPU lock.
+
+        Returns the wall time in seconds and what ``run`` returned. The CPU time printed is
+        that of the child processes that ended during ``run``, or ``cpu()``'s increase.
+        """
         with cpu_lock():
+            prime_free_memory(self.scratch, PRIMING_FACTOR * image.compressed_bytes)
             load = load_average()
+            cpu_before = cpu() if cpu else children_cpu()
             started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            result = run()
             seconds = time.perf_counter() - started
-        print(f"{image:7} {seconds:8.2f} s  load {load}  {label}", flush=True)
-        return seconds
+            cpu_seconds = (cpu() if cpu else children_cpu()) - cpu_before
+        print(
+            f"{image.name:7} {seconds:8.2f} s  cpu {cpu_seconds:7.2f} s  load {load}  {label}",
+            flush=True,
+        )
+        return seconds, result
 
     def record(self, image: str, label: str, seconds: float) -> None:
         self.results[(image, label)].append(seconds)
 
 
-def run_containerd(bench: Bench, containerd: Containerd, image: Image, host: str) -> None:
+def children_cpu() -> float:
+    """Return user plus system CPU seconds of this process's ended children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_command(command: Sequence[str]) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def run_containerd(bench: Bench, image: Image, host: str) -> None:
     reference = f"{host}/bench/{image.name}:{TAG}"
-    ctr = ["ctr", "--address", str(containerd.socket), "--namespace", NAMESPACE]
-    containerd.stop()
-    bench.prepare(*containerd.data)
-    containerd.start_empty()
-    fetch = bench.timed(
-        image.name, "ctr content fetch", [*ctr, "content", "fetch", "--plain-http", reference]
-    )
-    containerd.stop()
-    bench.prepare(*containerd.data)
-    containerd.start_empty()
-    pull = bench.timed(
-        image.name,
-        f"ctr image pull ({containerd.snapshotter} snapshotter)",
-        [*ctr, "image", "pull", "--plain-http", "--snapshotter", containerd.snapshotter, reference],
-    )
-    containerd.stop()
-    for path in containerd.data:
-        shutil.rmtree(path, ignore_errors=True)
+    directory = bench.work / "containerd"
+    times = {}
+    commands = {
+        "ctr content fetch": ["content", "fetch", "--plain-http", reference],
+        f"ctr image pull ({bench.snapshotter} snapshotter)": [
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            bench.snapshotter,
+            reference,
+        ],
+    }
+    for label, arguments in commands.items():
+        bench.prepare(directory)
+        with Containerd.start(directory) as daemon:
+            times[label], _ = bench.timed(
+                image,
+                f"{label}, cpu of containerd",
+                functools.partial(daemon.ctr, *arguments),
+                cpu=daemon.cpu_seconds,
+            )
+    fetch, pull = times.values()
     bench.record(image.name, "ctr content fetch", fetch)
     bench.record(image.name, "ctr image pull", pull)
     bench.record(image.name, CONTAINERD_UNPACK, pull - fetch)
@@ -234,7 +206,8 @@ def run_tar(bench: Bench, image: Image) -> None:
     bench.prepare()
     bench.output.mkdir(parents=True)
     script = " && ".join(f"tar -C {bench.output} -xzf {blob}" for blob in image.layers)
-    bench.record(image.name, TAR, bench.timed(image.name, TAR, ["sh", "-c", script]))
+    seconds, _ = bench.timed(image, TAR, lambda: run_command(["sh", "-c", script]))
+    bench.record(image.name, TAR, seconds)
 
 
 def run_warmstart(bench: Bench, image: Image, store: Path, flatten: bool) -> None:
@@ -250,10 +223,17 @@ def run_warmstart(bench: Bench, image: Image, store: Path, flatten: bool) -> Non
         str(bench.output),
         "--store",
         str(store),
+        "--json",
     ]
     if flatten:
         command.append("--flatten")
-    bench.record(image.name, label, bench.timed(image.name, label, command))
+    seconds, output = bench.timed(image, label, lambda: run_command(command))
+    bench.record(image.name, label, seconds)
+    layers = json.loads(str(output))["layers"]
+    largest = max(layers, key=lambda layer: layer["compressed_bytes"])
+    bench.largest_layer[(image.name, label)].append(
+        (largest["seconds"], largest["uncompressed_bytes"])
+    )
 
 
 @contextlib.contextmanager
@@ -282,41 +262,27 @@ def loop_filesystem(image: Path, mount_point: Path, size_gib: int) -> Iterator[P
         image.unlink()
 
 
-def run_inflate(blob: Path, repeat: int) -> None:
-    """Time decompression alone of one gzip blob: gzip, pigz if installed, and warmstart's
-    decoder (the ``inflate`` example of the layerstore crate, built here in release mode)."""
-    repository = Path(__file__).resolve().parent.parent
-    with cpu_lock():
-        subprocess.run(
-            ["cargo", "build", "--quiet", "--release", "-p", "layerstore", "--example", "inflate"],
-            cwd=repository,
-            check=True,
-        )
-    target = Path(os.environ.get("CARGO_TARGET_DIR", repository / "target"))
-    example = target / "release" / "examples" / "inflate"
-    size = blob.stat().st_size
-    print(f"\ninflate only, {blob.name[:12]} ({size / 1e6:.0f} MB gzip), output to /dev/null:")
-    commands = [("gzip -dc", f"gzip -dc < {blob} > /dev/null")]
+def run_inflate(image: Image, repeat: int) -> None:
+    """Time ``gzip -dc`` (and ``pigz -dc`` when installed) of the largest layer blob of
+    ``image`` to ``/dev/null``: decompression alone on one thread."""
+    blob = max(image.layers, key=os.path.getsize)
+    print(
+        f"\ninflate only, largest layer of {image.name} "
+        f"({blob.stat().st_size / 1e6:.0f} MB gzip), output to /dev/null:"
+    )
+    commands = {"gzip -dc": f"gzip -dc < {blob} > /dev/null"}
     if shutil.which("pigz"):
-        commands.append(("pigz -dc", f"pigz -dc < {blob} > /dev/null"))
+        commands["pigz -dc"] = f"pigz -dc < {blob} > /dev/null"
     else:
         print("  pigz is not installed")
     for _ in range(repeat):
-        for label, command in commands:
+        for label, command in commands.items():
             with cpu_lock():
                 load = load_average()
                 started = time.perf_counter()
                 subprocess.run(command, shell=True, check=True)
                 seconds = time.perf_counter() - started
             print(f"  {seconds:8.2f} s  load {load}  {label}", flush=True)
-        with cpu_lock():
-            load = load_average()
-            output = subprocess.run(
-                [str(example), str(blob)], capture_output=True, text=True, check=True
-            ).stdout
-        print(f"  warmstart decoder, load {load}:")
-        for line in output.splitlines()[1:]:
-            print(f"  {line}", flush=True)
 
 
 def fill_store(store_root: Path, images: Sequence[Image], host: str) -> None:
@@ -345,26 +311,21 @@ def print_summary(bench: Bench, images: Sequence[Image], repeat: int) -> None:
             median = statistics.median(runs)
             listed = ", ".join(f"{value:.2f}" for value in runs)
             print(f"  {median:8.2f} s  {median / overlay:5.2f}x  {label}  [{listed}]")
-        containerd = bench.results.get((image.name, CONTAINERD_UNPACK))
-        tar = statistics.median(bench.results[(image.name, TAR)])
-        flatten = statistics.median(bench.results[(image.name, FLATTEN)])
-        if containerd:
-            unpack = statistics.median(containerd)
+        for label in (OVERLAY, FLATTEN):
+            runs = bench.largest_layer[(image.name, label)]
+            seconds = statistics.median(run[0] for run in runs)
+            size = runs[0][1]
             print(
-                f"  containerd unpack / warmstart: {unpack / overlay:.2f}x (overlay), "
-                f"{unpack / flatten:.2f}x (flatten)"
+                f"  largest layer in {label}: {seconds:.2f} s for {size / 1e6:.0f} MB of tar "
+                f"({size / seconds / 1e6:.0f} MB/s)"
             )
-        print(
-            f"  tar -xzf / warmstart: {tar / overlay:.2f}x (overlay), "
-            f"{tar / flatten:.2f}x (flatten)"
-        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="OCI layout directory")
     parser.add_argument("--only", default="large,medium", help="comma-separated image names")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     parser.add_argument(
         "--work",
         type=Path,
@@ -423,33 +384,37 @@ def main() -> None:
         registry = RealRegistry.start(work / "registry")
         cleanup.callback(registry.stop)
         push_images(layouts, registry.host, registry)
-        bench = Bench(filesystem, arguments.settle)
-        containerd = Containerd(filesystem / "containerd", "overlayfs")
-        cleanup.callback(containerd.stop)
         fill_store(filesystem / "store", images, registry.host)
+        snapshotter = "overlayfs"
         if not arguments.skip_containerd:
-            containerd.start_empty()
-            if not containerd.overlayfs_works():
-                containerd.snapshotter = "native"
-            containerd.stop()
+            with Containerd.start(filesystem / "containerd") as daemon:
+                if not daemon.plugin_works(SNAPSHOTTER_PLUGIN, "overlayfs"):
+                    snapshotter = "native"
+        bench = Bench(filesystem, work, arguments.settle, snapshotter)
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-            f"kernel {platform.release()}; containerd snapshotter: {containerd.snapshotter}; "
-            f"outputs on {description}",
+            f"kernel {platform.release()}; {run_command(['ctr', '--version']).strip()}, "
+            f"snapshotter: {snapshotter}; outputs on {description}",
             flush=True,
         )
-        for _ in range(arguments.repeat):
-            for image in images:
-                if not arguments.skip_containerd:
-                    run_containerd(bench, containerd, image, registry.host)
-                run_tar(bench, image)
-                run_warmstart(bench, image, filesystem / "store", flatten=False)
-                run_warmstart(bench, image, filesystem / "store", flatten=True)
+        store = filesystem / "store"
+        for image in images:
+            runs: list[Callable[[], None]] = [
+                functools.partial(run_tar, bench, image),
+                functools.partial(run_warmstart, bench, image, store, flatten=False),
+                functools.partial(run_warmstart, bench, image, store, flatten=True),
+            ]
+            if not arguments.skip_containerd:
+                runs.insert(0, functools.partial(run_containerd, bench, image, registry.host))
+            for repetition in range(arguments.repeat):
+                shift = repetition % len(runs)
+                for run in runs[shift:] + runs[:shift]:
+                    run()
+        bench.prepare()
     print_summary(bench, images, arguments.repeat)
     if not arguments.skip_inflate:
-        largest = max((blob for image in images for blob in image.layers), key=os.path.getsize)
-        run_inflate(largest, arguments.repeat)
+        run_inflate(max(images, key=lambda image: image.compressed_bytes), arguments.repeat)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """warmstart: autoscaling for ML inference fleets with fast, verified image pulls."""
 
+from typing import TYPE_CHECKING, Any
+
 from warmstart import errors
 from warmstart._native import (
     BlobInfo,
@@ -17,50 +19,52 @@ from warmstart._native import (
     VerifyReport,
 )
 from warmstart._native import __version__ as __version__
-from warmstart.engine import (
-    PRESETS,
-    STAGES,
-    AdjustmentType,
-    Aggregation,
-    Behavior,
-    Burst,
-    Capacity,
-    Clock,
-    Decision,
-    EndpointSpec,
-    EndpointState,
-    Engine,
-    EngineClosedError,
-    EngineConfigError,
-    EngineError,
-    FakeClock,
-    IngestConfig,
-    InstanceEvent,
-    MetricKind,
-    MetricSpec,
-    MonotonicClock,
-    Observation,
-    Policy,
-    PolicyInputs,
-    Predictive,
-    RateKind,
-    RatePolicy,
-    Recommendation,
-    RejectReason,
-    Sample,
-    ScalingRules,
-    SelectPolicy,
-    Stage,
-    Statistic,
-    Step,
-    StepScaling,
-    TargetTracking,
-    UnknownEndpointError,
-    WallClock,
-    WindowQuery,
-    preset,
-)
 from warmstart.store import LayerStore
+
+if TYPE_CHECKING:
+    from warmstart.engine import (
+        PRESETS,
+        STAGES,
+        AdjustmentType,
+        Aggregation,
+        Behavior,
+        Burst,
+        Capacity,
+        Clock,
+        Decision,
+        EndpointSpec,
+        EndpointState,
+        Engine,
+        EngineClosedError,
+        EngineConfigError,
+        EngineError,
+        FakeClock,
+        IngestConfig,
+        InstanceEvent,
+        MetricKind,
+        MetricSpec,
+        MonotonicClock,
+        Observation,
+        Policy,
+        PolicyInputs,
+        Predictive,
+        RateKind,
+        RatePolicy,
+        Recommendation,
+        RejectReason,
+        Sample,
+        ScalingRules,
+        SelectPolicy,
+        Stage,
+        Statistic,
+        Step,
+        StepScaling,
+        TargetTracking,
+        UnknownEndpointError,
+        WallClock,
+        WindowQuery,
+        preset,
+    )
 
 __all__ = [
     "PRESETS",
@@ -120,3 +124,21 @@ __all__ = [
     "errors",
     "preset",
 ]
+
+# The engine's names load on first use (PEP 562), because the engine pulls in numpy and a
+# command that only pulls an image should not pay for it.
+_ENGINE_NAMES = frozenset(__all__) - frozenset(globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from warmstart import engine
+
+        value = getattr(engine, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'warmstart' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(frozenset(globals()) | _ENGINE_NAMES)

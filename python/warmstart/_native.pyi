@@ -227,7 +227,11 @@ class LayerReport:
     def entries(self) -> int: ...
     @property
     def reused(self) -> bool:
-        """True when an earlier run had already published this layer."""
+        """True when the layer was published before.
+
+        That is by an earlier run, or at the layer's first position in an image that lists it
+        twice.
+        """
 
     @property
     def seconds(self) -> float: ...
@@ -255,7 +259,12 @@ class UnpackReport:
         """Metadata that could not be kept, one line per kind of loss."""
 
     @property
-    def seconds(self) -> float: ...
+    def seconds(self) -> float:
+        """Wall time of the unpack.
+
+        From ``pull_and_unpack`` in the overlay layout it runs from the start of the first
+        layer's extraction, during the pull, to the end.
+        """
 
 @disjoint_base
 class LayerStore:

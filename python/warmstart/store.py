@@ -138,8 +138,10 @@ class LayerStore(_native.LayerStore):
     async def pull_and_unpack(
         self, reference: str, target: str | os.PathLike[str], **options: Any
     ) -> tuple[_native.PullReport, _native.UnpackReport]:
-        """Pull an image and unpack each layer into ``target`` as soon as it is committed.
+        """Pull an image and unpack it into ``target``, each layer extracting while it downloads.
 
+        A layer is published only after the store verified its blob and its uncompressed tar
+        stream matched the config's diff_id. With ``flatten=True`` the unpack runs after the pull.
         ``options`` are ``flatten`` and those of ``pull``; see ``docs/unpack.md``.
         """
         return await _run_transfer(self._pull_and_unpack, reference, target, **options)

@@ -259,3 +259,17 @@ def test_decisions_stay_within_bounds(steps, start, bounds):
 def test_invalid_settings_raise_config_error(factory):
     with pytest.raises(EngineConfigError):
         factory()
+
+
+def test_shared_stages_keep_value_types():
+    """Decisions share stages by value; a float or numpy value must not get an int's stage."""
+    behavior = Behavior(NO_RATES, NO_RATES, tolerance=0.0, restart_hold_s=0.0)
+    decide(behavior, BehaviorState(), context(0.0, 3), [rec(3)])
+    decide(behavior, BehaviorState(), context(0.0, 3, hold=10.0), [rec(2)])
+
+    unchanged = decide(behavior, BehaviorState(), context(0.0, 3.0), [rec(3.0)])
+    held = decide(behavior, BehaviorState(), context(0.0, 3.0, hold=10.0), [rec(2.0)])
+
+    assert all(type(stage.value) is float for stage in unchanged.stages)
+    assert held.stage("hold").note
+    assert all(type(stage.value) is float for stage in held.stages)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -62,6 +63,16 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data[offset : offset + WRITE_SIZE])
 
 
+async def _wait_for_release(pause: faults.Pause) -> None:
+    pause.paused.set()
+    deadline = time.monotonic() + pause.timeout_s
+    while not pause.release.is_set():
+        if time.monotonic() > deadline:
+            logger.warning("pause not released within %.1f s; sending the rest", pause.timeout_s)
+            return
+        await asyncio.sleep(0.01)
+
+
 async def send_blob(
     request: web.Request, data: bytes, digest: str, body_faults: Sequence[faults.Fault]
 ) -> web.StreamResponse:
@@ -104,6 +115,7 @@ async def send_blob(
     declared = len(body)
     sent = len(body)
     stall: faults.Stall | None = None
+    pause: faults.Pause | None = None
     for fault in body_faults:
         if isinstance(fault, faults.TruncateBody):
             fault.fire()
@@ -118,6 +130,9 @@ async def send_blob(
         elif isinstance(fault, faults.Stall):
             fault.fire()
             stall = fault
+        elif isinstance(fault, faults.Pause):
+            fault.fire()
+            pause = fault
 
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = declared
@@ -127,6 +142,10 @@ async def send_blob(
         position = min(stall.after_bytes, sent)
         await _write(response, body[:position])
         await asyncio.sleep(stall.seconds)
+    elif pause is not None:
+        position = min(pause.after_bytes, sent)
+        await _write(response, body[:position])
+        await _wait_for_release(pause)
     await _write(response, body[position:sent])
     if sent < declared:
         # Closing the transport is what a proxy or server crash looks like to the client: the

@@ -20,6 +20,7 @@ Body faults change what a blob GET sends, on the registry or on the storage serv
 - ``WrongContentLength``: ``Content-Length`` off by ``delta`` from the bytes that belong there.
 - ``WrongBytes``: the right length but one byte flipped, so the digest does not match.
 - ``Stall``: ``after_bytes`` of body, then a pause of ``seconds`` before the rest.
+- ``Pause``: ``after_bytes`` of body, then nothing until the test sets ``release``.
 
 Auth faults:
 - ``ExpireTokens``: a bearer token is refused (401 with a fresh challenge) once it has been
@@ -28,6 +29,7 @@ Auth faults:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -160,6 +162,21 @@ class Stall(Fault):
     after_bytes: int = 0
 
 
+@dataclass
+class Pause(Fault):
+    """Send ``after_bytes`` of body, then wait until the test sets ``release``.
+
+    The server sets ``paused`` when the wait begins, so a test can inspect the client while the
+    rest of the body is held back. After ``timeout_s`` without a release the body goes on, so a
+    failed test cannot leave the server waiting.
+    """
+
+    after_bytes: int = 0
+    timeout_s: float = 25.0
+    paused: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    release: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+
 # Auth faults.
 
 
@@ -184,4 +201,5 @@ BODY_FAULTS = (
     WrongContentLength,
     WrongBytes,
     Stall,
+    Pause,
 )

@@ -97,3 +97,12 @@ class ServerThread:
         if self._runner is not None:
             await self._runner.cleanup()
         self._socket.close()
+        # A fault handler that closes its transport with bytes still buffered leaves the socket
+        # open until the buffer drains, which never happens once the loop stops, and the
+        # transport warns when collected. Abort every transport the loop still tracks
+        # (`_transports` is the selector loop's own map), then let their callbacks run.
+        tracked = getattr(self._loop, "_transports", {})
+        for transport in list(tracked.values()):
+            if transport is not None:
+                transport.abort()
+        await asyncio.sleep(0)

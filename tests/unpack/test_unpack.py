@@ -68,6 +68,21 @@ def test_overlay_twice_reuses_every_layer(store: LayerStore, tmp_path: Path) -> 
     assert first.layers[0].entries == 1
 
 
+def test_overlay_layer_listed_twice(store: LayerStore, tmp_path: Path) -> None:
+    files = [Member(f"d/f{i}", data=os.urandom(4096)) for i in range(2000)]
+    repeated = tar_bytes([Member("d", tarfile.DIRTYPE, mode=0o755), *files])
+    other = tar_bytes([Member("g", data=b"x")])
+    put_image(store, "img", [repeated, other, repeated])
+    report = store.unpack("img", tmp_path / "out")
+    assert [layer.reused for layer in report.layers] == [False, False, True]
+    assert report.layers[0].entries == 2001
+    lowerdir = (tmp_path / "out" / "lowerdir").read_text().strip().split(":")
+    assert lowerdir[0] == lowerdir[2]
+    model = Model()
+    model.apply(repeated)
+    assert scan(Path(lowerdir[0])) == model.entries
+
+
 def test_whiteouts_flatten_and_overlay(store: LayerStore, tmp_path: Path) -> None:
     lower = tar_bytes(
         [

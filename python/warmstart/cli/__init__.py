@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
-from warmstart.cli import calibrate, mirror, prefetch, pull, replay, serve, store, unpack
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
@@ -16,8 +16,23 @@ __all__ = ["console_main", "main"]
 # Long-running commands, which log at info by default.
 SERVICES = frozenset({"serve", "mirror"})
 
+# The module that defines each command, in the order `warmstart --help` lists them. A command
+# imports only its own module, so `warmstart pull` does not load numpy, aiohttp or the engine.
+COMMAND_MODULES = {
+    "pull": "pull",
+    "fetch": "pull",
+    "store": "store",
+    "mirror": "mirror",
+    "prefetch": "prefetch",
+    "serve": "serve",
+    "unpack": "unpack",
+    "replay": "replay",
+    "calibrate": "calibrate",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the parser; with ``argv`` naming a command, only that command's module is loaded."""
     parser = argparse.ArgumentParser(
         prog="warmstart",
         description="Autoscaling for ML inference fleets with fast, verified image pulls.",
@@ -27,20 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    pull.add_parsers(commands)
-    store.add_parser(commands)
-    mirror.add_parser(commands)
-    prefetch.add_parser(commands)
-    serve.add_parser(commands)
-    unpack.add_parser(commands)
-    replay.add_parser(commands)
-    calibrate.add_parser(commands)
+    command = chosen_command(argv)
+    if command is None:
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    else:
+        modules = [COMMAND_MODULES[command]]
+    for name in modules:
+        module = importlib.import_module(f"warmstart.cli.{name}")
+        if hasattr(module, "add_parsers"):
+            module.add_parsers(commands)
+        else:
+            module.add_parser(commands)
     return parser
+
+
+def chosen_command(argv: Sequence[str] | None) -> str | None:
+    """Return the command ``argv`` names, or None when it names none (as in ``--help``).
+
+    The top-level options take no value, so the first argument not starting with a dash is the
+    command.
+    """
+    for argument in argv or ():
+        if not argument.startswith("-"):
+            return argument if argument in COMMAND_MODULES else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     arguments = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(arguments.verbose, logging.DEBUG)
     if arguments.command in SERVICES:

@@ -51,7 +51,7 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also unpack the image into DIR, extracting each layer once it is downloaded",
+        help="also unpack the image into DIR, extracting each layer while it downloads",
     )
     add_flatten(parser)
 

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 from warmstart.engine.policy.base import Recommendation
 
+_new_object = object.__new__
+
 STAGES = ("raw", "tolerance", "hold", "stabilization", "rate_limit", "cooldown", "bounds")
 
 
@@ -73,3 +75,61 @@ class Decision:
                 flags += " (floor)"
             lines.append(f"  policy {rec.policy}: {rec.desired}{flags}: {rec.reason}")
         return "\n".join(lines)
+
+
+# Decision's slot descriptors, in field order, for ``build_decision``.
+_DECISION_SLOTS = tuple(
+    getattr(Decision, name).__set__
+    for name in (
+        "endpoint",
+        "at",
+        "current",
+        "desired",
+        "policy",
+        "reason",
+        "stages",
+        "recommendations",
+        "prefetch",
+    )
+)
+
+
+def build_decision(
+    endpoint: str,
+    at: float,
+    current: int,
+    desired: int,
+    policy: str | None,
+    reason: str,
+    stages: tuple[Stage, ...],
+    recommendations: tuple[Recommendation, ...],
+) -> Decision:
+    """Return ``Decision(endpoint, at, ..., recommendations)`` with ``prefetch`` False.
+
+    The engine builds one decision per endpoint per evaluation. Setting the slots directly
+    skips the frozen dataclass ``__init__``, which sets each field through
+    ``object.__setattr__``; with timeit on CPython 3.11 this took half as long. A test checks
+    that it equals the constructor's result and sets every field.
+    """
+    decision = _new_object(Decision)
+    (
+        set_endpoint,
+        set_at,
+        set_current,
+        set_desired,
+        set_policy,
+        set_reason,
+        set_stages,
+        set_recommendations,
+        set_prefetch,
+    ) = _DECISION_SLOTS
+    set_endpoint(decision, endpoint)
+    set_at(decision, at)
+    set_current(decision, current)
+    set_desired(decision, desired)
+    set_policy(decision, policy)
+    set_reason(decision, reason)
+    set_stages(decision, stages)
+    set_recommendations(decision, recommendations)
+    set_prefetch(decision, False)
+    return decision

@@ -19,15 +19,16 @@ import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery, group_reduce
-from warmstart.engine.behavior import BehaviorState, DecisionContext, decide
+from warmstart.engine.aggregate import Aggregation, Observation
+from warmstart.engine.batch import QueryKey, WindowResults, observe
+from warmstart.engine.behavior import longest_rate_period_s, run_stages
 from warmstart.engine.clock import Clock, WallClock
 from warmstart.engine.decision import Decision
 from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
@@ -36,10 +37,11 @@ from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Capacity, PolicyInputs
 from warmstart.engine.policy.predictive import LoadHistory, Predictive
 from warmstart.engine.policy.target_tracking import TargetTracking
+from warmstart.engine.runtime import EndpointRuntime
 from warmstart.engine.samples import RejectCounter, RejectReason, Sample
 from warmstart.engine.series import IngestConfig, SeriesStore
-from warmstart.engine.spec import EndpointSpec, MetricKind, MetricSpec
-from warmstart.engine.window import Statistic
+from warmstart.engine.spec import EndpointSpec, MetricKind
+from warmstart.engine.tracking_groups import TrackingGroups
 
 logger = logging.getLogger("warmstart.engine")
 
@@ -51,11 +53,6 @@ PrefetchHook = Callable[[Decision], object]
 _BUCKET_ROUNDING = 16
 # Scalar samples are buffered and ingested as one batch at this size or before an evaluation.
 _BUFFER_SIZE = 8192
-
-_QueryKey = tuple[int, Statistic, float, float | None]
-# Per-group sums and reporting counts of one window query, as Python lists: one ``tolist()``
-# per pass is cheaper than reading a numpy scalar per endpoint.
-_GroupSums = tuple[list[float], list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,55 +73,6 @@ class EndpointState:
     time_to_ready_s: float | None
     last_decision: Decision | None
     policy_states: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    spec: EndpointSpec
-    index: int
-    table_id: int
-    group_base: int
-    restart_hold_s: float
-    queries: tuple[WindowQuery, ...]
-    # Ids of the engine's distinct window queries (``Engine._query_keys``) that this endpoint
-    # reads. Integer ids keep the per-pass bookkeeping free of tuple and enum hashing.
-    query_ids: frozenset[int]
-    metric_index: dict[str, int]
-    # Per query: the query, its query id, its (endpoint, metric) group and the metric spec.
-    plan: list[tuple[WindowQuery, int, int, MetricSpec]]
-    # When every policy is a TargetTracking: each policy and the plan position of its query.
-    # Target tracking is stateless and reads only its observation and the current capacity, so
-    # these endpoints skip building PolicyInputs.
-    tracking: tuple[tuple[TargetTracking, int], ...] | None
-    instances: InstanceTracker
-    policy_states: list[Any]
-    behavior_state: BehaviorState = field(default_factory=BehaviorState)
-    requested: int = 0
-    next_due: float | None = None
-    zero_since: float | None = None
-    last_decision: Decision | None = None
-    last_prefetch: float | None = None
-    # Capacity depends only on ``requested`` and the instance tracker, so it is kept until
-    # either changes; ``invalidate_capacity`` must follow every change to them.
-    cached_capacity: Capacity | None = None
-
-    def capacity(self) -> Capacity:
-        cached = self.cached_capacity
-        if cached is not None:
-            return cached
-        tracker = self.instances
-        if not tracker.seen_event:
-            cached = Capacity(self.requested, self.requested, 0, tracker.time_to_ready_s)
-        else:
-            ready = tracker.ready
-            starting = tracker.starting
-            pending = starting + max(0, self.requested - ready - starting)
-            cached = Capacity(ready + pending, ready, pending, tracker.time_to_ready_s)
-        self.cached_capacity = cached
-        return cached
-
-    def invalidate_capacity(self) -> None:
-        self.cached_capacity = None
 
 
 class Engine:
@@ -192,11 +140,12 @@ class Engine:
         self._queue_size = queue_size
         self._subscribers: list[asyncio.Queue[Decision | None]] = []
         self.dropped_decisions = 0
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._ordered: list[_Endpoint] = []
+        self._endpoints: dict[str, EndpointRuntime] = {}
+        self._ordered: list[EndpointRuntime] = []
         self._groups = 0
-        self._query_keys: list[_QueryKey] = []
-        self._query_ids: dict[_QueryKey, int] = {}
+        self._query_keys: list[QueryKey] = []
+        self._query_ids: dict[QueryKey, int] = {}
+        self._tracking_groups = TrackingGroups()
         self._created = len(specs)
         for index, spec in enumerate(specs):
             self._add_endpoint(index, spec)
@@ -218,31 +167,46 @@ class Engine:
         query_ids = [
             self._query_id((table_id, q.statistic, q.window_s, q.half_life_s)) for q in queries
         ]
+        plan = [
+            (
+                q,
+                query_id,
+                self._groups + metric_index[q.metric],
+                spec.metrics[metric_index[q.metric]],
+            )
+            for q, query_id in zip(queries, query_ids, strict=True)
+        ]
         tracking = None
+        tracking_rows = None
         # An exact type check, because a subclass may override recommend.
         if all(type(p) is TargetTracking for p in spec.policies):
             tracking = tuple(
                 (p, queries.index(p.query)) for p in spec.policies if isinstance(p, TargetTracking)
             )
-        endpoint = _Endpoint(
+            tracking_rows = tuple(
+                self._tracking_groups.tracking_rows.add(
+                    plan[position][1],
+                    plan[position][2],
+                    policy.target,
+                    plan[position][3].aggregation,
+                    plan[position][3].per_instance,
+                )
+                for policy, position in tracking
+            )
+        endpoint = EndpointRuntime(
             spec=spec,
             index=index,
             table_id=table_id,
             group_base=self._groups,
             restart_hold_s=spec.longest_window_s if hold is None else hold,
+            longest_rate_period_s=longest_rate_period_s(spec.behavior),
             queries=queries,
             query_ids=frozenset(query_ids),
             metric_index=metric_index,
-            plan=[
-                (
-                    q,
-                    query_id,
-                    self._groups + metric_index[q.metric],
-                    spec.metrics[metric_index[q.metric]],
-                )
-                for q, query_id in zip(queries, query_ids, strict=True)
-            ],
+            plan=plan,
             tracking=tracking,
+            tracking_rows=tracking_rows,
+            forecasts=any(isinstance(p, Predictive) for p in spec.policies),
             instances=InstanceTracker(configured_s=spec.time_to_ready_s),
             policy_states=[p.initial_state() for p in spec.policies],
             requested=spec.start_capacity,
@@ -253,7 +217,7 @@ class Engine:
         self._ordered.append(endpoint)
         self._store.watch[index] = endpoint.requested == 0
 
-    def _query_id(self, key: _QueryKey) -> int:
+    def _query_id(self, key: QueryKey) -> int:
         query_id = self._query_ids.get(key)
         if query_id is None:
             query_id = self._query_ids[key] = len(self._query_keys)
@@ -290,6 +254,7 @@ class Engine:
         del self._endpoints[name]
         self._ordered.remove(runtime)
         self._store.forget_endpoint(runtime.index)
+        self._tracking_groups.release(runtime)
         logger.info("endpoint %s removed", name)
 
     @property
@@ -297,7 +262,7 @@ class Engine:
         """Names of the endpoints, in the order given."""
         return tuple(self._endpoints)
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str) -> EndpointRuntime:
         try:
             return self._endpoints[name]
         except KeyError:
@@ -490,7 +455,7 @@ class Engine:
         runtime = self._endpoint(endpoint)
         when = self.clock.now() if at is None else at
         runtime.instances.apply(instance, event, when)
-        runtime.invalidate_capacity()
+        runtime.cached_capacity = None
         store = self._store
         for sid in store.instance_series.get((runtime.index, instance), ()):
             store.ready[sid] = event is InstanceEvent.READY
@@ -545,134 +510,147 @@ class Engine:
             return None
         return min((d for d in dues if d is not None), default=None)
 
-    def _evaluate(self, due: Sequence[_Endpoint], now: float) -> list[Decision]:
+    def _evaluate(self, due: Sequence[EndpointRuntime], now: float) -> list[Decision]:
         self.flush()
         if not due:
             return []
-        observations = self._observe(due, now)
-        # TODO: with load changing every pass, a pass over 1,000 endpoints still takes about
-        # 21 ms (benchmarks/engine_decide.py), mostly building each Decision in Python.
-        # Vectorizing the behavior stages across endpoints would bring it under 20 ms.
-
+        wanted: set[int] = set()
+        for runtime in due:
+            wanted.update(runtime.query_ids)
+        results = observe(self._store, self._query_keys, wanted, self._groups, now)
         # The log level is read once per pass instead of once per changed endpoint.
         log_changes = logger.isEnabledFor(logging.INFO)
-        decisions = []
-        for runtime in due:
-            decision = self._decide(runtime, now, observations, log_changes)
-            decisions.append(decision)
-            interval = runtime.spec.interval_s
-            next_due = runtime.next_due
-            if next_due is None:
-                runtime.next_due = now + interval
-            elif now - next_due < interval:
-                # On schedule, the formula below adds exactly one interval.
-                runtime.next_due = next_due + interval
-            else:
-                runtime.next_due = next_due + interval * max(
-                    1, math.floor((now - next_due) / interval) + 1
-                )
+        decisions = self._decide_all(due, now, results, log_changes)
         if self._callbacks or self._subscribers:
             for decision in decisions:
                 if self._emit_all or decision.changed or decision.prefetch:
                     self._deliver(decision)
         return decisions
 
-    def _observe(self, due: Sequence[_Endpoint], now: float) -> dict[int, _GroupSums]:
-        """Compute each distinct window query of the due endpoints across all their series.
+    def _decide_all(
+        self, due: Sequence[EndpointRuntime], now: float, results: WindowResults, log_changes: bool
+    ) -> list[Decision]:
+        """Decide for each of ``due`` and set when it is due next; return the decisions in order.
 
-        Return the per-group results by query id.
+        Endpoints whose policies are all target tracking are collected into groups and decided
+        together in numpy (``TrackingGroups.decide``). The decisions are those of deciding one
+        endpoint after the other, and only the order of the log lines can differ. The prefetch
+        hook is the only code that may change the engine during a pass, so a group ends before
+        an endpoint that may call it. A group also ends before an endpoint that is already in
+        it, which is decided again from its first decision.
         """
-        store = self._store
-        results: dict[int, _GroupSums] = {}
-        wanted_ids: set[int] = set()
-        for runtime in due:
-            wanted_ids.update(runtime.query_ids)
-        wanted: dict[int, list[int]] = {}
-        for query_id in sorted(wanted_ids):
-            wanted.setdefault(self._query_keys[query_id][0], []).append(query_id)
-        # Per table: stale or missing series and fresh series of ready instances, per group.
-        self._freshness: dict[int, tuple[list[int], list[int]]] = {}
-        for table_id, query_ids in wanted.items():
-            sids = store.table_series(table_id)
-            groups = store.group[sids]
-            fresh = (now - store.last_ts[sids] <= store.stale_after_s[sids]) & store.active[sids]
-            seen = np.isfinite(store.last_ts[sids]) & store.active[sids]
-            stale = np.bincount(groups, weights=seen & ~fresh, minlength=self._groups)
-            fresh_ready = np.bincount(
-                groups, weights=fresh & store.ready[sids], minlength=self._groups
+        decisions: list[Decision | None] = [None] * len(due)
+        group: list[int] = []
+        members: set[int] = set()
+
+        def decide_one(runtime: EndpointRuntime) -> Decision:
+            return self._decide(runtime, now, results, log_changes)
+
+        def apply(runtime: EndpointRuntime, decision: Decision) -> None:
+            self._apply(runtime, decision, log_changes)
+
+        def decide_group() -> None:
+            if not group:
+                return
+            endpoints = [due[position] for position in group]
+            last_active = self._store.last_active
+            decided = self._tracking_groups.decide(
+                endpoints, now, results, last_active, decide_one, apply
             )
-            self._freshness[table_id] = (
-                stale.astype(np.int64).tolist(),
-                fresh_ready.astype(np.int64).tolist(),
+            for position, decision in zip(group, decided, strict=True):
+                decisions[position] = decision
+                self._schedule(due[position], now)
+            group.clear()
+            members.clear()
+
+        # ``run_rows`` stores times as floats with NaN for None, so it needs a finite time.
+        groups_allowed = math.isfinite(now)
+        for position, runtime in enumerate(due):
+            if groups_allowed and runtime.tracking is not None:
+                if runtime.index in members:
+                    decide_group()
+                group.append(position)
+                members.add(runtime.index)
+                continue
+            if self._prefetch is not None and runtime.forecasts:
+                decide_group()
+            decisions[position] = self._decide(runtime, now, results, log_changes)
+            self._schedule(runtime, now)
+        decide_group()
+        return [decision for decision in decisions if decision is not None]
+
+    @staticmethod
+    def _schedule(runtime: EndpointRuntime, now: float) -> None:
+        """Set when the endpoint is due next, after a decision at ``now``."""
+        interval = runtime.spec.interval_s
+        next_due = runtime.next_due
+        if next_due is None:
+            runtime.next_due = now + interval
+        elif now - next_due < interval:
+            # On schedule, the formula below adds exactly one interval.
+            runtime.next_due = next_due + interval
+        else:
+            runtime.next_due = next_due + interval * max(
+                1, math.floor((now - next_due) / interval) + 1
             )
-            for query_id in query_ids:
-                _, statistic, window_s, half_life_s = self._query_keys[query_id]
-                values = store.window(table_id, statistic, window_s, half_life_s, now)
-                use = fresh & ~np.isnan(values)
-                sums, counts = group_reduce(groups, np.nan_to_num(values), use, self._groups)
-                results[query_id] = (
-                    sums.tolist(),
-                    counts.tolist(),
-                )
-        return results
 
     def _decide(
-        self,
-        runtime: _Endpoint,
-        now: float,
-        results: dict[int, _GroupSums],
-        log_changes: bool,
+        self, runtime: EndpointRuntime, now: float, results: WindowResults, log_changes: bool
     ) -> Decision:
+        """Decide for one endpoint with ``run_stages``."""
         spec = runtime.spec
         capacity = runtime.capacity()
-        observed = self._observations(runtime, capacity, results)
-        recommendations = []
+        current = capacity.current
         if runtime.tracking is not None:
-            for tracking, position in runtime.tracking:
-                recommendations.append(
-                    tracking.recommend_observed(observed[position], capacity.current)
-                )
+            observed = self._observations(runtime, capacity, results)
+            recommendations = [
+                tracking.recommend_observed(observed[plan_position], current)
+                for tracking, plan_position in runtime.tracking
+            ]
         else:
+            observed = self._observations(runtime, capacity, results)
             inputs = PolicyInputs(now, capacity, dict(zip(runtime.queries, observed, strict=True)))
             states = runtime.policy_states
+            recommendations = []
             for position, policy in enumerate(spec.policies):
                 recommendation, states[position] = policy.recommend(inputs, states[position])
                 recommendations.append(recommendation)
 
-        started = runtime.behavior_state.started_at
+        state = self._tracking_groups.take_state(runtime)
+        started = state.started_at
         # Read per endpoint, not once per pass: a prefetch hook may ingest samples mid-pass.
         active_at = float(self._store.last_active[runtime.index])
         idle_since = max(active_at, started if started is not None else now)
-        woken = (
-            capacity.current == 0
-            and runtime.zero_since is not None
-            and active_at > runtime.zero_since
-        )
-        context = DecisionContext(
+        zero_since = runtime.zero_since
+        woken = current == 0 and zero_since is not None and active_at > zero_since
+        decision = run_stages(
+            spec.behavior,
+            runtime.longest_rate_period_s,
+            state,
             spec.name,
             now,
-            capacity,
+            current,
             spec.min_capacity,
             spec.max_capacity,
             runtime.restart_hold_s,
             now - idle_since,
             woken,
+            recommendations,
         )
-        decision = decide(spec.behavior, runtime.behavior_state, context, recommendations)
         if self._prefetch is not None:
             decision = self._maybe_prefetch(runtime, decision, capacity, self._prefetch)
         self._apply(runtime, decision, log_changes)
         return decision
 
     def _observations(
-        self, runtime: _Endpoint, capacity: Capacity, results: dict[int, _GroupSums]
+        self, runtime: EndpointRuntime, capacity: Capacity, results: WindowResults
     ) -> list[Observation]:
         """Return the observation of each of the endpoint's queries, in plan order."""
-        stale, fresh_ready = self._freshness[runtime.table_id]
+        stale, fresh_ready = results.freshness_lists()
         tracked = runtime.instances.seen_event
         observed = []
         for _, query_id, group, metric in runtime.plan:
-            sums, counts = results[query_id]
+            sums, counts = results.query_lists(query_id)
             reporting = counts[group]
             missing = stale[group]
             if metric.per_instance and tracked:
@@ -686,7 +664,7 @@ class Engine:
         return observed
 
     def _maybe_prefetch(
-        self, runtime: _Endpoint, decision: Decision, capacity: Capacity, hook: PrefetchHook
+        self, runtime: EndpointRuntime, decision: Decision, capacity: Capacity, hook: PrefetchHook
     ) -> Decision:
         current = capacity.current
         expects_more = self._forecast_exceeds(runtime, decision, capacity)
@@ -706,7 +684,9 @@ class Engine:
             logger.exception("prefetch hook %r failed for %s", hook, decision.endpoint)
         return decision
 
-    def _forecast_exceeds(self, runtime: _Endpoint, decision: Decision, capacity: Capacity) -> bool:
+    def _forecast_exceeds(
+        self, runtime: EndpointRuntime, decision: Decision, capacity: Capacity
+    ) -> bool:
         """Return whether a predictive policy expects more than the current capacity, at its
         own horizon or, with a prefetch lead, that much further ahead."""
         pairs = zip(runtime.spec.policies, decision.recommendations, strict=True)
@@ -723,20 +703,22 @@ class Engine:
                     return True
         return False
 
-    def _apply(self, runtime: _Endpoint, decision: Decision, log_changes: bool) -> None:
+    def _apply(self, runtime: EndpointRuntime, decision: Decision, log_changes: bool) -> None:
         runtime.last_decision = decision
         desired = decision.desired
         if log_changes and desired != decision.current:
             logger.info("endpoint %s: %s", decision.endpoint, decision.reason)
+        at_zero = desired == 0
         if runtime.requested != desired:
             runtime.requested = desired
-            runtime.invalidate_capacity()
-        at_zero = desired == 0
-        if at_zero and runtime.zero_since is None:
-            runtime.zero_since = decision.at
-        elif not at_zero:
+            runtime.cached_capacity = None
+            # ``watch`` marks the endpoints whose requested capacity is zero.
+            self._store.watch[runtime.index] = at_zero
+        if at_zero:
+            if runtime.zero_since is None:
+                runtime.zero_since = decision.at
+        else:
             runtime.zero_since = None
-        self._store.watch[runtime.index] = at_zero
 
     def _deliver(self, decision: Decision) -> None:
         for callback in self._callbacks:

@@ -427,8 +427,8 @@ impl PyLayerStore {
         Ok(report.into())
     }
 
-    /// Pulls an image and unpacks it into `target`, extracting each layer as soon as its blob
-    /// is committed; blocks until it ends and returns `(PullReport, UnpackReport)`.
+    /// Pulls an image and unpacks it into `target`, extracting each layer while its blob
+    /// downloads; blocks until it ends and returns `(PullReport, UnpackReport)`.
     #[pyo3(signature = (
         reference, target, *, flatten=false, platform=None, connections=8,
         chunk_size=16777216, tag=None, insecure_registries=Vec::new(),

@@ -368,6 +368,38 @@ fn directory_replaced_by_symlink_stays_inside() {
     }
 }
 
+/// Entries created inside a setgid directory take that directory's group. Unpack skips the
+/// `chown` of an entry whose owner is already the process's, so the staging directories it
+/// creates in a setgid target must not inherit the bit. Checked only as root, which keeps
+/// owners.
+#[test]
+fn setgid_target_keeps_entry_groups() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let (directory, store) = setup();
+    let layer = tar_of(&[
+        Entry::Dir("d/", 0o755),
+        Entry::File("d/file", b"owned by 0:0", 0o644),
+    ]);
+    put_image(&store, "img", &[(layer, GZIP)]);
+    for (layout, options) in [("rootfs", flatten()), ("overlay", overlay())] {
+        let target = directory.path().join(format!("out-{layout}"));
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::chown(&target, None, Some(4321)).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o2755)).unwrap();
+        let report = unpack::unpack(&store, "img", &target, &options).unwrap();
+        let root = match layout {
+            "rootfs" => target.join("rootfs"),
+            _ => target.join("layers").join(report.layers[0].diff_id.hex()),
+        };
+        for path in [root.join("d"), root.join("d/file")] {
+            let gid = fs::symlink_metadata(&path).unwrap().gid();
+            assert_eq!(gid, 0, "{layout}: {}", path.display());
+        }
+    }
+}
+
 #[test]
 fn hardlink_through_symlink_stays_inside() {
     let (directory, store) = setup();

@@ -6,9 +6,9 @@ import math
 
 # Float error can push an exact quotient such as 0.3 / 0.1 just above an integer; ceil must not
 # add an instance for it.
-_EPSILON = 1e-9
+EPSILON = 1e-9
 
 
 def ceil_count(x: float) -> int:
     """Return ``ceil(x)`` for an instance count, ignoring float error below 1e-9."""
-    return max(0, math.ceil(x - _EPSILON))
+    return max(0, math.ceil(x - EPSILON))

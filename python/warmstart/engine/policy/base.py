@@ -69,6 +69,57 @@ class Recommendation:
     usage_ratio: float | None = None
 
 
+_new_object = object.__new__
+# Recommendation's slot descriptors, in field order, for ``build_recommendation``.
+_RECOMMENDATION_SLOTS = tuple(
+    getattr(Recommendation, name).__set__
+    for name in (
+        "policy",
+        "desired",
+        "valid",
+        "reason",
+        "scale_down_allowed",
+        "floor_only",
+        "usage_ratio",
+    )
+)
+
+
+def build_recommendation(
+    policy: str,
+    desired: int,
+    valid: bool,
+    reason: str,
+    scale_down_allowed: bool,
+    floor_only: bool,
+    usage_ratio: float | None,
+) -> Recommendation:
+    """Return ``Recommendation(policy, ..., usage_ratio)``, built without its ``__init__``.
+
+    Setting the slots directly skips the frozen dataclass ``__init__``, which sets each field
+    through ``object.__setattr__``; the engine builds one per target-tracking policy per
+    evaluation. A test checks that it equals the constructor's result and sets every field.
+    """
+    recommendation = _new_object(Recommendation)
+    (
+        set_policy,
+        set_desired,
+        set_valid,
+        set_reason,
+        set_scale_down_allowed,
+        set_floor_only,
+        set_usage_ratio,
+    ) = _RECOMMENDATION_SLOTS
+    set_policy(recommendation, policy)
+    set_desired(recommendation, desired)
+    set_valid(recommendation, valid)
+    set_reason(recommendation, reason)
+    set_scale_down_allowed(recommendation, scale_down_allowed)
+    set_floor_only(recommendation, floor_only)
+    set_usage_ratio(recommendation, usage_ratio)
+    return recommendation
+
+
 class Policy(abc.ABC):
     """Base class of scaling policies. Subclasses are frozen dataclasses."""
 

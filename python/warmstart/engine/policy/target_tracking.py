@@ -18,7 +18,12 @@ from typing import Any
 from warmstart.engine.aggregate import Aggregation, Observation, WindowQuery
 from warmstart.engine.errors import EngineConfigError
 from warmstart.engine.policy._util import ceil_count
-from warmstart.engine.policy.base import Policy, PolicyInputs, Recommendation
+from warmstart.engine.policy.base import (
+    Policy,
+    PolicyInputs,
+    Recommendation,
+    build_recommendation,
+)
 from warmstart.engine.window import Statistic
 
 
@@ -46,8 +51,15 @@ class TargetTracking(Policy):
         except ValueError as error:
             raise EngineConfigError(str(error)) from error
         object.__setattr__(self, "_query", query)
-        # Every reason names the query, so its label is formatted once here.
-        object.__setattr__(self, "_description", query.describe())
+        # Every reason names the query and the target, so their text is formatted once here.
+        description = query.describe()
+        object.__setattr__(self, "_description", description)
+        object.__setattr__(
+            self,
+            "_reason_heads",
+            {a: f"{description}, {a.value} over " for a in Aggregation},
+        )
+        object.__setattr__(self, "_target_text", f"{self.target:g}")
         if not self.name:
             object.__setattr__(self, "name", f"target_tracking({self.metric})")
 
@@ -71,12 +83,9 @@ class TargetTracking(Policy):
         else, so the engine calls this directly and skips building ``PolicyInputs``.
         """
         total = observation.total
-        description: str = getattr(self, "_description")  # noqa: B009
-        if total is None:
-            reason = f"no fresh {description} data"
-            if observation.stale:
-                reason += f" ({observation.stale} series stale or missing)"
-            return Recommendation(self.name, current, False, reason, False)
+        value = observation.value
+        if total is None or value is None:
+            return self.no_data(observation.stale, current)
 
         # Load used for each direction: see the module docstring for the MEAN rule.
         load_up = total
@@ -95,13 +104,53 @@ class TargetTracking(Policy):
             desired, load = current, total
 
         ratio = load / (current * self.target) if current > 0 else None
-        reason = (
-            f"{description}, {observation.aggregation.value} over "
-            f"{observation.reporting} instance(s) = {observation.value:.4g}; load {load:.4g} "
-            f"vs target {self.target:g} per instance -> {desired} (current {current})"
+        return self.with_data(
+            value,
+            observation.reporting,
+            observation.stale,
+            observation.aggregation,
+            load,
+            desired,
+            current,
+            ratio,
         )
-        if observation.stale:
-            reason += f"; {observation.stale} series stale or missing, scale-down blocked"
-        # Positional, in field order: policy, desired, valid, reason, scale_down_allowed,
-        # floor_only, usage_ratio. The engine builds one per endpoint per evaluation.
-        return Recommendation(self.name, desired, True, reason, observation.complete, False, ratio)
+
+    # ``no_data`` and ``with_data`` build the recommendation from numbers already computed.
+    # ``recommend_observed`` and the engine's batch path (warmstart.engine.batch) share them,
+    # so both give equal reasons.
+
+    def no_data(self, stale: int, current: int) -> Recommendation:
+        """Return the invalid recommendation for a window without fresh data."""
+        description: str = getattr(self, "_description")  # noqa: B009
+        reason = f"no fresh {description} data"
+        if stale:
+            reason += f" ({stale} series stale or missing)"
+        return build_recommendation(self.name, current, False, reason, False, False, None)
+
+    def with_data(
+        self,
+        value: float,
+        reporting: int,
+        stale: int,
+        aggregation: Aggregation,
+        load: float,
+        desired: int,
+        current: int,
+        ratio: float | None,
+    ) -> Recommendation:
+        """Return the valid recommendation for an observed ``value`` and the ``desired`` it gives.
+
+        ``load`` is the total load that set ``desired`` and ``ratio`` the usage ratio.
+        """
+        heads: dict[Aggregation, str] = getattr(self, "_reason_heads")  # noqa: B009
+        target_text: str = getattr(self, "_target_text")  # noqa: B009
+        value_text = f"{value:.4g}"
+        # Equal nonzero floats format alike; zeros differ in sign, so they are formatted apart.
+        load_text = value_text if load == value and value else f"{load:.4g}"
+        reason = (
+            f"{heads[aggregation]}{reporting} instance(s) = {value_text}; load {load_text} "
+            f"vs target {target_text} per instance -> {desired} (current {current})"
+        )
+        if stale:
+            reason += f"; {stale} series stale or missing, scale-down blocked"
+        return build_recommendation(self.name, desired, True, reason, stale == 0, False, ratio)

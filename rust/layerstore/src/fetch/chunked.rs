@@ -6,7 +6,8 @@
 //! the blob is fetched as one stream from byte 0, and no full body is ever spliced into a chunk.
 //! Bytes are written at their offset in the preallocated partial file. A hashing task reads the
 //! contiguous prefix back from the file as it grows, so verification overlaps the download and
-//! the digest covers exactly the bytes on disk.
+//! the digest covers exactly the bytes on disk. A subscriber to [`Progress`] gets the same
+//! prefix as a [`BlobStream`], to consume each blob while it downloads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -15,13 +16,14 @@ use std::time::Instant;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use url::Url;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
 use crate::fetch::ranges::RangeSet;
+use crate::fetch::stream::{BlobStream, Prefix, PrefixGuard};
 use crate::reference::Reference;
 use crate::registry::error::{PullError, RequestContext};
 use crate::registry::{backoff, RegistryClient};
@@ -92,20 +94,48 @@ pub struct Progress {
     pub reused_bytes: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_done: AtomicU64,
-    /// Blobs committed or found in the store so far, with their media types, in that order, so
-    /// a consumer (unpack during a pull) can start on each one before the pull ends.
-    pub committed: Mutex<Vec<(Digest, String)>>,
-    /// Notified (`notify_waiters`) whenever `committed` grows.
-    pub committed_changed: Notify,
+    /// The sender of [`PullEvent`]s, set by [`Progress::subscribe`].
+    events: Mutex<Option<mpsc::UnboundedSender<PullEvent>>>,
+}
+
+/// An event of a pull, sent to a subscriber as it happens, so the subscriber (unpack during a
+/// pull) can start on each blob before the pull ends.
+#[derive(Debug)]
+pub enum PullEvent {
+    /// The image manifest the pull resolved to, sent before any of its blobs is fetched.
+    Manifest { digest: Digest, bytes: Vec<u8> },
+    /// A blob's download started; the stream reads its bytes as they arrive.
+    Started(BlobStream),
+    /// A blob is in the store, committed by this pull or found there.
+    Committed { digest: Digest, media_type: String },
 }
 
 impl Progress {
+    /// Returns a receiver of the events of every pull that uses this progress from now on,
+    /// replacing an earlier subscriber. Without a subscriber no event is built.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PullEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.events.lock().expect("not poisoned") = Some(sender);
+        receiver
+    }
+
+    fn is_subscribed(&self) -> bool {
+        let events = self.events.lock().expect("not poisoned");
+        events.as_ref().is_some_and(|sender| !sender.is_closed())
+    }
+
+    pub(crate) fn send(&self, event: PullEvent) {
+        if let Some(sender) = self.events.lock().expect("not poisoned").as_ref() {
+            // A subscriber that stopped listening needs no events.
+            let _ = sender.send(event);
+        }
+    }
+
     fn record_committed(&self, digest: &Digest, media_type: &str) {
-        self.committed
-            .lock()
-            .expect("not poisoned")
-            .push((digest.clone(), media_type.to_owned()));
-        self.committed_changed.notify_waiters();
+        self.send(PullEvent::Committed {
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
+        });
     }
 }
 
@@ -230,6 +260,8 @@ impl Fetcher {
         progress
             .reused_bytes
             .fetch_add(done.covered(), Ordering::Relaxed);
+        // Marks the stream failed if this future ends without a commit, even by being dropped.
+        let guard = PrefixGuard(announce_stream(&job, &partial, &done, &progress)?);
         let download = Arc::new(Download {
             fetcher: Arc::clone(&self),
             job,
@@ -245,6 +277,7 @@ impl Fetcher {
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
             syncing: Arc::new(AtomicBool::new(false)),
+            prefix: guard.0.clone(),
         });
 
         // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
@@ -264,6 +297,7 @@ impl Fetcher {
             .await
             .expect("commit does not panic");
         let committed = outcome?;
+        guard.commit();
         progress.blobs_done.fetch_add(1, Ordering::Relaxed);
         progress.record_committed(&committed.digest, &media_type);
         Ok(BlobReport {
@@ -277,6 +311,29 @@ impl Fetcher {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Sends a [`PullEvent::Started`] for a blob whose partial file is open, when the pull has a
+/// subscriber; returns the prefix the download must advance.
+fn announce_stream(
+    job: &BlobJob,
+    partial: &PartialBlob,
+    done: &RangeSet,
+    progress: &Progress,
+) -> Result<Option<Arc<Prefix>>, PullError> {
+    if !progress.is_subscribed() {
+        return Ok(None);
+    }
+    let prefix = Prefix::new(done.contiguous_end());
+    let stream = BlobStream::new(
+        job.digest.clone(),
+        job.media_type.clone(),
+        job.size,
+        partial.sync_handle()?,
+        Arc::clone(&prefix),
+    );
+    progress.send(PullEvent::Started(stream));
+    Ok(Some(prefix))
 }
 
 /// A task handle that aborts its task when dropped.
@@ -309,6 +366,8 @@ struct Download {
     requests: AtomicU32,
     /// True while a background flush of the partial file runs.
     syncing: Arc<AtomicBool>,
+    /// The contiguous written prefix announced to a subscriber, if the pull has one.
+    prefix: Option<Arc<Prefix>>,
 }
 
 /// The kind of response a range probe received.
@@ -376,6 +435,9 @@ impl Download {
             return false;
         }
         state.done.insert(start, end);
+        if let Some(prefix) = &self.prefix {
+            prefix.advance(state.done.contiguous_end());
+        }
         drop(state);
         self.changed.notify_one();
         true
@@ -386,6 +448,9 @@ impl Download {
         let mut state = self.state.lock().expect("not poisoned");
         state.done.clear();
         state.generation += 1;
+        if let Some(prefix) = &self.prefix {
+            prefix.advance(0);
+        }
         let generation = state.generation;
         drop(state);
         self.changed.notify_one();

@@ -3,6 +3,7 @@
 pub mod chunked;
 pub mod ranges;
 mod single;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,8 @@ use crate::registry::platform::{self, Platform};
 use crate::registry::{RegistryClient, Target};
 use crate::store::{Expected, Store};
 
-pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress};
+pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress, PullEvent};
+pub use stream::{BlobStream, PrefixReader};
 
 /// Settings of one pull.
 #[derive(Clone, Debug, Default)]
@@ -105,6 +107,10 @@ impl Puller {
             });
         }
         let jobs = blob_jobs(&fetched.bytes, &fetched.digest, reference)?;
+        progress.send(PullEvent::Manifest {
+            digest: fetched.digest.clone(),
+            bytes: fetched.bytes.clone(),
+        });
         let blobs = self
             .fetcher
             .fetch_all(jobs, &options.fetch, progress)

@@ -1,6 +1,5 @@
 //! Layer compression: recognised by media type, checked against the blob's first bytes.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::digest::{Digest, Hasher};
@@ -112,7 +111,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-type Compressed = BufReader<HashingReader<File>>;
+type Compressed = BufReader<HashingReader<Box<dyn Read + Send>>>;
 
 /// The decompressed stream of a layer blob, with the compressed bytes counted and, unless
 /// opened with `hash_blob` unset, hashed as they are read.
@@ -127,16 +126,17 @@ impl Decoder {
     /// compression its media type declares. With `hash_blob`, [`Decoder::finish`] returns the
     /// digest of the blob, computed with the algorithm of `layer`.
     pub fn open(
-        file: File,
+        blob: impl Read + Send + 'static,
         layer: &Digest,
         media_type: &str,
         compression: Compression,
         hash_blob: bool,
     ) -> UnpackResult<Decoder> {
+        let blob: Box<dyn Read + Send> = Box::new(blob);
         let hashing = if hash_blob {
-            HashingReader::new(file, layer.algorithm().hasher())
+            HashingReader::new(blob, layer.algorithm().hasher())
         } else {
-            HashingReader::counting(file)
+            HashingReader::counting(blob)
         };
         let mut compressed = BufReader::with_capacity(READ_BUFFER, hashing);
         let head = fill_head(&mut compressed).map_err(|source| UnpackError::InvalidLayer {

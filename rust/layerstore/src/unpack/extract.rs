@@ -66,7 +66,7 @@ pub struct Extracted {
     pub entries: u64,
 }
 
-/// Whether [`extract_layer_with`] hashes the compressed blob.
+/// Whether [`extract_layer`] hashes the compressed blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobCheck {
     /// Hash the blob as it is read; [`Extracted::digest`] is the digest computed.
@@ -78,36 +78,7 @@ pub enum BlobCheck {
     Trusted,
 }
 
-/// Extracts the layer blob `file` into `root`, hashing the blob as it is read
-/// ([`BlobCheck::Hash`]); see [`extract_layer_with`].
-#[allow(clippy::too_many_arguments)]
-pub fn extract_layer(
-    file: File,
-    layer: &Digest,
-    media_type: &str,
-    diff_algorithm: Algorithm,
-    root: &Path,
-    mode: Mode,
-    directories: &mut DeferredDirectories,
-    context: &Context,
-) -> UnpackResult<Extracted> {
-    let target = Target {
-        root,
-        mode,
-        directories,
-        context,
-    };
-    extract_layer_with(
-        file,
-        layer,
-        media_type,
-        diff_algorithm,
-        BlobCheck::Hash,
-        target,
-    )
-}
-
-/// The destination of [`extract_layer_with`] and the settings it extracts with.
+/// The destination of [`extract_layer`] and the settings it extracts with.
 pub struct Target<'a> {
     pub root: &'a Path,
     pub mode: Mode,
@@ -116,8 +87,8 @@ pub struct Target<'a> {
     pub context: &'a Context,
 }
 
-/// Extracts the layer blob `file` into `target.root`. Returns the digest of the blob (see
-/// [`BlobCheck`]) and the `diff_id` of its tar stream, computed with `diff_algorithm`. The
+/// Extracts the layer blob read from `blob` into `target.root`. Returns the digest of the blob
+/// (see [`BlobCheck`]) and the `diff_id` of its tar stream, computed with `diff_algorithm`. The
 /// caller compares both with what it expects before publishing the root.
 ///
 /// Three threads share the work of one layer, so a single large layer keeps two cores busy:
@@ -125,8 +96,8 @@ pub struct Target<'a> {
 /// writes the files. On the gzip layers of the 2 GB benchmark image they took about half, a
 /// sixth and a third of the CPU time (`perf record`, see the Unpack section of
 /// `docs/benchmarks.md`). With two threads, whichever of them also hashed was the slower one.
-pub fn extract_layer_with(
-    file: File,
+pub fn extract_layer(
+    blob: impl Read + Send + 'static,
     layer: &Digest,
     media_type: &str,
     diff_algorithm: Algorithm,
@@ -146,7 +117,7 @@ pub fn extract_layer_with(
         }
     })?;
     let decoder = Decoder::open(
-        file,
+        blob,
         layer,
         media_type,
         compression,

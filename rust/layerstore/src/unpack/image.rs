@@ -44,8 +44,26 @@ pub fn resolve(store: &Store, reference: &str) -> UnpackResult<Image> {
         digest = chosen.digest;
         document = read_json(store, &digest, reference)?;
     }
-    let config: Descriptor = field(&document, "config", reference)?;
-    let layers: Vec<Descriptor> = field(&document, "layers", reference)?;
+    from_document(store, digest, &document, reference)
+}
+
+/// Builds the image of the manifest `bytes` (digest `digest`, not necessarily in the store yet),
+/// reading its config from the store.
+pub fn from_manifest(store: &Store, digest: &Digest, bytes: &[u8]) -> UnpackResult<Image> {
+    let reference = digest.to_string();
+    let document = parse_json(bytes, digest, &reference)?;
+    from_document(store, digest.clone(), &document, &reference)
+}
+
+/// Builds the image of a parsed image manifest, reading its config from the store.
+fn from_document(
+    store: &Store,
+    digest: Digest,
+    document: &Value,
+    reference: &str,
+) -> UnpackResult<Image> {
+    let config: Descriptor = field(document, "config", reference)?;
+    let layers: Vec<Descriptor> = field(document, "layers", reference)?;
     let config_document = read_json(store, &config.digest, reference)?;
     let diff_ids: Vec<Digest> = config_document
         .get("rootfs")
@@ -89,9 +107,13 @@ fn read_json(store: &Store, digest: &Digest, reference: &str) -> UnpackResult<Va
         ));
     }
     let bytes = store.read_range(digest, 0, None)?;
-    let value: Value = serde_json::from_slice(&bytes)
+    parse_json(&bytes, digest, reference)
+}
+
+fn parse_json(bytes: &[u8], digest: &Digest, reference: &str) -> UnpackResult<Value> {
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|error| invalid(reference, format!("blob {digest} is not JSON: {error}")))?;
-    if manifest::media_type_of(&bytes).is_some_and(|media_type| media_type.contains("artifact")) {
+    if manifest::media_type_of(bytes).is_some_and(|media_type| media_type.contains("artifact")) {
         return Err(invalid(
             reference,
             format!("{digest} is an artifact, not an image"),

@@ -20,12 +20,15 @@ pub mod metadata;
 pub mod path;
 pub mod pull;
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::digest::Digest;
+use crate::error::StoreError;
 use crate::store::Store;
 
 use bundle::Flusher;
@@ -56,9 +59,10 @@ pub struct LayerReport {
     pub uncompressed_bytes: u64,
     /// Tar entries extracted; 0 when the layer was already unpacked.
     pub entries: u64,
-    /// True when an earlier run had already published this layer.
+    /// True when the layer's directory was published before: by an earlier run, or for a
+    /// layer the image lists twice, at its first position.
     pub reused: bool,
-    /// Seconds spent extracting this layer.
+    /// Seconds spent extracting this layer, including waits for its bytes during a pull.
     pub seconds: f64,
 }
 
@@ -74,6 +78,8 @@ pub struct UnpackReport {
     pub layers: Vec<LayerReport>,
     /// Metadata that could not be kept, one line per kind of loss.
     pub warnings: Vec<String>,
+    /// Wall time. For a pull with overlapped unpack, from the start of the first extraction
+    /// during the pull to the end.
     pub seconds: f64,
 }
 
@@ -113,14 +119,7 @@ pub(crate) fn unpack_image_with(
     context: Context,
 ) -> UnpackResult<UnpackReport> {
     let started = Instant::now();
-    bundle.claim(&Record {
-        manifest: image.manifest_digest.clone(),
-        layers: image
-            .layers
-            .iter()
-            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
-            .collect(),
-    })?;
+    claim(bundle, image)?;
     bundle.remove_partials()?;
     let (mode, result, layers) = if options.flatten {
         let layers = flatten(store, image, bundle, &context)?;
@@ -151,6 +150,18 @@ pub(crate) fn unpack_image_with(
     Ok(report)
 }
 
+/// Checks that `bundle` belongs to `image`, recording the image in it if it is new.
+pub(crate) fn claim(bundle: &Bundle, image: &Image) -> UnpackResult<()> {
+    bundle.claim(&Record {
+        manifest: image.manifest_digest.clone(),
+        layers: image
+            .layers
+            .iter()
+            .map(|layer| (layer.digest.clone(), layer.diff_id.clone()))
+            .collect(),
+    })
+}
+
 /// A layer extracted and verified in its staging directory, not yet published.
 struct Staged {
     staging: PathBuf,
@@ -171,13 +182,22 @@ fn overlay(
     let complete = bundle.lowerdir_path().exists();
     let mut order: Vec<usize> = (0..image.layers.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(image.layers[index].size));
+    // A layer listed twice is extracted once, because both extractions would use one staging
+    // directory; its other positions report it as reused.
+    let mut first: HashMap<&Digest, usize> = HashMap::new();
+    for (index, layer) in image.layers.iter().enumerate() {
+        first.entry(&layer.diff_id).or_insert(index);
+    }
     let flusher = Flusher::start(bundle.root())?;
     let results = run_largest_first(&order, |index| {
         let layer = &image.layers[index];
-        if complete || bundle.layer_path(&layer.diff_id).is_dir() {
+        let repeated = first[&layer.diff_id] != index;
+        if complete || repeated || bundle.layer_path(&layer.diff_id).is_dir() {
             Ok(None)
         } else {
-            overlay_layer(store, layer, bundle, context).map(Some)
+            let blob = store.open_blob(&layer.digest)?;
+            let key = layer.diff_id.hex();
+            stage_layer(blob, layer, bundle, context, key, BlobCheck::Trusted).map(Some)
         }
     });
     drop(flusher);
@@ -238,22 +258,42 @@ fn run_largest_first<T: Send>(
     results.into_inner().expect("not poisoned")
 }
 
-/// Extracts one layer into a staging directory and verifies it, for publishing under its diff_id.
-fn overlay_layer(
-    store: &Store,
+/// Extracts one layer read from `blob` into the staging directory `staging_key` and publishes
+/// it under its diff_id once the digest read and the diff_id both match `layer`. On any error
+/// the staging directory is removed and nothing is published. The blob is hashed as it is read,
+/// because a pull streams it from a partial download that the store has not verified yet.
+pub(crate) fn overlay_layer_from(
+    blob: impl Read + Send + 'static,
     layer: &Layer,
     bundle: &Bundle,
     context: &Context,
+    staging_key: &str,
+) -> UnpackResult<LayerReport> {
+    let staged = stage_layer(blob, layer, bundle, context, staging_key, BlobCheck::Hash)?;
+    bundle.publish(&staged.staging, &staged.published)?;
+    Ok(staged.report)
+}
+
+/// Extracts one layer read from `blob` into the staging directory `staging_key` and checks it
+/// against `layer`, for publishing under its diff_id. On any error the staging directory is
+/// removed.
+fn stage_layer(
+    blob: impl Read + Send + 'static,
+    layer: &Layer,
+    bundle: &Bundle,
+    context: &Context,
+    staging_key: &str,
+    blob_check: BlobCheck,
 ) -> UnpackResult<Staged> {
     let started = Instant::now();
-    let staging = bundle.layer_staging(layer.diff_id.hex())?;
+    let staging = bundle.layer_staging(staging_key)?;
     let mut directories = DeferredDirectories::new();
-    let extracted = extract::extract_layer_with(
-        store.open_blob(&layer.digest)?,
+    let extracted = extract::extract_layer(
+        blob,
         &layer.digest,
         &layer.media_type,
         layer.diff_id.algorithm(),
-        BlobCheck::Trusted,
+        blob_check,
         Target {
             root: &staging,
             mode: Mode::Overlay,
@@ -298,7 +338,7 @@ fn flatten(
     // extraction of the same layer overlap.
     for layer in &image.layers {
         let started = Instant::now();
-        let extracted = extract::extract_layer_with(
+        let extracted = extract::extract_layer(
             store.open_blob(&layer.digest)?,
             &layer.digest,
             &layer.media_type,
@@ -326,9 +366,17 @@ fn flatten(
     Ok(reports)
 }
 
-/// Checks the diff_id of an extracted layer against the config. The blob is not hashed again
-/// ([`BlobCheck::Trusted`]): the store checked its digest before storing it.
+/// Checks the digests of an extracted layer against the manifest and the config. With
+/// [`BlobCheck::Trusted`] the blob digest is the layer's own, so only the diff_id is compared.
 fn check(layer: &Layer, extracted: Extracted) -> UnpackResult<Extracted> {
+    if extracted.digest != layer.digest {
+        return Err(StoreError::DigestMismatch {
+            expected: layer.digest.clone(),
+            actual: extracted.digest,
+            bytes: extracted.compressed_bytes,
+        }
+        .into());
+    }
     if extracted.diff_id != layer.diff_id {
         return Err(UnpackError::DiffIdMismatch {
             layer: layer.digest.clone(),

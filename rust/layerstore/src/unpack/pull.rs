@@ -1,29 +1,45 @@
-//! Pull with overlapped unpack: each layer is extracted as soon as the pull commits its blob,
-//! while the other blobs still download.
+//! Pull with overlapped unpack: each layer extracts while its bytes download.
 //!
-//! Layers extracted early are published under the diff_id computed while extracting them, so
-//! their names are right whatever image they belong to. Once the pull ends, [`unpack_image`]
-//! matches them against the config's diff_ids, extracts whatever is still missing and writes
+//! The pull reports its manifest, each blob whose download starts (with a [`BlobStream`] on
+//! its partial file) and each blob it commits or finds in the store. Once the manifest and its
+//! config are known, the target is claimed for the image. Each layer then extracts into a
+//! staging directory. It reads a downloading blob through a [`crate::fetch::PrefixReader`],
+//! which ends only after the store has verified and committed the blob, and a blob the store
+//! already had from `blobs/`. The
+//! extraction then checks the digest of the bytes it read and the config's diff_id before it
+//! publishes the layer. When a download fails or the pull is cancelled, the reader fails, the
+//! staging directory is removed and nothing is published.
+//!
+//! After the pull, [`unpack_image_with`] extracts whatever is still missing (a layer whose
+//! extraction during the pull failed for a reason other than its diff_id) and writes
 //! `lowerdir`.
 //!
-//! TODO: extraction starts when a blob is committed, not while its bytes arrive; streaming
-//! from the partial file needs the fetcher to announce its contiguous prefix.
 //! TODO: a flatten starts only after the pull, because it applies layers in order.
 
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::digest::{Algorithm, Digest};
-use crate::fetch::{Progress, PullOptions, PullReport, Puller};
+use serde_json::Value;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::digest::Digest;
+use crate::fetch::{BlobStream, Progress, PullEvent, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
 use crate::store::Store;
-use crate::unpack::bundle::{self, Bundle};
+use crate::unpack::bundle::Bundle;
 use crate::unpack::compression::Compression;
 use crate::unpack::error::{UnpackError, UnpackResult};
-use crate::unpack::extract::{self, Context, DeferredDirectories, Mode};
+use crate::unpack::extract::Context;
 use crate::unpack::metadata::{Degradations, Privileges};
-use crate::unpack::{image, unpack_image_with, UnpackOptions, UnpackReport};
+use crate::unpack::{
+    claim, image, overlay_layer_from, unpack_image_with, Image, Layer, LayerReport, UnpackOptions,
+    UnpackReport,
+};
 
 /// A failure of the pull or of the unpack.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +50,8 @@ pub enum PullUnpackError {
     Unpack(#[from] UnpackError),
 }
 
-/// Pulls `reference` into the puller's store and unpacks it into `target`, extracting layers
-/// while the rest of the image downloads (overlay layout only).
+/// Pulls `reference` into the puller's store and unpacks it into `target`. In the overlay
+/// layout each layer extracts while it downloads; a flatten runs after the pull.
 pub async fn pull_and_unpack(
     puller: &Puller,
     reference: &Reference,
@@ -45,103 +61,336 @@ pub async fn pull_and_unpack(
     progress: &Arc<Progress>,
 ) -> Result<(PullReport, UnpackReport), PullUnpackError> {
     let target = target.to_owned();
-    let bundle = tokio::task::spawn_blocking(move || Bundle::open(&target))
-        .await
-        .expect("opening a target does not panic")?;
-    let bundle = Arc::new(bundle);
-    bundle_remove_partials(&bundle).await?;
-    let context = Arc::new(Context {
-        privileges: Privileges::current(),
-        degradations: Degradations::default(),
-    });
+    let bundle = tokio::task::spawn_blocking(move || -> UnpackResult<Bundle> {
+        let bundle = Bundle::open(&target)?;
+        bundle.remove_partials()?;
+        Ok(bundle)
+    })
+    .await
+    .expect("opening a target does not panic")?;
     let store = puller.store().clone();
-    let mut early = tokio::task::JoinSet::new();
-    let pull = puller.pull(reference, pull_options, progress);
-    tokio::pin!(pull);
-    let mut seen = 0;
-    let pulled = loop {
-        let notified = progress.committed_changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let committed: Vec<(Digest, String)> =
-            progress.committed.lock().expect("not poisoned")[seen..].to_vec();
-        seen += committed.len();
-        for (digest, media_type) in committed {
-            if options.flatten || Compression::from_media_type(&media_type).is_none() {
-                continue;
-            }
-            let (store, bundle, context) =
-                (store.clone(), Arc::clone(&bundle), Arc::clone(&context));
-            early.spawn_blocking(move || {
-                if let Err(error) = extract_committed(&store, &bundle, &digest, &media_type, &context) {
-                    // The unpack after the pull extracts this layer again and reports the error.
-                    tracing::warn!(layer = %digest, %error, "extracting a layer during the pull failed");
-                }
-            });
-        }
-        tokio::select! {
-            result = &mut pull => break result,
-            () = &mut notified => {}
-        }
+    let mut overlap = Overlap::new(store.clone(), bundle, pull_options.fetch.connections);
+    let pulled = if options.flatten {
+        puller.pull(reference, pull_options, progress).await
+    } else {
+        let events = progress.subscribe();
+        overlap
+            .run(puller.pull(reference, pull_options, progress), events)
+            .await
     };
-    // Every early extraction finishes before the final step, which removes partial directories.
-    while early.join_next().await.is_some() {}
     let report = pulled?;
+    if let Some(failure) = overlap.failure.take() {
+        return Err(failure.into());
+    }
+
+    let Overlap {
+        bundle,
+        context,
+        reports: streamed,
+        started,
+        ..
+    } = overlap;
     let manifest = report.manifest_digest.to_string();
     let options = options.clone();
-    let unpacked = tokio::task::spawn_blocking(move || -> UnpackResult<UnpackReport> {
+    let mut unpacked = tokio::task::spawn_blocking(move || -> UnpackResult<UnpackReport> {
         let image = image::resolve(&store, &manifest)?;
-        let context = Arc::into_inner(context).expect("early extractions have finished");
+        let context = Arc::into_inner(context).expect("every extraction task has finished");
         unpack_image_with(&store, &image, &bundle, &options, context)
     })
     .await
     .expect("unpack does not panic")?;
+    merge_reports(&mut unpacked.layers, streamed);
+    if let Some(started) = started {
+        unpacked.seconds = started.elapsed().as_secs_f64();
+    }
     Ok((report, unpacked))
 }
 
-async fn bundle_remove_partials(bundle: &Arc<Bundle>) -> UnpackResult<()> {
-    let bundle = Arc::clone(bundle);
-    tokio::task::spawn_blocking(move || bundle.remove_partials())
-        .await
-        .expect("removing partial directories does not panic")
+/// Replaces the report of each layer the unpack after the pull found published with the report
+/// of its extraction during the pull (at its first position, for a layer listed twice).
+fn merge_reports(layers: &mut [LayerReport], mut streamed: Vec<LayerReport>) {
+    for layer in layers.iter_mut().filter(|layer| layer.reused) {
+        let found = streamed
+            .iter()
+            .position(|s| s.digest == layer.digest && s.diff_id == layer.diff_id);
+        if let Some(index) = found {
+            *layer = streamed.swap_remove(index);
+        }
+    }
 }
 
-/// Extracts a committed layer blob and publishes it under the diff_id computed on the way.
-fn extract_committed(
-    store: &Store,
-    bundle: &Bundle,
-    digest: &Digest,
-    media_type: &str,
-    context: &Context,
-) -> UnpackResult<()> {
-    let staging = bundle.layer_staging(&format!("c-{}", digest.hex()))?;
-    let mut directories = DeferredDirectories::new();
-    let extracted = extract::extract_layer(
-        store.open_blob(digest)?,
-        digest,
-        media_type,
-        Algorithm::Sha256,
-        &staging,
-        Mode::Overlay,
-        &mut directories,
-        context,
-    );
-    let extracted = match extracted {
-        Ok(extracted) if extracted.digest == *digest => extracted,
-        Ok(extracted) => {
-            bundle::remove_tree(&staging)?;
-            return Err(crate::error::StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual: extracted.digest,
-                bytes: extracted.compressed_bytes,
+/// Whether the layers of the image being pulled are known yet.
+enum ImageState {
+    /// Waiting for the manifest or its config.
+    Unknown,
+    /// Known, and the target is claimed for it.
+    Known(Arc<Image>),
+    /// Not an image this unpack can use during the pull, or the target belongs to another
+    /// image. The unpack after the pull reports why.
+    Unusable,
+}
+
+/// The source of the layer blob an extraction reads.
+enum Source {
+    Downloading(BlobStream),
+    Committed(Digest),
+}
+
+impl Source {
+    fn digest(&self) -> &Digest {
+        match self {
+            Source::Downloading(stream) => &stream.digest,
+            Source::Committed(digest) => digest,
+        }
+    }
+}
+
+/// The extractions that run while a pull downloads.
+struct Overlap {
+    store: Store,
+    bundle: Arc<Bundle>,
+    context: Arc<Context>,
+    /// Maximum number of extractions running at once.
+    limit: usize,
+    /// The pulled manifest's digest, bytes and config digest, once the pull sent them.
+    manifest: Option<(Digest, Vec<u8>, Digest)>,
+    image: ImageState,
+    /// Layer blobs waiting for the image to be known or for a free extraction thread.
+    queue: VecDeque<Source>,
+    /// Digests queued so far, so a blob that streamed is not extracted again when it commits.
+    queued: HashSet<Digest>,
+    /// Extraction threads running. They are threads of their own, not tasks of the runtime's
+    /// blocking pool, because a reader waiting for bytes must never hold a thread the download
+    /// needs to make progress.
+    running: usize,
+    finished_sender: UnboundedSender<Finished>,
+    finished: UnboundedReceiver<Finished>,
+    /// Layers published during the pull.
+    reports: Vec<LayerReport>,
+    /// A layer whose verified blob does not unpack to the config's diff_id.
+    failure: Option<UnpackError>,
+    /// When the first extraction started.
+    started: Option<Instant>,
+}
+
+impl Overlap {
+    fn new(store: Store, bundle: Bundle, connections: usize) -> Overlap {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let (finished_sender, finished) = mpsc::unbounded_channel();
+        Overlap {
+            store,
+            bundle: Arc::new(bundle),
+            context: Arc::new(Context {
+                privileges: Privileges::current(),
+                degradations: Degradations::default(),
+            }),
+            // At most `connections` blobs receive bytes at once, so that many extractions keep
+            // up with the download. Blobs already on disk need no more extractions than cores.
+            limit: connections.max(cores),
+            manifest: None,
+            image: ImageState::Unknown,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            running: 0,
+            finished_sender,
+            finished,
+            reports: Vec::new(),
+            failure: None,
+            started: None,
+        }
+    }
+
+    /// Drives `pull` while extracting layers as its events arrive. Returns once the pull has
+    /// ended and every extraction it started has finished.
+    async fn run(
+        &mut self,
+        pull: impl std::future::Future<Output = Result<PullReport, PullError>>,
+        mut events: UnboundedReceiver<PullEvent>,
+    ) -> Result<PullReport, PullError> {
+        tokio::pin!(pull);
+        let pulled = loop {
+            tokio::select! {
+                result = &mut pull => break result,
+                Some(event) = events.recv() => self.handle(event).await,
+                Some(finished) = self.finished.recv() => {
+                    self.finish(finished);
+                    self.dispatch();
+                }
             }
-            .into());
+        };
+        // Events sent just before the pull returned are still in the channel.
+        while let Ok(event) = events.try_recv() {
+            self.handle(event).await;
         }
-        Err(error) => {
-            bundle::remove_tree(&staging)?;
-            return Err(error);
+        if pulled.is_err() {
+            // Readers of blobs that did not commit fail on their own; queued ones never start.
+            self.queue.clear();
         }
+        self.dispatch();
+        while self.running > 0 {
+            let finished = self.finished.recv().await;
+            self.finish(finished.expect("the sender lives in self"));
+            self.dispatch();
+        }
+        pulled
+    }
+
+    async fn handle(&mut self, event: PullEvent) {
+        match event {
+            PullEvent::Manifest { digest, bytes } => {
+                match config_digest(&bytes) {
+                    Some(config) => self.manifest = Some((digest, bytes, config)),
+                    None => self.image = ImageState::Unusable,
+                }
+                return;
+            }
+            _ if matches!(self.image, ImageState::Unusable) => return,
+            PullEvent::Started(stream) => {
+                if is_layer(&stream.media_type) && self.queued.insert(stream.digest.clone()) {
+                    self.queue.push_back(Source::Downloading(stream));
+                }
+            }
+            PullEvent::Committed { digest, media_type } => {
+                let is_config = self
+                    .manifest
+                    .as_ref()
+                    .is_some_and(|(_, _, config)| *config == digest);
+                if is_config {
+                    self.learn_image().await;
+                } else if is_layer(&media_type) && self.queued.insert(digest.clone()) {
+                    self.queue.push_back(Source::Committed(digest));
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Reads the committed config, builds the image and claims the target for it.
+    async fn learn_image(&mut self) {
+        let Some((digest, bytes, _)) = self.manifest.clone() else {
+            return;
+        };
+        let (store, bundle) = (self.store.clone(), Arc::clone(&self.bundle));
+        let learned = tokio::task::spawn_blocking(move || -> UnpackResult<Image> {
+            let image = image::from_manifest(&store, &digest, &bytes)?;
+            claim(&bundle, &image)?;
+            Ok(image)
+        })
+        .await
+        .expect("reading an image config does not panic");
+        self.image = match learned {
+            Ok(image) => ImageState::Known(Arc::new(image)),
+            Err(error) => {
+                tracing::debug!(%error, "not extracting layers during the pull");
+                self.queue.clear();
+                ImageState::Unusable
+            }
+        };
+    }
+
+    /// Starts queued extractions, up to the limit, once the image is known.
+    fn dispatch(&mut self) {
+        let ImageState::Known(image) = &self.image else {
+            return;
+        };
+        if self.failure.is_some() {
+            self.queue.clear();
+            return;
+        }
+        while self.running < self.limit {
+            // Largest first, because the largest layer is usually the critical path.
+            let largest = (0..self.queue.len()).max_by_key(|&position| {
+                let digest = self.queue[position].digest();
+                image
+                    .layers
+                    .iter()
+                    .find(|l| l.digest == *digest)
+                    .map_or(0, |l| l.size)
+            });
+            let Some(source) = largest.and_then(|position| self.queue.remove(position)) else {
+                return;
+            };
+            let Some(layer) = image.layers.iter().find(|l| l.digest == *source.digest()) else {
+                continue;
+            };
+            if self.bundle.layer_path(&layer.diff_id).is_dir() {
+                // An earlier run published it.
+                continue;
+            }
+            let (layer, store) = (layer.clone(), self.store.clone());
+            let (bundle, context) = (Arc::clone(&self.bundle), Arc::clone(&self.context));
+            let sender = self.finished_sender.clone();
+            let digest = layer.digest.clone();
+            let spawned = std::thread::Builder::new()
+                .name("warmstart-unpack".into())
+                .spawn(move || {
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        extract_source(source, &store, &layer, &bundle, &context)
+                    }));
+                    // Released before the result is sent: the unpack after the pull takes the
+                    // context back once every result has arrived.
+                    drop((store, bundle, context));
+                    // The receiver is gone only when the pull was cancelled.
+                    let _ = sender.send((layer.digest, outcome));
+                });
+            match spawned {
+                Ok(_) => {
+                    self.running += 1;
+                    self.started.get_or_insert_with(Instant::now);
+                }
+                Err(error) => {
+                    // The unpack after the pull extracts the layer.
+                    tracing::warn!(layer = %digest, %error, "starting an extraction thread failed");
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, (digest, outcome): Finished) {
+        self.running -= 1;
+        let result = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match result {
+            Ok(report) => self.reports.push(report),
+            Err(error @ UnpackError::DiffIdMismatch { .. }) => {
+                tracing::error!(layer = %digest, %error, "layer does not match the image config");
+                self.failure.get_or_insert(error);
+            }
+            Err(error) => {
+                // A failed download fails the pull, which is the error reported. Anything else
+                // gets a second try from the committed blob after the pull.
+                tracing::warn!(layer = %digest, %error, "extracting a layer during the pull failed");
+            }
+        }
+    }
+}
+
+/// The digest of a layer and the outcome of its extraction thread.
+type Finished = (Digest, std::thread::Result<UnpackResult<LayerReport>>);
+
+/// Extracts one layer from `source` and publishes it; see [`overlay_layer_from`].
+fn extract_source(
+    source: Source,
+    store: &Store,
+    layer: &Layer,
+    bundle: &Bundle,
+    context: &Context,
+) -> UnpackResult<LayerReport> {
+    let blob: Box<dyn Read + Send> = match source {
+        Source::Downloading(stream) => Box::new(stream.into_reader()),
+        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
     };
-    extract::apply_directories(&directories, context)?;
-    bundle.publish(&staging, &bundle.layer_path(&extracted.diff_id))
+    // Keyed by blob digest, so two blobs with one diff_id never share a directory.
+    let key = format!("p-{}", layer.digest.hex());
+    overlay_layer_from(blob, layer, bundle, context, &key)
+}
+
+fn is_layer(media_type: &str) -> bool {
+    Compression::from_media_type(media_type).is_some()
+}
+
+/// The config digest of an image manifest; `None` for anything else.
+fn config_digest(manifest: &[u8]) -> Option<Digest> {
+    let document: Value = serde_json::from_slice(manifest).ok()?;
+    let digest = document.get("config")?.get("digest")?.as_str()?;
+    Digest::parse(digest).ok()
 }

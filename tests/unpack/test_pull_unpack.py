@@ -1,0 +1,287 @@
+"""Pull with overlapped unpack against a fake registry that pauses, corrupts or is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pull.helpers import ingest_leftovers, pull
+from tests.registry import faults
+from tests.registry.fake import FakeRegistry
+from tests.registry.layout import OCI_MANIFEST, build_image, canonical_json, digest_of
+from tests.unpack.layers import Member, Model, scan, tar_bytes
+from warmstart import LayerStore, PullReport, UnpackReport, errors
+
+MIB = 1 << 20
+# The tar entries up to the end of a/first take well under this many bytes, so a body paused
+# here has delivered the first entry plus more than the 1 MiB the decompressing thread hands on.
+PAUSE_AT = 3 * MIB
+
+
+def streaming_layer() -> bytes:
+    """An uncompressed tar: a directory, a small file, then 6 MiB of random file data."""
+    return tar_bytes(
+        [
+            Member("a", tarfile.DIRTYPE, mode=0o755),
+            Member("a/first", data=b"first entry"),
+            Member("a/big1", data=os.urandom(3 * MIB)),
+            Member("a/big2", data=os.urandom(3 * MIB)),
+        ]
+    )
+
+
+def partials(target: Path) -> list[Path]:
+    return sorted((target / "layers").glob(".partial-*"))
+
+
+def staged(target: Path, name: str) -> bool:
+    """Return whether a staging directory of `target` contains `name`."""
+    return any((partial / name).exists() for partial in partials(target))
+
+
+def published(target: Path) -> list[str]:
+    """Names of the layer directories published in `target`."""
+    layers = target / "layers"
+    if not layers.is_dir():
+        return []
+    return sorted(p.name for p in layers.iterdir() if not p.name.startswith(".partial-"))
+
+
+def expected_entries(*layers: bytes) -> dict[str, tuple[object, ...]]:
+    model = Model()
+    for layer in layers:
+        model.apply(layer)
+    return model.entries
+
+
+async def wait_until(
+    condition: Callable[[], bool], what: str, task: asyncio.Task[Any] | None = None
+) -> None:
+    """Poll `condition` for up to 20 s; a `task` that ends first fails the test with its result."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        if task is not None and task.done():
+            pytest.fail(f"the pull ended before {what}: {task.result()!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within 20 s")
+        await asyncio.sleep(0.01)
+
+
+def pull_and_unpack(
+    store: LayerStore, reference: str, target: Path, **options: Any
+) -> tuple[PullReport, UnpackReport]:
+    async def run() -> tuple[PullReport, UnpackReport]:
+        return await store.pull_and_unpack(reference, target, **options)
+
+    return asyncio.run(run())
+
+
+def test_layer_extracts_before_blob_commits(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> tuple[bool, UnpackReport]:
+        task = asyncio.create_task(store.pull_and_unpack(f"{fake_registry.host}/app:v1", target))
+        await wait_until(lambda: staged(target, "a/first"), "extraction of a/first", task)
+        committed_while_paused = store.has(digest)
+        pause.release.set()
+        _, unpacked = await task
+        return committed_while_paused, unpacked
+
+    committed_while_paused, unpacked = asyncio.run(run())
+
+    assert pause.fired == 1
+    assert not committed_while_paused
+    (report,) = unpacked.layers
+    assert not report.reused
+    assert report.entries == 4
+    assert report.uncompressed_bytes == len(layer)
+    assert published(target) == [digest_of(layer).removeprefix("sha256:")]
+    assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+    assert (target / "lowerdir").is_file()
+    assert partials(target) == []
+
+
+def test_corrupt_blob_mid_stream_publishes_nothing(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    # The flipped byte sits in the data of a/big2, so the tar stays valid and only the digest
+    # check can catch it.
+    corrupt = fake_registry.add_fault(faults.WrongBytes(digest, offset=5 * MIB))
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> None:
+        task = asyncio.create_task(store.pull_and_unpack(f"{fake_registry.host}/app:v1", target))
+        await wait_until(lambda: staged(target, "a/first"), "extraction of a/first", task)
+        pause.release.set()
+        await task
+
+    with pytest.raises(errors.DigestMismatchError):
+        asyncio.run(run())
+
+    assert corrupt.fired >= 1
+    assert published(target) == []
+    assert partials(target) == []
+    assert not (target / "lowerdir").exists()
+    assert not store.has(digest)
+    assert [name for name in ingest_leftovers(store) if digest[7:] in name] == []
+
+
+def test_diff_id_mismatch_publishes_nothing(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    good = build_image([layer], compress=False)
+    assert good.config is not None
+    config = json.loads(good.blobs[good.config.digest])
+    config["rootfs"]["diff_ids"] = [digest_of(b"some other layer")]
+    config_bytes = canonical_json(config)
+    manifest = json.loads(good.manifest)
+    manifest["config"]["digest"] = digest_of(config_bytes)
+    manifest["config"]["size"] = len(config_bytes)
+    fake_registry.add_blob("app", config_bytes)
+    fake_registry.add_blob("app", layer)
+    fake_registry.add_manifest("app", canonical_json(manifest), OCI_MANIFEST, tag="v1")
+    target = tmp_path / "out"
+
+    with pytest.raises(errors.DiffIdMismatchError) as raised:
+        pull_and_unpack(store, f"{fake_registry.host}/app:v1", target)
+
+    assert digest_of(layer) in str(raised.value)
+    assert published(target) == []
+    assert partials(target) == []
+    assert not (target / "lowerdir").exists()
+
+
+def test_cancel_mid_stream_then_rerun(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+    reference = f"{fake_registry.host}/app:v1"
+
+    async def cancel_mid_stream() -> list[str]:
+        task = asyncio.create_task(store.pull_and_unpack(reference, target))
+        await wait_until(lambda: staged(target, "a/first"), "extraction of a/first", task)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after_cancel = published(target)
+        await wait_until(lambda: not partials(target), "removal of the staging directory")
+        pause.release.set()
+        return after_cancel
+
+    assert asyncio.run(cancel_mid_stream()) == []
+    assert not (target / "lowerdir").exists()
+    assert not store.has(digest)
+
+    _, unpacked = pull_and_unpack(store, reference, target)
+    assert [layer.reused for layer in unpacked.layers] == [False]
+    assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+    assert (target / "lowerdir").is_file()
+
+
+def test_far_chunks_first_wait_for_prefix(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    chunk = 256 << 10
+    chunks = -(-len(layer) // chunk)
+    # The first request of the blob is the probe for the range at byte 0.
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=0))
+    target = tmp_path / "out"
+
+    def later_chunks_done() -> bool:
+        done = [
+            request
+            for request in fake_registry.blob_requests(digest)
+            if request.status == 206 and not (request.range or "").startswith("bytes=0-")
+        ]
+        return len(done) == chunks - 1
+
+    async def run() -> tuple[bool, bool, UnpackReport]:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, chunk_size=chunk)
+        )
+        await wait_until(later_chunks_done, "every chunk but the first", task)
+        extracted_early = staged(target, "a/first")
+        committed_early = store.has(digest)
+        pause.release.set()
+        _, unpacked = await task
+        return extracted_early, committed_early, unpacked
+
+    extracted_early, committed_early, unpacked = asyncio.run(run())
+
+    assert pause.paused.is_set()
+    assert not extracted_early
+    assert not committed_early
+    assert [layer.entries for layer in unpacked.layers] == [4]
+    assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+
+
+def test_restart_from_byte_zero_mid_stream(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    # One whole-blob request (the blob is smaller than a chunk) cut short: the fetcher cannot
+    # resume it, so it restarts from byte 0 while the extraction has read part of it.
+    cut = fake_registry.add_fault(faults.TruncateBody(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    _, unpacked = pull_and_unpack(store, f"{fake_registry.host}/app:v1", target)
+
+    assert cut.fired == 1
+    assert len(fake_registry.blob_requests(digest)) == 2
+    assert [layer.entries for layer in unpacked.layers] == [4]
+    assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+
+
+def test_layer_in_store_extracts_from_blob(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    base = tar_bytes([Member("file", data=b"base layer")])
+    app = streaming_layer()
+    fake_registry.add_image("app", "v1", [base], compress=False)
+    pull(store, f"{fake_registry.host}/app:v1")
+    image = fake_registry.add_image("app", "v2", [base, app], compress=False)
+    target = tmp_path / "out"
+
+    pulled, unpacked = pull_and_unpack(store, f"{fake_registry.host}/app:v2", target)
+
+    reused = {blob.digest: blob.reused for blob in pulled.blobs}
+    assert reused[image.layers[0].digest]
+    assert not reused[image.layers[1].digest]
+    assert [layer.reused for layer in unpacked.layers] == [False, False]
+    assert [layer.entries for layer in unpacked.layers] == [1, 4]
+    for layer in (base, app):
+        hex_digest = digest_of(layer).removeprefix("sha256:")
+        assert scan(target / "layers" / hex_digest) == expected_entries(layer)
+    lowerdir = (target / "lowerdir").read_text().strip().split(":")
+    assert [Path(path).name for path in lowerdir] == [
+        digest_of(app).removeprefix("sha256:"),
+        digest_of(base).removeprefix("sha256:"),
+    ]
