@@ -26,9 +26,9 @@ dirty; ``recently_deleted()`` in ``fs/ext4/ialloc.c``), so a run right after the
 run's output was deleted would pay for that deletion.
 
 Before every timed command the previous output is removed, ``sync`` runs, the script waits
-``--settle`` seconds, and ``prime_free_memory`` writes and deletes a scratch file of three times
-the image's compressed size in ``--work`` (see ``benchmarks/memory_priming.py``). Each timed command holds
-the shared CPU lock ``/tmp/warmstart-cpu.lock``, which is released in between.
+``--settle`` seconds, and ``prime_free_memory`` writes and deletes a scratch file of three
+times the image's compressed size in ``--work`` (see ``benchmarks/memory_priming.py``). Each
+timed command holds the shared CPU lock ``/tmp/warmstart-cpu.lock``, released in between.
 
 Prints one line per measurement (wall time, CPU time of the tool's processes, load average),
 then the medians and the ratios to warmstart's overlay layout, and for warmstart the time of

@@ -292,8 +292,8 @@ fn make_writable(path: &Path) -> io::Result<()> {
 /// Linux starts writing dirty pages back only once they exceed `vm.dirty_background_ratio` of
 /// memory (10 % by default) or are older than `vm.dirty_expire_centisecs` (30 s). An unpack that
 /// writes gigabytes in seconds would otherwise leave most of them for the `syncfs` before
-/// publishing; with this thread the disk writes while the CPU extracts. Errors are ignored
-/// here: the `syncfs` before publishing reports them.
+/// publishing. With this thread the disk writes while the CPU extracts. Errors are ignored
+/// here, because the `syncfs` before publishing reports them.
 pub struct Flusher {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
@@ -303,7 +303,7 @@ impl Flusher {
     /// Pause between two `syncfs` calls, so an idle file system is not flushed continuously.
     pub const PAUSE: Duration = Duration::from_millis(100);
 
-    /// Starts flushing the file system that holds `directory`.
+    /// Starts flushing the file system that contains `directory`.
     pub fn start(directory: &Path) -> UnpackResult<Flusher> {
         let handle = File::open(directory).map_err(UnpackError::io("open", directory))?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));

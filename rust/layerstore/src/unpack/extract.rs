@@ -71,10 +71,10 @@ pub struct Extracted {
 pub enum BlobCheck {
     /// Hash the blob as it is read; [`Extracted::digest`] is the digest computed.
     Hash,
-    /// Do not hash the blob, which saves about a fifth of the decompressing thread's time on a
-    /// gzip layer. For blobs read from the store, which checked their digest before it stored
-    /// them: the `diff_id` still covers every byte extracted. [`Extracted::digest`] is then the
-    /// digest the layer is stored under.
+    /// Do not hash the blob, which takes a sha256 pass off the decompressing thread. For blobs
+    /// read from the store, which checked their digest before it stored them: the `diff_id`
+    /// still covers every byte extracted. [`Extracted::digest`] is then the digest the layer
+    /// is stored under.
     Trusted,
 }
 
@@ -91,11 +91,9 @@ pub struct Target<'a> {
 /// (see [`BlobCheck`]) and the `diff_id` of its tar stream, computed with `diff_algorithm`. The
 /// caller compares both with what it expects before publishing the root.
 ///
-/// Three threads share the work of one layer, so a single large layer keeps two cores busy:
-/// one reads and decompresses the blob, one hashes the tar stream, and the calling thread
-/// writes the files. On the gzip layers of the 2 GB benchmark image they took about half, a
-/// sixth and a third of the CPU time (`perf record`, see the Unpack section of
-/// `docs/benchmarks.md`). With two threads, whichever of them also hashed was the slower one.
+/// Three threads share the work of one layer, so a single large layer keeps more than one core
+/// busy: one reads and decompresses the blob, one hashes the tar stream, and the calling thread
+/// writes the files.
 pub fn extract_layer(
     blob: impl Read + Send + 'static,
     layer: &Digest,

@@ -132,7 +132,7 @@ pub enum Kind {
     Other,
 }
 
-/// Who owns an entry before its metadata is applied.
+/// The owner of an entry before its metadata is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
     /// Created by this process in a directory without the setgid bit (directory modes are set
@@ -211,8 +211,8 @@ fn record_xattr_loss(name: &str, error: rustix::io::Errno, degradations: &Degrad
     ));
 }
 
-/// The owner to set, or `None` when there is nothing to set or the user may not set it (then
-/// the loss is recorded).
+/// Returns the owner to set, or `None` when there is nothing to set or the user may not set it
+/// (then the loss is recorded).
 fn owner_change(
     metadata: &Metadata,
     owner: Owner,

@@ -7,8 +7,8 @@
 //! - **flatten**: one merged root filesystem, the layers applied in order with whiteouts.
 //!
 //! A layer is published only when its tar stream hashes to the `diff_id` the image config
-//! lists, which covers every byte extracted. The compressed blob is not hashed again: the store
-//! checked its digest before storing it, as containerd's content store does before its unpack.
+//! lists, which covers every byte extracted. A blob read from the store is not hashed again,
+//! because the store checked its digest before storing it.
 //! Entries that would write outside the target are rejected, see [`path`].
 
 pub mod bundle;
