@@ -42,7 +42,7 @@ MAX_GENERATED_REQUESTS = 10_000_000
 # Arrivals are generated one block of this many seconds at a time, each block from its own
 # random stream, so memory is bounded by a block's requests and a prefix of the series gives
 # the same arrivals as the whole series.
-_BLOCK_S = 3600.0
+_BLOCK_S = 600.0
 
 
 class WorkloadError(WarmstartError, ValueError):
@@ -164,19 +164,23 @@ def workload_from_rate(
             f"{MAX_SPAN_S / 86400:.0f} days: pass --duration SECONDS to replay its start"
         )
     blocks = math.ceil(end / _BLOCK_S)
-    expected = _expected_requests(times, values, blocks * _BLOCK_S, interpolate)
+    # Whole blocks are generated, up to the series' own end, and then cut at ``end``.
+    generated_end = min(blocks * _BLOCK_S, duration_s)
+    expected = _expected_requests(times, values, generated_end, interpolate)
     if expected > MAX_GENERATED_REQUESTS:
         raise WorkloadError(
-            f"{name}: the rate series asks for about {expected:.3g} requests over {end:.0f} s "
-            f"(up to {values.max():.3g} per second); at most {MAX_GENERATED_REQUESTS:,} can be "
-            "generated: pass --duration SECONDS to replay a shorter part, and check that the "
-            "values are requests per second"
+            f"{name}: the first {generated_end:.0f} s of the rate series ask for about "
+            f"{expected:.3g} requests (up to {values.max():.3g} per second); at most "
+            f"{MAX_GENERATED_REQUESTS:,} can be generated, {_BLOCK_S:.0f} s at a time: pass "
+            "--duration SECONDS to replay a shorter part, and check that the values are "
+            "requests per second"
         )
     arrivals, inputs, outputs = [], [], []
     for block in range(blocks):
         rng = np.random.default_rng([seed, block])
         start = block * _BLOCK_S
-        block_arrivals = _block_arrivals(rng, times, values, start, start + _BLOCK_S, interpolate)
+        stop = min(start + _BLOCK_S, generated_end)
+        block_arrivals = _block_arrivals(rng, times, values, start, stop, interpolate)
         n = block_arrivals.shape[0]
         arrivals.append(block_arrivals)
         inputs.append(np.maximum(1, rng.lognormal(math.log(600), 0.8, n)).astype(np.int64))
@@ -236,11 +240,10 @@ def _block_arrivals(
     low, high, first, last = _segments(times, values, start, end, interpolate)
     peak = np.maximum(first, last)
     counts = rng.poisson(peak * (high - low))
-    arrivals = np.repeat(low, counts) + np.repeat(high - low, counts) * rng.random(counts.sum())
+    offsets = rng.random(int(counts.sum()))
+    arrivals: FloatArray = np.repeat(low, counts) + np.repeat(high - low, counts) * offsets
     if interpolate:
-        keep = rng.random(arrivals.shape[0]) * np.repeat(peak, counts) < np.interp(
-            arrivals, times, values
-        )
-        arrivals = arrivals[keep]
+        rate_at = np.interp(arrivals, times, values)
+        arrivals = arrivals[rng.random(arrivals.shape[0]) * np.repeat(peak, counts) < rate_at]
     arrivals.sort()
     return arrivals
