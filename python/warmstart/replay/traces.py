@@ -59,7 +59,7 @@ TRACE_FORMATS = (
     "requests",
 )
 
-# Larger counts are surely a unit or column mistake: no model has a context of 10^9 tokens.
+# A larger count is a unit or column mistake, since no model has a context of 10^9 tokens.
 MAX_TOKENS = 1_000_000_000
 
 _TIME_COLUMNS = ("time", "timestamp", "timestamp_anon", "time_s")
@@ -67,7 +67,7 @@ _INSTANCE_COLUMNS = ("instance", "container_ip")
 _RATE_NAME_HINTS = ("qps", "rps", "rate")
 
 # A full ISO 8601 date and time as the Azure traces write it: a space or T between date and
-# time, up to nanoseconds, and an optional UTC offset (the 2024 traces end in +00:00).
+# time, up to nanoseconds, and an optional UTC offset such as +00:00.
 _ISO_DATETIME = re.compile(
     r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
     r"(?:(Z)|([+-])(\d{2}):?(\d{2}))?"
@@ -114,7 +114,7 @@ def load_trace(
     ``seed`` drives the arrivals generated for metric traces. ``duration_s`` keeps only the
     first seconds, before any span or size limit applies. Raise ``WorkloadError`` for an
     unknown format, a missing or unreadable file, a malformed row (naming the file and the
-    line), a span over ``MAX_SPAN_S`` or a metric series that asks for too many requests.
+    line), a span over ``MAX_SPAN_S`` or a metric series that would generate too many requests.
     """
     source = Path(path)
     if source.is_dir():
@@ -448,7 +448,7 @@ def _load_time_value(path: Path, seed: int, until_s: float | None) -> Workload:
             f"{path}: all {times.size} rows have the same {time_column}; a rate series needs "
             "rows at two or more times"
         )
-    # Each rate holds until the next row, and the last one for the usual gap between rows.
+    # Each rate applies until the next row, and the last one for the median gap between rows.
     period = float(np.median(gaps[gaps > 0])) if times.size > 1 else 1.0
     duration = float(times[-1] + period)
     _check_span(

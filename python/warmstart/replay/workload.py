@@ -32,16 +32,16 @@ IntArray = npt.NDArray[np.int64]
 BUILTIN_DURATION_S = 3600.0
 
 # A replay evaluates the engine every simulated second (the warmstart policy's interval), so
-# its run time grows with the span, whatever the request count: about 50 s per simulated day
-# for one warmstart run on a 2-core VM.
+# its run time grows with the span, whatever the request count.
+# NOTE: 14 days is a judgment call, not a measured limit.
 MAX_SPAN_S = 14 * 86400.0
 
 # Arrivals generated from a rate series; each costs about 24 bytes here and more in the fleet.
 MAX_GENERATED_REQUESTS = 10_000_000
 
 # Arrivals are generated one block of this many seconds at a time, each block from its own
-# random stream, so memory is bounded by a block's requests and a prefix of the series gives
-# the same arrivals as the whole series.
+# random stream. Memory is then bounded by a block's requests, and a prefix of the series
+# gives the same arrivals as the whole series.
 _BLOCK_S = 600.0
 
 
