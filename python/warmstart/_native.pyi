@@ -176,6 +176,10 @@ class PullReport:
     @property
     def bytes_reused(self) -> int: ...
     @property
+    def manifest_seconds(self) -> float:
+        """Seconds until the manifest (and its index, if any) arrived, before any blob request."""
+
+    @property
     def seconds(self) -> float: ...
 
 @final

@@ -352,6 +352,27 @@ def test_concurrent_pulls_download_each_blob_once(
     assert store.verify().ok
 
 
+def test_blobs_start_largest_first(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    # Manifest order is not size order. One connection and ranges larger than any blob make
+    # the request order the order in which blobs got their first connection.
+    sizes = [30_000, 200_000, 10_000, 120_000, 60_000, 90_000, 150_000, 20_000]
+    image = fake_registry.add_image(
+        "app", "v1", [os.urandom(size) for size in sizes], compress=False
+    )
+    fake_registry.clear_requests()
+
+    pull(store, f"{fake_registry.host}/app:v1", connections=1, chunk_size=1 << 30)
+
+    assert image.config is not None
+    size_of = {blob.digest: blob.size for blob in [image.config, *image.layers]}
+    requested = [
+        request.path.rsplit("/", 1)[1]
+        for request in fake_registry.requests
+        if "/blobs/" in request.path and request.method == "GET"
+    ]
+    assert [size_of[digest] for digest in requested] == sorted(size_of.values(), reverse=True)
+
+
 def test_fetch_url_into_store(store: LayerStore, fake_registry: FakeRegistry) -> None:
     weights = os.urandom(1 << 20)
     digest = fake_registry.add_blob("models", weights)

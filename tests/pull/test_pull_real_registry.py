@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from benchmarks.throttle_proxy import ThrottleProxy
 
 from tests.conftest import require_tool
 from tests.pull.helpers import pull, real_file_layer
@@ -52,6 +53,22 @@ def test_second_pull_fetches_nothing(store: LayerStore, registry_repo: RegistryR
     assert second.bytes_fetched == 0
     assert all(blob.reused for blob in second.blobs)
     assert second.bytes_reused == sum(blob.size for blob in first.blobs)
+
+
+def test_report_times_the_manifest_request(
+    store: LayerStore, registry_repo: RegistryRepository
+) -> None:
+    registry_repo.push_generated("v1", [os.urandom(1000)], compress=False)
+    port = registry_repo.registry.port
+    with ThrottleProxy("127.0.0.1", port, first_byte_delay_s=0.2) as proxy:
+        # Declared plain HTTP, so no TLS probe comes before the manifest request.
+        report = pull(
+            store, f"{proxy.host}/{registry_repo.name}:v1", insecure_registries=[proxy.host]
+        )
+
+    # Every request waits 0.2 s for its first byte: the manifest's, then the blobs'.
+    assert 0.2 <= report.manifest_seconds < 0.4
+    assert report.seconds >= report.manifest_seconds + 0.2
 
 
 def test_large_layer_is_fetched_in_ranges(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmstart.replay import Network, Puller, fit_connection_rate, load_profile, pull_times
-from warmstart.replay.image import transfer_times
+from warmstart.replay.image import download_times, transfer_times
 
 
 def test_transfers_one_at_a_time_wait_for_each_other() -> None:
@@ -49,7 +49,29 @@ def test_chunked_pull_splits_one_layer_over_connections() -> None:
 
     times = pull_times([100], network, Puller.CHUNKED, connections=4, chunk_size=25)
 
-    assert times.download_s == pytest.approx(3.0)
+    # 0.5 s for the manifest, then four 25-byte ranges at once: 0.5 s to first byte, 2.5 s.
+    assert times.download_s == pytest.approx(3.5)
+
+
+def test_chunked_pull_requests_every_blob_before_more_ranges() -> None:
+    network = Network(connection_bytes_per_s=10.0)
+
+    done = download_times(
+        [100, 10, 10], [False] * 3, Puller.CHUNKED, network, connections=2, chunk_size=50
+    )
+
+    # Two connections: the big blob's first range (0-5 s), the small blobs (0-1 s, 1-2 s),
+    # then the big blob's second range (2-7 s).
+    assert done == pytest.approx([7.0, 1.0, 2.0])
+
+
+def test_warm_pull_costs_one_manifest_request() -> None:
+    network = Network(connection_bytes_per_s=10.0, first_byte_s=0.25, unpack_bytes_per_s=100.0)
+
+    times = pull_times([100, 50], network, Puller.CHUNKED, present=[True, True])
+
+    assert times.download_s == pytest.approx(0.25)
+    assert times.total_s == pytest.approx(0.25 + 1.5)
 
 
 def test_unpack_runs_layer_by_layer_in_order() -> None:
@@ -121,7 +143,7 @@ def test_download_never_beats_bandwidth_or_latency(
         times = pull_times(layers, network, puller, connections=connections, chunk_size=chunk_size)
         floor = sum(layers) / min(cap, lanes * rate)
         assert times.download_s >= floor * (1 - 1e-9)
-        if sum(layers):
-            assert times.download_s >= first_byte_s
+        # The manifest request, then at least one blob request, each waits for its first byte.
+        assert times.download_s >= first_byte_s * (2 if sum(layers) else 1) * (1 - 1e-9)
         assert times.total_s >= times.download_s
         assert math.isfinite(times.total_s)

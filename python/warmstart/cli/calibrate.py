@@ -14,6 +14,16 @@ from warmstart.replay.profile import DEFAULT_PROFILE, load_profile
 __all__ = ["add_parser"]
 
 
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"count must be at least 1, got {value}")
+    return value
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "calibrate",
@@ -47,6 +57,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="chunked pull range size, e.g. 16M (default: 16M)",
     )
     parser.add_argument(
+        "--repeat",
+        type=_positive_count,
+        default=1,
+        metavar="N",
+        help="run each of the two fit pulls N times and fit the fastest, for a busy node "
+        "(default: 1)",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         help="use plain HTTP for this registry (loopback registries use it unless they answer TLS)",
@@ -60,6 +78,7 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
     return {
         "reference": calibration.reference,
         "layers": list(calibration.layers),
+        "fit_blob_seconds": list(calibration.fit_blob_seconds),
         "registry": {
             "connection_bytes_per_s": network.connection_bytes_per_s,
             "first_byte_s": network.first_byte_s,
@@ -94,6 +113,7 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
             connections=arguments.connections,
             chunk_size=arguments.chunk_size,
             insecure=arguments.insecure,
+            repeat=arguments.repeat,
         )
     )
     if arguments.output is not None:

@@ -2,11 +2,11 @@
 
 ``calibrate`` pulls one image into fresh temporary stores four times. The first pull uses
 the containerd strategy: 3 connections and ranges larger than any blob, so one connection per
-blob and 3 blobs at once. The second and third use the chunked strategy, the third with half
-the connections and twice the range size. The fourth is warm. The first two fit the model:
-the smallest blob's faster time gives the first-byte time, the containerd pull's total the
-per-connection rate, and the chunked pull's total the node cap. The third checks the fit on
-a pull it never saw.
+blob and 3 blobs at once, largest blob first. The second and third use the chunked strategy,
+the third with half the connections and twice the range size. The fourth is warm. The first
+two fit the model: their manifest requests give the first-byte time, the containerd pull's
+per-blob times the per-connection rate, and the chunked pull's total the node cap. The third
+checks the fit on a pull it never saw.
 
 The download comparisons leave unpacking out. The unpack rate is measured separately by a
 flatten unpack of the chunked pull's image, or kept from the base profile for an artifact
@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
 import math
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart import LayerStore, PullReport
 from warmstart.errors import WarmstartError
-from warmstart.replay.image import Network, Puller, fit_connection_rate, pull_times
+from warmstart.replay.image import CONTAINERD_LAYERS_AT_ONCE, Network, Puller, pull_times
 from warmstart.replay.profile import Profile
 
 __all__ = [
@@ -71,36 +73,160 @@ class Calibration:
     network: Network
     layers: tuple[int, ...]
     measurements: tuple[Measurement, ...]
+    # Seconds from the first blob request until each blob of ``layers`` was committed, in the
+    # containerd-strategy pull that the rate is fitted to (0 for a blob found in the store).
+    fit_blob_seconds: tuple[float, ...] = ()
 
 
-def fit_network(sizes: Sequence[int], seconds: Sequence[float], base: Network) -> Network:
-    """Fit first-byte time and per-connection rate to per-blob ``(size, seconds)`` pairs of a
-    pull with one connection per blob.
+def fit_network(
+    sizes: Sequence[int],
+    seconds: Sequence[float],
+    base: Network,
+    *,
+    first_byte_s: float,
+    at_once: int = CONTAINERD_LAYERS_AT_ONCE,
+) -> Network:
+    """Fit the per-connection rate to the blobs of a pull with one connection per blob,
+    ``at_once`` blobs at a time, for a known first-byte time.
 
-    A blob's seconds include any wait for a free connection, so a least-squares line would
-    mistake waits for slowness. Instead the smallest blob's time is the first-byte time, and
-    the fastest blob of the others gives the rate, since waiting only ever makes a blob look
-    slower. Other fields come from ``base``. Raise ``ValueError`` without a blob that took
-    time.
+    ``sizes`` (bytes) are in the order the blobs got a connection, and ``seconds`` is each
+    blob's time from the first blob request to its commit. In the model a blob ends after the
+    requests of its connection so far: ``requests * first_byte_s + bytes / rate``, so a
+    least-squares fit of relative errors over every blob gives ``1 / rate``. Which blobs share
+    a connection depends on the rate, so the fit starts from each blob's own rate, repeats
+    until the sharing stops changing, and keeps the best fit. Other fields come from ``base``.
+    Raise ``ValueError`` without a blob that took longer than ``first_byte_s``.
     """
-    pairs = sorted((s, t) for s, t in zip(sizes, seconds, strict=True) if s > 0 and t > 0)
+    pairs = [(s, t) for s, t in zip(sizes, seconds, strict=True) if s > 0 and t > first_byte_s]
     if not pairs:
-        raise ValueError("no blob with a positive size and duration to fit")
-    first_byte_s = pairs[0][1] if len(pairs) > 1 else 0.0
-    rates = [s / (t - first_byte_s) for s, t in pairs[1:] if t > first_byte_s]
-    if not rates:
-        first_byte_s = 0.0
-        rates = [s / t for s, t in pairs]
-    return dataclasses.replace(base, connection_bytes_per_s=max(rates), first_byte_s=first_byte_s)
+        raise ValueError(
+            f"no blob took longer than the first-byte time of {first_byte_s:.3f} s to fit a rate"
+        )
+    blob_sizes = [s for s, _ in pairs]
+    blob_seconds = [t for _, t in pairs]
+    fits = [
+        fit
+        for start in sorted({(t - first_byte_s) / s for s, t in pairs})
+        if (fit := _fit_rate_from(start, blob_sizes, blob_seconds, at_once, first_byte_s))
+        is not None
+    ]
+    if not fits:
+        raise ValueError(
+            f"no rate fits: the blobs ended sooner than a first-byte time of {first_byte_s:.3f} s "
+            "per request allows"
+        )
+    best = min(fits)
+    return dataclasses.replace(
+        base, connection_bytes_per_s=1.0 / best[1], first_byte_s=first_byte_s
+    )
+
+
+def _fit_rate_from(
+    start: float,
+    sizes: Sequence[int],
+    seconds: Sequence[float],
+    at_once: int,
+    first_byte_s: float,
+) -> tuple[float, float] | None:
+    """Fit ``seconds_per_byte`` from ``start`` until the connection chains stop changing;
+    return ``(error, seconds_per_byte)``, or ``None`` when no rate fits these chains."""
+    seconds_per_byte = start
+    chains: list[tuple[int, int]] = []
+    for _ in range(50):
+        updated = _connection_chains(sizes, at_once, first_byte_s, seconds_per_byte)
+        if updated == chains:
+            break
+        chains = updated
+        fitted = _least_squares(chains, seconds, first_byte_s)
+        if fitted is None:
+            return None
+        seconds_per_byte = fitted
+    return _relative_error(chains, seconds, first_byte_s, seconds_per_byte), seconds_per_byte
+
+
+def _connection_chains(
+    sizes: Sequence[int], at_once: int, first_byte_s: float, seconds_per_byte: float
+) -> list[tuple[int, int]]:
+    """Return, for each blob, the requests and bytes its connection has moved once the blob
+    ends, with blobs started in order on the first connection to free up."""
+    # Free connections: (time free, requests so far, bytes so far, connection number).
+    free = [(0.0, 0, 0, lane) for lane in range(at_once)]
+    chains = []
+    for size in sizes:
+        _, requests, moved, lane = heapq.heappop(free)
+        requests, moved = requests + 1, moved + size
+        chains.append((requests, moved))
+        ends = requests * first_byte_s + moved * seconds_per_byte
+        heapq.heappush(free, (ends, requests, moved, lane))
+    return chains
+
+
+def _least_squares(
+    chains: Sequence[tuple[int, int]], seconds: Sequence[float], first_byte_s: float
+) -> float | None:
+    """Return the ``seconds_per_byte`` minimizing the squared relative error of
+    ``requests * first_byte_s + bytes * seconds_per_byte`` against ``seconds``, or ``None``
+    when the blobs end sooner than these chains' first-byte times allow."""
+    numerator = denominator = 0.0
+    for (requests, moved), t in zip(chains, seconds, strict=True):
+        weight = 1.0 / (t * t)
+        numerator += weight * moved * (t - requests * first_byte_s)
+        denominator += weight * moved * moved
+    return numerator / denominator if numerator > 0 else None
+
+
+def _relative_error(
+    chains: Sequence[tuple[int, int]],
+    seconds: Sequence[float],
+    first_byte_s: float,
+    seconds_per_byte: float,
+) -> float:
+    """Return the sum of squared relative errors of blob end times under the given chains."""
+    return sum(
+        ((requests * first_byte_s + moved * seconds_per_byte - t) / t) ** 2
+        for (requests, moved), t in zip(chains, seconds, strict=True)
+    )
 
 
 async def _pull(
-    reference: str, store_path: Path, connections: int, chunk_size: int, insecure: list[str]
+    reference: str,
+    store_path: Path,
+    connections: int,
+    chunk_size: int,
+    insecure: list[str],
+    before_pull: Callable[[], object] | None,
 ) -> PullReport:
     store = LayerStore(store_path)
+    if before_pull is not None:
+        before_pull()
     return await store.pull(
         reference, connections=connections, chunk_size=chunk_size, insecure_registries=insecure
     )
+
+
+async def _fastest_pull(
+    reference: str,
+    store_path: Path,
+    connections: int,
+    chunk_size: int,
+    insecure: list[str],
+    repeat: int,
+    before_pull: Callable[[], object] | None,
+) -> PullReport:
+    """Pull cold ``repeat`` times and return the fastest report; ``store_path`` keeps the
+    image of that pull."""
+    fastest: PullReport | None = None
+    for attempt in range(repeat):
+        trial = store_path.with_name(f"{store_path.name}-{attempt}")
+        report = await _pull(reference, trial, connections, chunk_size, insecure, before_pull)
+        if fastest is None or report.seconds < fastest.seconds:
+            fastest = report
+            shutil.rmtree(store_path, ignore_errors=True)
+            trial.rename(store_path)
+        else:
+            shutil.rmtree(trial)
+    assert fastest is not None
+    return fastest
 
 
 async def _unpack_seconds(store_path: Path, tag: str, target: Path) -> float | None:
@@ -154,45 +280,55 @@ async def calibrate(
     chunk_size: int = 16 << 20,
     insecure: bool = False,
     work_dir: Path | None = None,
+    repeat: int = 1,
+    before_pull: Callable[[], object] | None = None,
 ) -> Calibration:
-    """Pull ``reference`` four times, fit the network on two pulls and check it on the others.
+    """Pull ``reference`` cold and warm, fit the network on two pulls and check it on others.
 
-    Fit: the smallest blob's faster time over a cold containerd-strategy pull and a cold
-    chunked pull (``connections``, ``chunk_size`` bytes) gives the first-byte time, the
-    containerd pull's total the per-connection rate, and the chunked pull's total the node cap.
-    Check: a cold chunked pull with half the connections and twice the range size, which the
-    fit never saw, and a warm pull. Stores go under ``work_dir`` (a temporary directory when
-    None) and are removed after. Pull errors propagate as the store's exceptions.
+    The fit uses a cold containerd-strategy pull and a cold chunked pull (``connections``,
+    ``chunk_size`` bytes), each the fastest of ``repeat`` pulls, since load on the node only
+    ever adds time. Their faster manifest request gives the first-byte time, the containerd
+    pull's per-blob times the per-connection rate (``fit_network``), and the chunked pull's
+    total the node cap (``fit_node_cap``). Check: a cold chunked pull with half the
+    connections and twice the range size, which the fit never saw, and a warm pull. Stores go
+    under ``work_dir`` (a temporary directory when None) and are removed after.
+    ``before_pull``, when given, is called right before each pull starts, outside its time:
+    a benchmark uses it to prepare the machine the same way for every pull. Pull errors
+    propagate as the store's exceptions.
     """
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1 pull, got {repeat!r}")
     hosts = [reference.split("/", 1)[0]] if insecure else []
     check_connections = max(1, connections // 2)
     check_chunk = 2 * chunk_size
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="warmstart-calibrate-") as scratch:
         root = Path(scratch)
-        containerd = await _pull(reference, root / "one", 3, _WHOLE_BLOB_CHUNK, hosts)
-        chunked = await _pull(reference, root / "two", connections, chunk_size, hosts)
-        unpack_s = await _unpack_seconds(root / "two", chunked.tag, root / "rootfs")
-        check = await _pull(reference, root / "three", check_connections, check_chunk, hosts)
-        warm = await _pull(reference, root / "three", check_connections, check_chunk, hosts)
-
-    # Both fit pulls time the smallest blob; the faster of the two is the first-byte time,
-    # since a stall on a loaded machine only ever adds time.
-    blobs = [b for b in (*containerd.blobs, *chunked.blobs) if not b.reused]
-    network = fit_network([b.size for b in blobs], [b.seconds for b in blobs], base.registry)
-    layers = tuple(b.size for b in containerd.blobs)
-    # Refit the rate so the whole containerd pull, waits for connections included, takes
-    # what it measured; per-blob times only set the first-byte time and a starting point.
-    uncapped = dataclasses.replace(network, unpack_bytes_per_s=math.inf)
-    try:
-        rate = fit_connection_rate(layers, containerd.seconds, uncapped, Puller.CONTAINERD)
-        network = dataclasses.replace(network, connection_bytes_per_s=rate)
-    except ValueError:
-        logger.warning(
-            "pull of %s took %.3f s, less than its first-byte times allow; keeping the "
-            "per-blob rate",
-            reference,
-            containerd.seconds,
+        containerd = await _fastest_pull(
+            reference, root / "one", 3, _WHOLE_BLOB_CHUNK, hosts, repeat, before_pull
         )
+        chunked = await _fastest_pull(
+            reference, root / "two", connections, chunk_size, hosts, repeat, before_pull
+        )
+        unpack_s = await _unpack_seconds(root / "two", chunked.tag, root / "rootfs")
+        three = root / "three"
+        check = await _pull(reference, three, check_connections, check_chunk, hosts, before_pull)
+        warm = await _pull(reference, three, check_connections, check_chunk, hosts, before_pull)
+
+    # The manifest request is the one request of a pull that moves almost no bytes, so its
+    # time is the first-byte time. The faster of the two fit pulls is kept, since a stall on
+    # a loaded machine only ever adds time.
+    first_byte_s = min(containerd.manifest_seconds, chunked.manifest_seconds)
+    # The layer store starts blobs largest first and reports them in that order, so with 3
+    # connections and whole-blob ranges the containerd pull's blobs got connections in the
+    # order listed.
+    blobs = [b for b in containerd.blobs if not b.reused]
+    sizes, seconds = [b.size for b in blobs], [b.seconds for b in blobs]
+    try:
+        network = fit_network(sizes, seconds, base.registry, first_byte_s=first_byte_s)
+    except ValueError as error:
+        logger.warning("%s; fitting the rate of %s without a first-byte time", error, reference)
+        network = fit_network(sizes, seconds, base.registry, first_byte_s=0.0)
+    layers = tuple(b.size for b in containerd.blobs)
     cap = fit_node_cap(layers, network, connections, chunk_size, chunked.seconds)
     network = dataclasses.replace(network, node_bytes_per_s=cap)
     # Unpacking is measured on its own (a flatten applies layers one at a time, as the model
@@ -250,7 +386,8 @@ async def calibrate(
             warm.bytes_fetched,
         ),
     )
-    return Calibration(reference, network, layers, measurements)
+    fit_blob_seconds = tuple(0.0 if b.reused else b.seconds for b in containerd.blobs)
+    return Calibration(reference, network, layers, measurements, fit_blob_seconds)
 
 
 def _number(value: float) -> str:
@@ -292,8 +429,9 @@ layers = [
 ]
 
 [registry]
-# Fitted to per-blob times of a cold pull with one connection per blob.
+# Fitted to the per-blob times of a cold pull with one connection per blob.
 connection_bytes_per_s = {_number(network.connection_bytes_per_s)}
+# The faster manifest request of two cold pulls.
 first_byte_s = {_number(network.first_byte_s)}
 # Fitted so the model matches a cold chunked pull (inf: no cap was reached).
 node_bytes_per_s = {_number(network.node_bytes_per_s)}

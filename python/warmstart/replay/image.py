@@ -1,13 +1,20 @@
 """The image stage of a scale-out: how long a node takes to pull and unpack an image.
 
-The model is a fluid schedule of HTTP transfers. Each transfer waits ``first_byte_s`` (request
-to first byte), then moves bytes at ``connection_bytes_per_s``, and all transfers in flight
-share ``node_bytes_per_s`` equally when their sum would exceed it. Two pullers are modeled:
+The model is a fluid schedule of HTTP transfers. Each transfer waits ``first_byte_s`` (from
+the moment its connection is free to the first byte, so it also includes the client's
+time between two requests), then moves bytes at ``connection_bytes_per_s``, and all transfers in
+flight share ``node_bytes_per_s`` equally when their sum would exceed it. Every pull starts
+with one manifest request, which costs ``first_byte_s`` before any blob starts. Two pullers
+are modeled:
 
 - ``containerd``: the containerd and Docker default, 3 layers at a time with one connection
-  per layer and no byte ranges;
+  per layer and no byte ranges, in the order the layers are given;
 - ``chunked``: the layer store's puller, ``connections`` byte-range requests of ``chunk_size``
-  bytes in flight across all blobs, largest blob first.
+  bytes in flight across all blobs. As in the layer store, every blob's first range goes
+  first, largest blob first (that request also tells whether the server honours ranges),
+  then the other ranges, largest blob first. The layer store hands those out as connections
+  free up, round robin between blobs; on the benchmark images the two orders differ by under
+  1 % in modeled time.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
 one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
@@ -82,7 +89,8 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class PullTimes:
-    """Seconds from the start of a pull until the downloads end and until the image is unpacked."""
+    """Seconds from the start of a pull (its manifest request) until the downloads end and
+    until the image is unpacked."""
 
     download_s: float
     total_s: float
@@ -135,7 +143,8 @@ def download_times(
     connections: int = 8,
     chunk_size: int = 16 << 20,
 ) -> list[float]:
-    """Return the second at which each layer's download ends (0 for layers already present)."""
+    """Return the second at which each layer's download ends, counted from the first blob
+    request (0 for layers already present)."""
     missing = [i for i, size in enumerate(layers) if not present[i] and size > 0]
     done = [0.0] * len(layers)
     if puller is Puller.CONTAINERD:
@@ -147,14 +156,17 @@ def download_times(
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
     if connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections!r}")
-    chunks: list[float] = []
-    owner: list[int] = []
-    # The layer store fetches the largest blob first, since it is the critical path.
+    # (bytes, layer) of each blob's first range, then of the other ranges, largest blob first.
+    first_ranges: list[tuple[float, int]] = []
+    other_ranges: list[tuple[float, int]] = []
     for layer in sorted(missing, key=lambda i: -layers[i]):
         size = layers[layer]
         for offset in range(0, size, chunk_size):
-            chunks.append(float(min(chunk_size, size - offset)))
-            owner.append(layer)
+            ranges = other_ranges if offset else first_ranges
+            ranges.append((float(min(chunk_size, size - offset)), layer))
+    requests = first_ranges + other_ranges
+    chunks = [size for size, _ in requests]
+    owner = [layer for _, layer in requests]
     finish = transfer_times(chunks, connections, network)
     for position, layer in enumerate(owner):
         done[layer] = max(done[layer], finish[position])
@@ -172,21 +184,23 @@ def pull_times(
 ) -> PullTimes:
     """Model the pull of an image with layer sizes ``layers`` (bytes, manifest order).
 
-    ``present[i]`` marks layers already in the node's store: they are unpacked but not
-    downloaded. ``connections`` and ``chunk_size`` (bytes) apply to the chunked puller.
+    The manifest request comes first and takes ``first_byte_s``, even when every layer is
+    present. ``present[i]`` marks layers already in the node's store: they are unpacked but
+    not downloaded. ``connections`` and ``chunk_size`` (bytes) apply to the chunked puller.
     """
     if any(size < 0 for size in layers):
         raise ValueError("layer sizes must be non-negative bytes")
     have = list(present) if present is not None else [False] * len(layers)
     if len(have) != len(layers):
         raise ValueError(f"present has {len(have)} entries for {len(layers)} layers")
+    manifest_s = network.first_byte_s
     done = download_times(
         layers, have, puller, network, connections=connections, chunk_size=chunk_size
     )
-    unpacked = 0.0
+    unpacked = manifest_s
     for size, downloaded in zip(layers, done, strict=True):
-        unpacked = max(unpacked, downloaded) + size / network.unpack_bytes_per_s
-    return PullTimes(download_s=max(done, default=0.0), total_s=unpacked)
+        unpacked = max(unpacked, manifest_s + downloaded) + size / network.unpack_bytes_per_s
+    return PullTimes(download_s=manifest_s + max(done, default=0.0), total_s=unpacked)
 
 
 def fit_connection_rate(

@@ -105,6 +105,7 @@ pub struct PyPullReport {
     pub blobs: Vec<PyBlobReport>,
     pub bytes_fetched: u64,
     pub bytes_reused: u64,
+    pub manifest_seconds: f64,
     pub seconds: f64,
 }
 
@@ -129,6 +130,7 @@ impl From<PullReport> for PyPullReport {
             blobs: report.blobs.into_iter().map(PyBlobReport::from).collect(),
             bytes_fetched: report.bytes_fetched,
             bytes_reused: report.bytes_reused,
+            manifest_seconds: report.manifest_seconds,
             seconds: report.seconds,
         }
     }

@@ -11,14 +11,17 @@
 //! the same prefix as a [`BlobStream`], to consume each blob while it downloads.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use url::Url;
 
@@ -185,12 +188,17 @@ impl Fetcher {
     /// Fetches every job into the store; a digest listed twice is fetched once. The first
     /// failure aborts the other downloads (their partial files stay for a resume) and is
     /// returned. Dropping the returned future cancels everything it started.
+    ///
+    /// Blobs get their first connection largest first, since the biggest blob is the critical
+    /// path. Blobs that another writer is downloading into the same store wait for it outside
+    /// that order, so they never hold up the others.
     pub async fn fetch_all(
         self: &Arc<Self>,
         jobs: Vec<BlobJob>,
         options: &FetchOptions,
         progress: &Arc<Progress>,
     ) -> Result<Vec<BlobReport>, PullError> {
+        let started = Instant::now();
         let mut unique: Vec<BlobJob> = Vec::new();
         for job in jobs {
             if !unique.iter().any(|existing| existing.digest == job.digest) {
@@ -203,15 +211,68 @@ impl Fetcher {
         progress
             .total_bytes
             .fetch_add(unique.iter().map(|job| job.size).sum(), Ordering::Relaxed);
-        // Largest first: the biggest layer is the critical path, so it gets connections first.
         unique.sort_by_key(|job| std::cmp::Reverse(job.size));
-        let mut tasks = JoinSet::new();
-        for (index, job) in unique.into_iter().enumerate() {
-            let fetcher = Arc::clone(self);
-            let (options, progress) = (options.clone(), Arc::clone(progress));
-            tasks.spawn(async move { (index, fetcher.fetch_blob(job, options, progress).await) });
+
+        // Open every partial file at once, without waiting for another writer's lock.
+        let mut opening = Vec::new();
+        for job in &unique {
+            let store = self.store.clone();
+            let (digest, size) = (job.digest.clone(), job.size);
+            opening.push(tokio::task::spawn_blocking(move || {
+                store.try_open_partial(&digest, size)
+            }));
         }
         let mut reports = Vec::new();
+        let mut tasks = JoinSet::new();
+        let mut ready = Vec::new();
+        for (index, (job, opened)) in unique.into_iter().zip(opening).enumerate() {
+            match opened.await.expect("try_open_partial does not panic")? {
+                Some(PartialStart::Exists(_)) => {
+                    reports.push((index, reused_report(job, started, progress)));
+                }
+                Some(PartialStart::Open(partial)) => ready.push((index, job, partial)),
+                None => {
+                    let fetcher = Arc::clone(self);
+                    let (options, progress) = (options.clone(), Arc::clone(progress));
+                    tasks.spawn(async move {
+                        (index, fetcher.fetch_blob(job, options, progress).await)
+                    });
+                }
+            }
+        }
+
+        // Queue every blob's first request for a connection now, largest blob first. The
+        // semaphore is first in, first out, so these go out in this order, ahead of the other
+        // ranges of any blob, which queue once their blob's first response arrives. Polling an
+        // acquire once puts it in the queue, and the blob's task goes on waiting on it.
+        let mut first_requests = Vec::new();
+        for (index, job, partial) in ready {
+            let (download, guard) = self.new_download(job, partial, options, progress)?;
+            let acquire = download
+                .first_missing()
+                .map(|_| Box::pin(Arc::clone(&download.permits).acquire_owned()));
+            first_requests.push((index, download, guard, acquire));
+        }
+        let mut queued = Vec::new();
+        std::future::poll_fn(|context| {
+            for (index, download, guard, acquire) in first_requests.drain(..) {
+                let first = match acquire {
+                    None => FirstPermit::Later,
+                    Some(mut acquire) => match acquire.as_mut().poll(context) {
+                        Poll::Ready(permit) => {
+                            FirstPermit::Held(permit.expect("semaphore is never closed"))
+                        }
+                        Poll::Pending => FirstPermit::Queued(acquire),
+                    },
+                };
+                queued.push((index, download, guard, first));
+            }
+            Poll::Ready(())
+        })
+        .await;
+        for (index, download, guard, first) in queued {
+            tasks.spawn(async move { (index, finish_blob(download, guard, first, started).await) });
+        }
         while let Some(joined) = tasks.join_next().await {
             let (index, result) = joined.expect("blob tasks do not panic");
             reports.push((index, result?));
@@ -220,6 +281,8 @@ impl Fetcher {
         Ok(reports.into_iter().map(|(_, report)| report).collect())
     }
 
+    /// Fetches one blob whose partial file another writer holds: waits for that writer, then
+    /// downloads what it left, queueing for connections behind everything already queued.
     async fn fetch_blob(
         self: Arc<Self>,
         job: BlobJob,
@@ -232,24 +295,22 @@ impl Fetcher {
         let opened = tokio::task::spawn_blocking(move || store.open_partial(&digest, size))
             .await
             .expect("open_partial does not panic")?;
-        let partial = match opened {
-            PartialStart::Exists(_) => {
-                progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
-                progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-                progress.record_committed(&job.digest, &job.media_type);
-                return Ok(BlobReport {
-                    digest: job.digest,
-                    size: job.size,
-                    media_type: job.media_type,
-                    fetched_bytes: 0,
-                    reused: true,
-                    ranged: false,
-                    requests: 0,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
+        match opened {
+            PartialStart::Exists(_) => Ok(reused_report(job, started, &progress)),
+            PartialStart::Open(partial) => {
+                let (download, guard) = self.new_download(job, partial, &options, &progress)?;
+                finish_blob(download, guard, FirstPermit::Later, started).await
             }
-            PartialStart::Open(partial) => partial,
-        };
+        }
+    }
+
+    fn new_download(
+        self: &Arc<Self>,
+        job: BlobJob,
+        partial: PartialBlob,
+        options: &FetchOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<(Arc<Download>, PrefixGuard), PullError> {
         let host = match &job.source {
             BlobSource::Registry(reference) => reference.api_host().to_owned(),
             BlobSource::Url(url) => format!(
@@ -258,7 +319,6 @@ impl Fetcher {
                 url.port_or_known_default().unwrap_or(0)
             ),
         };
-        let media_type = job.media_type.clone();
         let mut done = RangeSet::default();
         for &(start, end) in partial.completed_ranges() {
             done.insert(start, end);
@@ -267,10 +327,11 @@ impl Fetcher {
         progress
             .reused_bytes
             .fetch_add(done.covered(), Ordering::Relaxed);
-        // Marks the stream failed if this future ends without a commit, even by being dropped.
-        let guard = PrefixGuard(announce_stream(&job, &partial, &done, &progress)?);
+        // Marks the stream failed if the blob's download ends without a commit, even by being
+        // dropped.
+        let guard = PrefixGuard(announce_stream(&job, &partial, &done, progress)?);
         let download = Arc::new(Download {
-            fetcher: Arc::clone(&self),
+            fetcher: Arc::clone(self),
             job,
             partial,
             state: Mutex::new(State {
@@ -281,45 +342,90 @@ impl Fetcher {
             }),
             changed: Notify::new(),
             permits: self.permits(&host, options.connections),
-            options,
-            progress: Arc::clone(&progress),
+            options: options.clone(),
+            progress: Arc::clone(progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
             syncing: Arc::new(AtomicBool::new(false)),
             prefix: guard.0.clone(),
         });
-
-        // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
-        // partial blob and its lock alive.
-        let mut hashing = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(&download))));
-        download_all(&download).await?;
-        let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
-        drop(hashing);
-        let ranged = download.state.lock().expect("not poisoned").generation == 0
-            && download.requests.load(Ordering::Relaxed) > 1;
-        let fetched_bytes = download.fetched.load(Ordering::Relaxed);
-        let requests = download.requests.load(Ordering::Relaxed);
-        // The range tasks and the hashing task have ended, and background flushes own their
-        // own file handle, so this is the last reference.
-        let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
-        let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
-            .await
-            .expect("commit does not panic");
-        let committed = outcome?;
-        guard.commit();
-        progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-        progress.record_committed(&committed.digest, &media_type);
-        Ok(BlobReport {
-            digest: committed.digest,
-            size: committed.size,
-            media_type,
-            fetched_bytes,
-            reused: false,
-            ranged,
-            requests,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok((download, guard))
     }
+}
+
+/// Reports a blob found in the store, and records it as committed.
+fn reused_report(job: BlobJob, started: Instant, progress: &Progress) -> BlobReport {
+    progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
+    progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+    progress.record_committed(&job.digest, &job.media_type);
+    BlobReport {
+        digest: job.digest,
+        size: job.size,
+        media_type: job.media_type,
+        fetched_bytes: 0,
+        reused: true,
+        ranged: false,
+        requests: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The connection for a blob's first request, as queued by [`Fetcher::fetch_all`].
+enum FirstPermit {
+    /// Not queued yet: `download_all` queues for it if a range is missing.
+    Later,
+    Held(OwnedSemaphorePermit),
+    /// Waiting in the semaphore's queue.
+    Queued(Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>),
+}
+
+/// Downloads a blob's missing ranges (its first range on `first` unless it must queue for
+/// one), checks its digest and commits it.
+async fn finish_blob(
+    download: Arc<Download>,
+    guard: PrefixGuard,
+    first: FirstPermit,
+    started: Instant,
+) -> Result<BlobReport, PullError> {
+    let first_permit = match first {
+        FirstPermit::Later => None,
+        FirstPermit::Held(permit) => Some(permit),
+        FirstPermit::Queued(acquire) => Some(acquire.await.expect("semaphore is never closed")),
+    };
+    let media_type = download.job.media_type.clone();
+    let progress = Arc::clone(&download.progress);
+
+    // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
+    // partial blob and its lock alive.
+    let mut hashing = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(&download))));
+    download_all(&download, first_permit).await?;
+    let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
+    drop(hashing);
+
+    let ranged = download.state.lock().expect("not poisoned").generation == 0
+        && download.requests.load(Ordering::Relaxed) > 1;
+    let fetched_bytes = download.fetched.load(Ordering::Relaxed);
+    let requests = download.requests.load(Ordering::Relaxed);
+    // The range tasks and the hashing task have ended, and background flushes own their
+    // own file handle, so this is the last reference.
+    let download = Arc::into_inner(download).expect("all tasks of the blob have finished");
+    let outcome = tokio::task::spawn_blocking(move || download.partial.commit(computed))
+        .await
+        .expect("commit does not panic");
+    let committed = outcome?;
+    guard.commit();
+    progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+    progress.record_committed(&committed.digest, &media_type);
+    Ok(BlobReport {
+        digest: committed.digest,
+        size: committed.size,
+        media_type,
+        fetched_bytes,
+        reused: false,
+        ranged,
+        requests,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Sends a [`PullEvent::Started`] for a blob whose partial file is open, when the pull has a
@@ -477,6 +583,17 @@ impl Download {
         generation
     }
 
+    /// Returns the ranges still to download, each at most one chunk long.
+    fn missing(&self) -> Vec<(u64, u64)> {
+        let chunk = self.options.chunk_size.max(1);
+        let state = self.state.lock().expect("not poisoned");
+        state.done.missing(self.job.size, chunk)
+    }
+
+    fn first_missing(&self) -> Option<(u64, u64)> {
+        self.missing().first().copied()
+    }
+
     fn generation(&self) -> u64 {
         self.state.lock().expect("not poisoned").generation
     }
@@ -587,23 +704,23 @@ impl Buffers {
     }
 }
 
-/// Downloads every missing range of a blob.
-async fn download_all(download: &Arc<Download>) -> Result<(), PullError> {
+/// Downloads every missing range of a blob, the first on `first_permit` when given.
+async fn download_all(
+    download: &Arc<Download>,
+    first_permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), PullError> {
     let size = download.job.size;
-    let chunk = download.options.chunk_size.max(1);
-    let missing = download
-        .state
-        .lock()
-        .expect("not poisoned")
-        .done
-        .missing(size, chunk);
+    let missing = download.missing();
     let Some(&(first_start, first_end)) = missing.first() else {
         return Ok(());
     };
-    let permit = Arc::clone(&download.permits)
-        .acquire_owned()
-        .await
-        .expect("semaphore is never closed");
+    let permit = match first_permit {
+        Some(permit) => permit,
+        None => Arc::clone(&download.permits)
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed"),
+    };
     let whole = first_start == 0 && first_end == size;
     let probe = if whole {
         Probe::Whole(download.request(None).await?)

@@ -48,6 +48,9 @@ pub struct PullReport {
     pub blobs: Vec<BlobReport>,
     pub bytes_fetched: u64,
     pub bytes_reused: u64,
+    /// Seconds from the start of the pull until its manifest (and the index before it, when
+    /// the reference names one) arrived, before any blob request.
+    pub manifest_seconds: f64,
     pub seconds: f64,
 }
 
@@ -107,6 +110,7 @@ impl Puller {
                 reference: reference.to_string(),
             });
         }
+        let manifest_seconds = started.elapsed().as_secs_f64();
         let jobs = blob_jobs(&fetched.bytes, &fetched.digest, reference)?;
         progress.send(PullEvent::Manifest {
             digest: fetched.digest.clone(),
@@ -144,6 +148,7 @@ impl Puller {
             blobs,
             bytes_fetched,
             bytes_reused,
+            manifest_seconds,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -190,6 +190,11 @@ impl Store {
         lock_file(&self.lock_path(digest))
     }
 
+    /// Like [`Store::lock_digest`], but returns `None` when another writer holds the lock.
+    pub(crate) fn try_lock_digest(&self, digest: &Digest) -> Result<Option<File>> {
+        try_lock_file(&self.lock_path(digest))
+    }
+
     pub(crate) fn lock_path(&self, digest: &Digest) -> PathBuf {
         self.ingest_dir()
             .join(format!("{}-{}.lock", digest.algorithm(), digest.hex()))
@@ -260,23 +265,57 @@ pub(crate) fn open_partial_file(path: &Path) -> Result<File> {
 /// locked, and starts over on the current file, so two writers never hold "the" lock at once.
 pub(crate) fn lock_file(path: &Path) -> Result<File> {
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(StoreError::io("open lock file", path))?;
-        file.lock().map_err(StoreError::io("lock", path))?;
-        let locked = file.metadata().map_err(StoreError::io("stat", path))?;
-        match fs::metadata(path) {
-            Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
-                return Ok(file)
-            }
-            Ok(_) => continue,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(StoreError::io("stat", path)(error)),
+        if let LockAttempt::Held(file) = lock_file_once(path, true)? {
+            return Ok(file);
         }
+    }
+}
+
+/// Like [`lock_file`], but returns `None` at once when another holder has the lock.
+pub(crate) fn try_lock_file(path: &Path) -> Result<Option<File>> {
+    loop {
+        match lock_file_once(path, false)? {
+            LockAttempt::Held(file) => return Ok(Some(file)),
+            LockAttempt::Busy => return Ok(None),
+            LockAttempt::Replaced => continue,
+        }
+    }
+}
+
+enum LockAttempt {
+    Held(File),
+    /// Another holder has the lock (only without waiting).
+    Busy,
+    /// `path` was removed or replaced while this attempt waited for its lock.
+    Replaced,
+}
+
+/// Opens the lock file at `path` and locks it, waiting for the lock when `wait`.
+fn lock_file_once(path: &Path, wait: bool) -> Result<LockAttempt> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(StoreError::io("open lock file", path))?;
+    if wait {
+        file.lock().map_err(StoreError::io("lock", path))?;
+    } else {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(LockAttempt::Busy),
+            Err(fs::TryLockError::Error(error)) => return Err(StoreError::io("lock", path)(error)),
+        }
+    }
+    let locked = file.metadata().map_err(StoreError::io("stat", path))?;
+    match fs::metadata(path) {
+        Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
+            Ok(LockAttempt::Held(file))
+        }
+        Ok(_) => Ok(LockAttempt::Replaced),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(LockAttempt::Replaced),
+        Err(error) => Err(StoreError::io("stat", path)(error)),
     }
 }
 

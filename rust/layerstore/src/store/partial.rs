@@ -51,6 +51,19 @@ impl Store {
     /// other writer of the digest; returns [`PartialStart::Exists`] when the blob is committed.
     pub fn open_partial(&self, digest: &Digest, size: u64) -> Result<PartialStart> {
         let lock = self.lock_digest(digest)?;
+        self.open_partial_locked(lock, digest, size)
+    }
+
+    /// Like [`Store::open_partial`], but returns `None` at once when another writer holds the
+    /// digest's lock, instead of waiting for it.
+    pub fn try_open_partial(&self, digest: &Digest, size: u64) -> Result<Option<PartialStart>> {
+        match self.try_lock_digest(digest)? {
+            Some(lock) => self.open_partial_locked(lock, digest, size).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn open_partial_locked(&self, lock: File, digest: &Digest, size: u64) -> Result<PartialStart> {
         if let Ok(info) = self.stat(digest) {
             touch(&self.blob_path(digest));
             remove_held_lock(&self.lock_path(digest), &lock);
