@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Bytes a fetcher keeps for hashing across all its downloads. Buffers more than this far
+/// Maximum bytes a fetcher keeps for hashing, across all its downloads. Buffers more than this far
 /// beyond a blob's hashed prefix are not kept either, so the budget goes to the bytes the
 /// hashing task reaches first.
 pub(crate) const RETAIN_LIMIT: usize = 32 << 20;
@@ -118,8 +118,8 @@ impl Retained {
         let later = self.buffers.split_off(&to);
         let inside = std::mem::replace(&mut self.buffers, later);
         for (start, (end, buffers, reservation)) in inside {
-            // Buffers that overlap bytes already covered, or run past `to`, are not used: the
-            // file has those bytes too.
+            // Buffers that overlap bytes already covered, or run past `to`, are dropped, because
+            // the file has those bytes too.
             if start < position || end > to {
                 continue;
             }

@@ -190,7 +190,8 @@ impl PartialBlob {
         }
         let (mut index, mut skip, mut position) = (0, 0, offset);
         loop {
-            // Skips fully written (and empty) buffers; `skip` is the written part of the next.
+            // Skips fully written (and empty) buffers. `skip` counts the bytes of the next buffer
+            // that are already written.
             while index < buffers.len() && skip == buffers[index].as_ref().len() {
                 index += 1;
                 skip = 0;
