@@ -20,9 +20,9 @@ blob sizes in the order the layer store started them (largest first). The error 
 the fastest pull, since other work on the machine only ever adds time, as in the fit.
 
 Right before every pull, calibrate's included, ``prime_free_memory`` writes and deletes as many
-bytes as the image has (see ``benchmarks/memory_priming.py``: on this VM the first write to
-memory the host has taken back costs about 10 times more, and it must not fall on some pulls
-and not others).
+bytes as the image has. On this VM the first write to memory that the host has taken back costs
+about 10 times more (see ``benchmarks/memory_priming.py``), so every pull must start with the
+same kind of free memory.
 """
 
 from __future__ import annotations

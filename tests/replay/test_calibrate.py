@@ -54,6 +54,22 @@ def test_fit_inverts_the_containerd_model(
     assert fitted.connection_bytes_per_s == pytest.approx(rate, rel=1e-6)
 
 
+def test_fit_of_measured_pull_matches_largest_blob() -> None:
+    # Per-blob seconds of a containerd-style pull (3 connections) of a generated 1.6 GB image
+    # through the throttling proxy at 50 MB/s, from benchmarks/calibrate_bench.py on a 2-core
+    # VM. The three smallest blobs ended up to 0.16 s late, with the 384 MiB blob.
+    sizes = [805306368, 402653184, 201326592, 100663296, 50331648, 25165824, 12582912]
+    sizes += [6291456, 3145728, 1572864, 1577]
+    seconds = [16.461, 8.287, 4.158, 6.136, 7.135, 7.638, 7.900, 8.046, 8.287, 8.286, 8.286]
+    first_byte_s = 0.0229
+
+    network = fit_network(sizes, seconds, Network(1.0), first_byte_s=first_byte_s)
+
+    # The largest blob had its connection to itself, so its rate is the connection's.
+    largest_rate = sizes[0] / (seconds[0] - first_byte_s)
+    assert network.connection_bytes_per_s == pytest.approx(largest_rate, rel=0.02)
+
+
 def test_fit_needs_a_blob_slower_than_first_byte() -> None:
     with pytest.raises(ValueError, match="no blob took longer"):
         fit_network([100, 0], [0.05, 1.0], Network(1.0), first_byte_s=0.1)
