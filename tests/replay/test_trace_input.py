@@ -211,6 +211,16 @@ def test_gzip_trace_is_read(tmp_path: Path) -> None:
     assert workload.requests == 1
 
 
+def test_gzip_jsonl_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    record = {"timestamp": 0, "input_length": 100, "output_length": 10}
+    path.write_bytes(gzip.compress((json.dumps(record) + "\n").encode()))
+
+    workload = load_trace(path)
+
+    assert workload.requests == 1
+
+
 def test_utf16_trace_is_read(tmp_path: Path) -> None:
     path = tmp_path / "azure.csv"
     path.write_text(AZURE_HEADER + "2023-11-16 18:00:00,100,10\n", encoding="utf-16")
