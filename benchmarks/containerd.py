@@ -8,6 +8,7 @@ blobs. ``stop`` ends the daemon by its PID.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -59,13 +60,30 @@ class Containerd:
             time.sleep(0.05)
         return daemon
 
-    def ctr(self, *arguments: str) -> None:
-        """Run ``ctr`` against this daemon; raises ``CalledProcessError`` with its output."""
-        subprocess.run(
+    def ctr(self, *arguments: str) -> str:
+        """Run ``ctr`` against this daemon and return its standard output.
+
+        Raises ``CalledProcessError`` with its output when it fails.
+        """
+        return subprocess.run(
             ["ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *arguments],
             check=True,
             capture_output=True,
-        )
+            text=True,
+        ).stdout
+
+    def plugin_works(self, plugin_type: str, name: str) -> bool:
+        """Return whether ``ctr plugins ls`` lists the plugin with status ``ok``."""
+        for line in self.ctr("plugins", "ls").splitlines():
+            fields = line.split()
+            if fields[:2] == [plugin_type, name]:
+                return fields[-1] == "ok"
+        return False
+
+    def cpu_seconds(self) -> float:
+        """Return the daemon's user plus system CPU seconds so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL after 20 s) and remove its directories."""

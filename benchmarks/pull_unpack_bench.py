@@ -3,7 +3,7 @@
 Usage, from the repository root (images from ``python -m benchmarks.images build``)::
 
     python -m benchmarks.pull_unpack_bench [--cache /work/bench-images] [--only large,medium]
-        [--repeat 2] [--work DIR]
+        [--repeat 3] [--work DIR]
 
 A ``docker-registry`` on 127.0.0.1 serves the images, directly and through
 ``benchmarks/throttle_proxy.py`` (50 MB/s per TCP connection, 20 ms to first byte), which runs
@@ -20,6 +20,10 @@ creating inodes right after many were deleted is slow: the allocator skips inode
 last minutes (``recently_deleted`` in ``fs/ext4/ialloc.c``), so each run would pay for the
 deletion of the previous one. ``--keep`` needs disk space for every run's store and target.
 
+Each measured run holds the shared CPU lock ``/tmp/warmstart-cpu.lock`` and starts after
+``prime_free_memory`` (see ``benchmarks/memory_priming.py``) of three times the image's
+compressed size.
+
 Each line shows the wall time, the CPU time of this process (warmstart's threads), of the
 registry and of the proxy, and the load average. The summary gives medians and the overlapped
 time against max(pull, unpack) and against pull + unpack.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import platform
@@ -44,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.images import DEFAULT_CACHE, build_images
+from benchmarks.memory_priming import prime_free_memory
 from tests.registry.real import RealRegistry
 
 from warmstart import LayerStore
@@ -52,6 +58,10 @@ MIB = 1 << 20
 TAG = "latest"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STEPS = ("pull", "unpack", "pull then unpack", "pull --unpack")
+CPU_LOCK = Path("/tmp/warmstart-cpu.lock")
+# Bytes of free memory primed before each run, per byte of compressed image: about the size
+# of the uncompressed layers a run writes.
+PRIMING_FACTOR = 3
 
 
 @dataclass
@@ -130,9 +140,15 @@ class Runner:
     """Runs each step into fresh directories under `work` and measures it."""
 
     def __init__(
-        self, work: Path, registry_pid: int, proxy_pid: int | None, keep: bool = False
+        self,
+        work: Path,
+        registry_pid: int,
+        proxy_pid: int | None,
+        compressed_bytes: int,
+        keep: bool = False,
     ) -> None:
         self.work = work
+        self.compressed_bytes = compressed_bytes
         self.registry_pid = registry_pid
         self.proxy_pid = proxy_pid
         self.keep = keep
@@ -149,12 +165,14 @@ class Runner:
             shutil.rmtree(path, ignore_errors=True)
 
     def measure(self, work: Callable[[], float | None]) -> Sample:
-        subprocess.run(["sync"], check=True)
-        cpu = (self_cpu(), process_cpu(self.registry_pid), process_cpu(self.proxy_pid))
-        started = time.perf_counter()
-        inner = work()
-        seconds = time.perf_counter() - started
-        total, system = self_cpu()
+        with CPU_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            prime_free_memory(self.work, PRIMING_FACTOR * self.compressed_bytes)
+            cpu = (self_cpu(), process_cpu(self.registry_pid), process_cpu(self.proxy_pid))
+            started = time.perf_counter()
+            inner = work()
+            seconds = time.perf_counter() - started
+            total, system = self_cpu()
         return Sample(
             seconds=seconds,
             cpu_self=total - cpu[0][0],
@@ -231,11 +249,19 @@ def summarize(samples: list[dict[str, Sample]]) -> dict[str, float]:
     return summary
 
 
+def compressed_size(layout: Path) -> int:
+    """Return the total size of the layer blobs of the layout's only manifest."""
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+    return sum(layer["size"] for layer in manifest["layers"])
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="OCI layout directory")
     parser.add_argument("--only", default="large,medium", help="comma-separated image names")
-    parser.add_argument("--repeat", type=int, default=2, help="repetitions of every step")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
     parser.add_argument("--routes", default="direct,throttled", help="direct, throttled or both")
     parser.add_argument("--rate-mb", type=float, default=50.0, help="per-connection cap, MB/s")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="time to first byte, ms")
@@ -290,7 +316,13 @@ def main() -> None:
                 direct = route == "direct"
                 host = registry.host if direct else proxy.host
                 proxy_pid = None if direct else proxy.process.pid
-                runner = Runner(work, registry.process.pid, proxy_pid, arguments.keep)
+                runner = Runner(
+                    work,
+                    registry.process.pid,
+                    proxy_pid,
+                    compressed_size(layouts[name]),
+                    arguments.keep,
+                )
                 results[f"{name} {route}"] = measure_route(
                     name, route, host, runner, arguments.repeat
                 )

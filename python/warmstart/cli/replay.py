@@ -137,9 +137,13 @@ def load_workload(arguments: argparse.Namespace) -> Workload:
     if arguments.trace is None:
         workload = builtin_workload(seed=arguments.seed)
     else:
-        workload = load_trace(arguments.trace, arguments.format, seed=arguments.seed)
+        workload = load_trace(
+            arguments.trace, arguments.format, seed=arguments.seed, duration_s=arguments.duration
+        )
     if arguments.duration is not None:
         workload = workload.head(arguments.duration)
+    if workload.requests == 0:
+        raise WorkloadError(f"{workload.name}: no requests to replay; check the trace's rates")
     return workload
 
 
@@ -173,6 +177,13 @@ def run_replay(arguments: argparse.Namespace) -> int:
         options=FleetOptions(metric_period_s=arguments.metric_period),
     )
     progress = None if arguments.json or not sys.stderr.isatty() else ProgressBar(sys.stderr)
+    if progress is not None:
+        # Run time grows with the span, so show it before the runs start.
+        print(
+            f"{workload.name}: {workload.requests} requests over {workload.duration_s:.0f} s, "
+            f"{len(plan.runs)} runs",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     results = run_plan(plan, jobs=arguments.jobs, progress=progress)
     elapsed = time.monotonic() - started

@@ -19,19 +19,34 @@ Formats, detected from the file name and the CSV header when not given:
 
 Metric traces become Poisson arrivals at the recorded rate, with the built-in workload's token
 distribution, drawn from ``seed``. Every workload starts at 0 s.
+
+The metric formats are detected only when the file name says the series is a rate (it contains
+``qps``, ``rps`` or ``rate``) or a ``request_type`` column is present, because latency and
+utilization series have the same columns. Files may be UTF-8 (with or without a byte order
+mark), UTF-16 with a byte order mark, or gzip-compressed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import json
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
 
-from warmstart.replay.workload import Workload, WorkloadError, workload_from_rate
+from warmstart.replay.workload import (
+    MAX_SPAN_S,
+    Workload,
+    WorkloadError,
+    workload_from_rate,
+)
 
 __all__ = ["TRACE_FORMATS", "detect_format", "endpoint_rate", "load_trace"]
 
@@ -44,13 +59,24 @@ TRACE_FORMATS = (
     "requests",
 )
 
+# A larger count is a unit or column mistake, since no model has a context of 10^9 tokens.
+MAX_TOKENS = 1_000_000_000
+
 _TIME_COLUMNS = ("time", "timestamp", "timestamp_anon", "time_s")
 _INSTANCE_COLUMNS = ("instance", "container_ip")
+_RATE_NAME_HINTS = ("qps", "rps", "rate")
+
+# A full ISO 8601 date and time as the Azure traces write it: a space or T between date and
+# time, up to nanoseconds, and an optional UTC offset such as +00:00.
+_ISO_DATETIME = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
+    r"(?:(Z)|([+-])(\d{2}):?(\d{2}))?"
+)
 
 
 def detect_format(path: Path) -> str:
     """Return the trace format of the file at ``path`` from its name and header."""
-    if path.suffix in (".jsonl", ".json"):
+    if Path(path.name.removesuffix(".gz")).suffix in (".jsonl", ".json"):
         return "mooncake"
     header = _read_header(path)
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= set(header):
@@ -61,35 +87,55 @@ def detect_format(path: Path) -> str:
         return "requests"
     has_time = _pick(header, _TIME_COLUMNS) is not None
     if has_time and "value" in header:
-        return "instance-metric" if _pick(header, _INSTANCE_COLUMNS) else "time-value"
+        metric = "instance-metric" if _pick(header, _INSTANCE_COLUMNS) else "time-value"
+        if "request_type" in header or any(h in path.name.lower() for h in _RATE_NAME_HINTS):
+            return metric
+        raise WorkloadError(
+            f"{path}: columns {header} are a metric series, and neither the file name (no "
+            f"{', '.join(_RATE_NAME_HINTS)}) nor a request_type column says it is a request "
+            f"rate; latency and utilization series look the same. If value is requests per "
+            f"second, pass --format {metric}"
+        )
     raise WorkloadError(
         f"{path}: cannot tell the trace format from columns {header}; pass --format with one "
         f"of {', '.join(TRACE_FORMATS)}"
     )
 
 
-def load_trace(path: str | Path, trace_format: str | None = None, *, seed: int = 0) -> Workload:
+def load_trace(
+    path: str | Path,
+    trace_format: str | None = None,
+    *,
+    seed: int = 0,
+    duration_s: float | None = None,
+) -> Workload:
     """Load the trace at ``path`` as a workload, detecting its format when None.
 
-    ``seed`` drives the arrivals generated for metric traces. Raise ``WorkloadError`` for an
-    unknown format, a missing file or a malformed row, naming the file and the line.
+    ``seed`` drives the arrivals generated for metric traces. ``duration_s`` keeps only the
+    first seconds, before any span or size limit applies. Raise ``WorkloadError`` for an
+    unknown format, a missing or unreadable file, a malformed row (naming the file and the
+    line), a span over ``MAX_SPAN_S`` or a metric series that would generate too many requests.
     """
     source = Path(path)
+    if source.is_dir():
+        raise WorkloadError(f"trace {source} is a directory; pass a trace file")
     if not source.is_file():
         raise WorkloadError(f"trace file {source} not found")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise WorkloadError(f"invalid duration {duration_s!r}; give a positive number of seconds")
     chosen = trace_format or detect_format(source)
     if chosen == "azure-llm":
-        return _load_azure_llm(source)
+        return _load_azure_llm(source, duration_s)
     if chosen == "mooncake":
-        return _load_mooncake(source)
+        return _load_mooncake(source, duration_s)
     if chosen == "instance-metric":
-        return _load_instance_metric(source, seed)
+        return _load_instance_metric(source, seed, duration_s)
     if chosen == "time-value":
-        return _load_time_value(source, seed)
+        return _load_time_value(source, seed, duration_s)
     if chosen == "azure-functions":
-        return _load_azure_functions(source)
+        return _load_azure_functions(source, duration_s)
     if chosen == "requests":
-        return _load_requests(source)
+        return _load_requests(source, duration_s)
     raise WorkloadError(
         f"unknown trace format {chosen!r}; choose one of {', '.join(TRACE_FORMATS)}"
     )
@@ -99,92 +145,218 @@ def _pick(header: Sequence[str], names: Sequence[str]) -> str | None:
     return next((name for name in names if name in header), None)
 
 
-def _read_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return next(csv.reader(handle), [])
+def _open_text(path: Path) -> TextIO:
+    """Open a UTF-8 (a byte order mark is skipped), UTF-16 or gzip-compressed file as text."""
+    with path.open("rb") as raw:
+        magic = raw.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    if magic in (b"\xff\xfe", b"\xfe\xff"):
+        return path.open(encoding="utf-16", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
 
 
-def _columns(path: Path, names: Sequence[str]) -> dict[str, list[str]]:
-    """Read the named columns of a CSV file as strings."""
-    columns: dict[str, list[str]] = {name: [] for name in names}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in names if name not in (reader.fieldnames or [])]
-        if missing:
-            raise WorkloadError(f"{path}: missing columns {missing}")
-        for row in reader:
-            for name in names:
-                columns[name].append(row[name] or "")
-    return columns
-
-
-def _floats(path: Path, name: str, values: list[str]) -> npt.NDArray[np.float64]:
-    """Convert a column to floats; raise ``WorkloadError`` naming the first bad line."""
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[TextIO]:
+    """Open ``path`` as text; turn decoding and reading failures into ``WorkloadError``."""
     try:
-        return np.asarray(values, dtype=np.float64)
+        with _open_text(path) as handle:
+            yield handle
+    except UnicodeDecodeError as error:
+        raise WorkloadError(
+            f"{path}: invalid UTF-8 at byte {error.start}; save the trace as UTF-8 text "
+            "(gzip-compressed is fine)"
+        ) from None
+    except (OSError, EOFError) as error:
+        raise WorkloadError(f"{path}: cannot read the trace: {error}") from None
+
+
+def _read_header(path: Path) -> list[str]:
+    with _reading(path) as handle:
+        try:
+            return next(csv.reader(handle), [])
+        except csv.Error as error:
+            raise WorkloadError(f"{path}:1: invalid CSV header: {error}") from None
+
+
+def _columns(path: Path, names: Sequence[str]) -> tuple[dict[str, list[str]], list[int]]:
+    """Read the named columns of a CSV file as strings, and the line number of every row."""
+    columns: dict[str, list[str]] = {name: [] for name in names}
+    lines: list[int] = []
+    with _reading(path) as handle:
+        reader = csv.DictReader(handle)
+        try:
+            missing = [name for name in names if name not in (reader.fieldnames or [])]
+            if missing:
+                raise WorkloadError(f"{path}: missing columns {missing}")
+            for row in reader:
+                for name in names:
+                    columns[name].append(row[name] or "")
+                lines.append(reader.line_num)
+        except csv.Error as error:
+            raise WorkloadError(
+                f"{path}:{reader.line_num + 1}: invalid CSV: {error}; is this a CSV trace?"
+            ) from None
+    return columns, lines
+
+
+def _floats(
+    path: Path, name: str, values: list[str], lines: Sequence[int], *, minimum: float | None = None
+) -> npt.NDArray[np.float64]:
+    """Convert a column to finite floats of at least ``minimum``; raise ``WorkloadError``
+    naming the first bad line."""
+    try:
+        numbers = np.asarray(values, dtype=np.float64)
     except ValueError:
-        for line, value in enumerate(values, start=2):
+        for index, value in enumerate(values):
             try:
                 float(value)
             except ValueError:
-                raise WorkloadError(f"{path}:{line}: invalid {name} {value!r}") from None
+                raise WorkloadError(f"{path}:{lines[index]}: invalid {name} {value!r}") from None
         raise
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(numbers) | (numbers < (-math.inf if minimum is None else minimum))
+    if np.any(bad):
+        index = int(np.argmax(bad))
+        need = "a finite number" if minimum is None else f"a finite number >= {minimum:g}"
+        raise WorkloadError(f"{path}:{lines[index]}: invalid {name} {values[index]!r}; need {need}")
+    return numbers
+
+
+def _token_counts(
+    path: Path, name: str, values: list[str], lines: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    numbers = _floats(path, name, values, lines, minimum=0)
+    bad = (numbers > MAX_TOKENS) | (numbers != np.floor(numbers))
+    if np.any(bad):
+        index = int(np.argmax(bad))
+        raise WorkloadError(
+            f"{path}:{lines[index]}: invalid {name} {values[index]!r}; need a whole number of "
+            f"tokens from 0 to {MAX_TOKENS:,}"
+        )
+    return numbers.astype(np.int64)
+
+
+def _check_span(path: Path, span_s: float, first_line: int, last_line: int) -> None:
+    if span_s > MAX_SPAN_S:
+        raise WorkloadError(
+            f"{path}: the trace spans {span_s / 86400:,.1f} days, from line {first_line} to line "
+            f"{last_line}; a replay simulates every second and covers at most "
+            f"{MAX_SPAN_S / 86400:.0f} days. Check those lines for a wrong timestamp, or pass "
+            "--duration SECONDS to replay the start of the trace"
+        )
 
 
 def _requests(
-    name: str,
+    path: Path,
     arrival_s: npt.NDArray[np.float64],
+    lines: Sequence[int],
+    until_s: float | None,
     *,
-    input_tokens: npt.NDArray[np.float64] | None = None,
-    output_tokens: npt.NDArray[np.float64] | None = None,
+    input_tokens: npt.NDArray[np.int64] | None = None,
+    output_tokens: npt.NDArray[np.int64] | None = None,
     service_s: npt.NDArray[np.float64] | None = None,
 ) -> Workload:
-    """Build a workload from unsorted request columns, shifted to start at 0 s."""
+    """Build a workload from unsorted request columns, shifted to start at 0 s and cut at
+    ``until_s``."""
     if arrival_s.size == 0:
-        raise WorkloadError(f"{name}: the trace has no requests")
+        raise WorkloadError(f"{path}: the trace has no requests")
     order = np.argsort(arrival_s, kind="stable")
     arrivals = arrival_s[order] - arrival_s[order[0]]
+    if until_s is not None:
+        kept = int(np.searchsorted(arrivals, until_s, side="left"))
+        order, arrivals = order[:kept], arrivals[:kept]
+    _check_span(path, float(arrivals[-1]), lines[order[0]], lines[order[-1]])
+    duration = float(np.ceil(arrivals[-1]))
     return Workload(
-        name=name,
+        name=path.stem,
         arrival_s=arrivals,
-        duration_s=float(np.ceil(arrivals[-1])),
-        input_tokens=None if input_tokens is None else input_tokens[order].astype(np.int64),
-        output_tokens=None if output_tokens is None else output_tokens[order].astype(np.int64),
+        duration_s=duration if until_s is None else min(duration, until_s),
+        input_tokens=None if input_tokens is None else input_tokens[order],
+        output_tokens=None if output_tokens is None else output_tokens[order],
         service_s=None if service_s is None else service_s[order],
     )
 
 
-def _load_azure_llm(path: Path) -> Workload:
-    data = _columns(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
+def _azure_nanoseconds(
+    path: Path, stamps: list[str], lines: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    """Parse Azure TIMESTAMP values into nanoseconds since the epoch, in UTC."""
+    naive: list[str] = []
+    offsets_min = np.zeros(len(stamps), dtype=np.int64)
+    for index, stamp in enumerate(stamps):
+        match = _ISO_DATETIME.fullmatch(stamp.strip())
+        if match is None:
+            raise WorkloadError(
+                f"{path}:{lines[index]}: invalid TIMESTAMP {stamp!r}; need an ISO 8601 date and "
+                "time such as 2023-11-16 18:15:46.68 (an optional UTC offset such as +00:00)"
+            )
+        date, clock, _, sign, hours, minutes = match.groups()
+        naive.append(f"{date}T{clock}")
+        if sign is not None:
+            offset = int(hours) * 60 + int(minutes)
+            offsets_min[index] = -offset if sign == "-" else offset
     try:
-        # numpy parses ISO 8601 with up to nanosecond fractions once the space becomes a T.
-        stamps = np.array([t.replace(" ", "T") for t in data["TIMESTAMP"]], dtype="datetime64[ns]")
-    except ValueError as error:
-        raise WorkloadError(f"{path}: invalid TIMESTAMP value: {error}") from None
-    if stamps.size == 0:
+        parsed = np.array(naive, dtype="datetime64[ns]")
+    except ValueError:
+        for index, text in enumerate(naive):
+            try:
+                np.datetime64(text, "ns")
+            except ValueError:
+                raise WorkloadError(
+                    f"{path}:{lines[index]}: invalid TIMESTAMP {stamps[index]!r}; the date or "
+                    "time is out of range"
+                ) from None
+        raise
+    return parsed.astype(np.int64) - offsets_min * 60_000_000_000
+
+
+def _load_azure_llm(path: Path, until_s: float | None) -> Workload:
+    data, lines = _columns(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
+    if not lines:
         raise WorkloadError(f"{path}: the trace has no requests")
-    seconds = (stamps - stamps.min()).astype(np.int64) / 1e9
+    nanoseconds = _azure_nanoseconds(path, data["TIMESTAMP"], lines)
+    seconds = (nanoseconds - nanoseconds.min()) / 1e9
     return _requests(
-        path.stem,
+        path,
         seconds,
-        input_tokens=_floats(path, "ContextTokens", data["ContextTokens"]),
-        output_tokens=_floats(path, "GeneratedTokens", data["GeneratedTokens"]),
+        lines,
+        until_s,
+        input_tokens=_token_counts(path, "ContextTokens", data["ContextTokens"], lines),
+        output_tokens=_token_counts(path, "GeneratedTokens", data["GeneratedTokens"], lines),
     )
 
 
-def _load_mooncake(path: Path) -> Workload:
+def _json_number(record: dict[str, object], key: str, *, whole: bool) -> float:
+    """Return ``record[key]`` as a finite float (a whole one when ``whole``), else raise
+    ``ValueError`` naming the key and value."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{key} {value!r} is not a finite number >= 0")
+    if whole and (number != math.floor(number) or number > MAX_TOKENS):
+        raise ValueError(f"{key} {value!r} is not a whole number of tokens up to {MAX_TOKENS:,}")
+    return number
+
+
+def _load_mooncake(path: Path, until_s: float | None) -> Workload:
     rows: list[tuple[float, float, float]] = []
-    with path.open(encoding="utf-8") as handle:
+    lines: list[int] = []
+    with _reading(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise TypeError(f"found {type(record).__name__}")
                 rows.append(
                     (
-                        float(record["timestamp"]) / 1000.0,
-                        float(record["input_length"]),
-                        float(record["output_length"]),
+                        _json_number(record, "timestamp", whole=False) / 1000.0,
+                        _json_number(record, "input_length", whole=True),
+                        _json_number(record, "output_length", whole=True),
                     )
                 )
             except (ValueError, KeyError, TypeError) as error:
@@ -192,22 +364,29 @@ def _load_mooncake(path: Path) -> Workload:
                     f"{path}:{line_number}: expected a JSON object with timestamp (ms), "
                     f"input_length and output_length: {error}"
                 ) from None
+            lines.append(line_number)
     columns = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
     return _requests(
-        path.stem, columns[:, 0], input_tokens=columns[:, 1], output_tokens=columns[:, 2]
+        path,
+        columns[:, 0],
+        lines,
+        until_s,
+        input_tokens=columns[:, 1].astype(np.int64),
+        output_tokens=columns[:, 2].astype(np.int64),
     )
 
 
-def _load_instance_metric(path: Path, seed: int) -> Workload:
+def _load_instance_metric(path: Path, seed: int, until_s: float | None) -> Workload:
     header = _read_header(path)
     time_column = _pick(header, _TIME_COLUMNS)
     instance_column = _pick(header, _INSTANCE_COLUMNS)
     if time_column is None or instance_column is None or "value" not in header:
         raise WorkloadError(f"{path}: need a time, an instance and a value column; got {header}")
-    data = _columns(path, (time_column, instance_column, "value"))
+    data, all_lines = _columns(path, (time_column, instance_column, "value"))
     keep = [i for i, name in enumerate(data[instance_column]) if name not in ("", "None", "NULL")]
-    times = _floats(path, time_column, [data[time_column][i] for i in keep])
-    values = _floats(path, "value", [data["value"][i] for i in keep])
+    lines = [all_lines[i] for i in keep]
+    times = _floats(path, time_column, [data[time_column][i] for i in keep], lines)
+    values = _floats(path, "value", [data["value"][i] for i in keep], lines, minimum=0)
     if times.size == 0:
         raise WorkloadError(
             f"{path}: no row names an instance; for an endpoint-level series use --format "
@@ -215,7 +394,15 @@ def _load_instance_metric(path: Path, seed: int) -> Workload:
         )
     grid, total, period = endpoint_rate(times, [data[instance_column][i] for i in keep], values)
     duration = float(grid[-1] - grid[0] + period)
-    return workload_from_rate(path.stem, grid - grid[0], total, duration, seed=seed)
+    _check_span(
+        path,
+        duration if until_s is None else min(duration, until_s),
+        lines[int(np.argmin(times))],
+        lines[int(np.argmax(times))],
+    )
+    return workload_from_rate(
+        path.stem, grid - grid[0], total, duration, seed=seed, until_s=until_s
+    )
 
 
 def endpoint_rate(
@@ -243,42 +430,60 @@ def endpoint_rate(
     return grid, total, period
 
 
-def _load_time_value(path: Path, seed: int) -> Workload:
+def _load_time_value(path: Path, seed: int, until_s: float | None) -> Workload:
     header = _read_header(path)
     time_column = _pick(header, _TIME_COLUMNS)
     if time_column is None:
         raise WorkloadError(f"{path}: need a time column; got {header}")
-    data = _columns(path, (time_column, "value"))
-    times = _floats(path, time_column, data[time_column])
-    values = _floats(path, "value", data["value"])
+    data, lines = _columns(path, (time_column, "value"))
+    times = _floats(path, time_column, data[time_column], lines)
+    values = _floats(path, "value", data["value"], lines, minimum=0)
     if times.size == 0:
         raise WorkloadError(f"{path}: the trace has no rows")
     order = np.argsort(times, kind="stable")
     times, values = times[order] - times[order[0]], values[order]
-    period = float(np.median(np.diff(times))) if times.size > 1 else 1.0
-    return workload_from_rate(path.stem, times, values, float(times[-1] + period), seed=seed)
+    gaps = np.diff(times)
+    if times.size > 1 and not np.any(gaps > 0):
+        raise WorkloadError(
+            f"{path}: all {times.size} rows have the same {time_column}; a rate series needs "
+            "rows at two or more times"
+        )
+    # Each rate applies until the next row, and the last one for the median gap between rows.
+    period = float(np.median(gaps[gaps > 0])) if times.size > 1 else 1.0
+    duration = float(times[-1] + period)
+    _check_span(
+        path,
+        duration if until_s is None else min(duration, until_s),
+        lines[int(order[0])],
+        lines[int(order[-1])],
+    )
+    return workload_from_rate(path.stem, times, values, duration, seed=seed, until_s=until_s)
 
 
-def _load_azure_functions(path: Path) -> Workload:
-    data = _columns(path, ("end_timestamp", "duration"))
-    end = _floats(path, "end_timestamp", data["end_timestamp"])
-    duration = _floats(path, "duration", data["duration"])
-    return _requests(path.stem, end - duration, service_s=duration)
+def _load_azure_functions(path: Path, until_s: float | None) -> Workload:
+    data, lines = _columns(path, ("end_timestamp", "duration"))
+    end = _floats(path, "end_timestamp", data["end_timestamp"], lines)
+    duration = _floats(path, "duration", data["duration"], lines, minimum=0)
+    return _requests(path, end - duration, lines, until_s, service_s=duration)
 
 
-def _load_requests(path: Path) -> Workload:
+def _load_requests(path: Path, until_s: float | None) -> Workload:
     header = _read_header(path)
     if "service_s" in header:
-        data = _columns(path, ("arrival_s", "service_s"))
+        data, lines = _columns(path, ("arrival_s", "service_s"))
         return _requests(
-            path.stem,
-            _floats(path, "arrival_s", data["arrival_s"]),
-            service_s=_floats(path, "service_s", data["service_s"]),
+            path,
+            _floats(path, "arrival_s", data["arrival_s"], lines),
+            lines,
+            until_s,
+            service_s=_floats(path, "service_s", data["service_s"], lines, minimum=0),
         )
-    data = _columns(path, ("arrival_s", "input_tokens", "output_tokens"))
+    data, lines = _columns(path, ("arrival_s", "input_tokens", "output_tokens"))
     return _requests(
-        path.stem,
-        _floats(path, "arrival_s", data["arrival_s"]),
-        input_tokens=_floats(path, "input_tokens", data["input_tokens"]),
-        output_tokens=_floats(path, "output_tokens", data["output_tokens"]),
+        path,
+        _floats(path, "arrival_s", data["arrival_s"], lines),
+        lines,
+        until_s,
+        input_tokens=_token_counts(path, "input_tokens", data["input_tokens"], lines),
+        output_tokens=_token_counts(path, "output_tokens", data["output_tokens"], lines),
     )

@@ -328,6 +328,78 @@ fn write_through_absolute_symlink_stays_inside() {
     assert!(!Path::new("/etc/warmstart-test").exists());
 }
 
+/// A directory that earlier entries wrote into is replaced by a symlink to an absolute host
+/// path: later entries below it must go through the symlink resolved inside the root, not to
+/// the directory's old place (which is now the symlink, and would lead out of the root).
+#[test]
+fn directory_replaced_by_symlink_stays_inside() {
+    let (directory, store) = setup();
+    let outside = directory.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_name = outside.to_str().unwrap().to_owned();
+    let layer = tar_of(&[
+        Entry::Dir("d/", 0o755),
+        Entry::File("d/first", b"in the directory", 0o644),
+        Entry::Symlink("d", &outside_name),
+        Entry::File("d/second", b"through the symlink", 0o644),
+    ]);
+    put_image(&store, "img", &[(layer, GZIP)]);
+    for (layout, options) in [("rootfs", flatten()), ("overlay", overlay())] {
+        let target = directory.path().join(format!("out-{layout}"));
+        let report = unpack::unpack(&store, "img", &target, &options).unwrap();
+        let root = match layout {
+            "rootfs" => target.join("rootfs"),
+            _ => target.join("layers").join(report.layers[0].diff_id.hex()),
+        };
+        let link = fs::symlink_metadata(root.join("d")).unwrap();
+        assert!(link.file_type().is_symlink(), "{layout}");
+        let inside = root
+            .join(outside_name.trim_start_matches('/'))
+            .join("second");
+        assert_eq!(
+            fs::read(&inside).unwrap(),
+            b"through the symlink",
+            "{layout}"
+        );
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "{layout}: an entry was written outside the root"
+        );
+    }
+}
+
+/// Entries created inside a setgid directory take that directory's group. Unpack skips the
+/// `chown` of an entry whose owner is already the process's, so the staging directories it
+/// creates in a setgid target must not inherit the bit. Checked only as root, which keeps
+/// owners.
+#[test]
+fn setgid_target_keeps_entry_groups() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let (directory, store) = setup();
+    let layer = tar_of(&[
+        Entry::Dir("d/", 0o755),
+        Entry::File("d/file", b"owned by 0:0", 0o644),
+    ]);
+    put_image(&store, "img", &[(layer, GZIP)]);
+    for (layout, options) in [("rootfs", flatten()), ("overlay", overlay())] {
+        let target = directory.path().join(format!("out-{layout}"));
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::chown(&target, None, Some(4321)).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o2755)).unwrap();
+        let report = unpack::unpack(&store, "img", &target, &options).unwrap();
+        let root = match layout {
+            "rootfs" => target.join("rootfs"),
+            _ => target.join("layers").join(report.layers[0].diff_id.hex()),
+        };
+        for path in [root.join("d"), root.join("d/file")] {
+            let gid = fs::symlink_metadata(&path).unwrap().gid();
+            assert_eq!(gid, 0, "{layout}: {}", path.display());
+        }
+    }
+}
+
 #[test]
 fn hardlink_through_symlink_stays_inside() {
     let (directory, store) = setup();
@@ -390,6 +462,41 @@ fn diff_id_mismatch_publishes_nothing() {
         assert!(!target.join("rootfs").exists());
         assert!(!target.join("lowerdir").exists());
         assert_eq!(fs::read_dir(target.join("layers")).unwrap().count(), 0);
+    }
+}
+
+/// Unpack does not hash the blob again, so a blob that changed on disk after the store checked
+/// it must still be caught: by the gzip or zstd checksum, or else by the diff_id.
+#[test]
+fn blob_changed_in_store_publishes_nothing() {
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let layer = tar_of(&[Entry::File("data", &data, 0o644)]);
+    for media_type in [GZIP, ZSTD, TAR] {
+        let (directory, store) = setup();
+        put_image(&store, "img", &[(layer.clone(), media_type)]);
+        let blob = compress(&layer, media_type);
+        let path = store.blob_path(&Digest::of_bytes(Algorithm::Sha256, &blob));
+        let mut changed = blob.clone();
+        // Past the tar header and the compression header, inside the file data.
+        let middle = changed.len() / 2;
+        changed[middle] ^= 0x55;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, &changed).unwrap();
+        for options in [flatten(), overlay()] {
+            let target = directory.path().join(format!("out-{}", options.flatten));
+            let error = unpack::unpack(&store, "img", &target, &options).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    UnpackError::DiffIdMismatch { .. } | UnpackError::InvalidLayer { .. }
+                ),
+                "{media_type}: {error}"
+            );
+            assert!(!target.join("rootfs").exists(), "{media_type}");
+            assert!(!target.join("lowerdir").exists(), "{media_type}");
+            let layers = fs::read_dir(target.join("layers")).unwrap().count();
+            assert_eq!(layers, 0, "{media_type}");
+        }
     }
 }
 

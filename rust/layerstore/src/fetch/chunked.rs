@@ -4,10 +4,11 @@
 //! starts where asked means the server honours ranges, and the blob's other ranges are queued
 //! behind the per-host connection limit. A 200, or a 206 starting elsewhere, means it does not:
 //! the blob is fetched as one stream from byte 0, and no full body is ever spliced into a chunk.
-//! Bytes are written at their offset in the preallocated partial file. A hashing task reads the
-//! contiguous prefix back from the file as it grows, so verification overlaps the download and
-//! the digest covers exactly the bytes on disk. A subscriber to [`Progress`] gets the same
-//! prefix as a [`BlobStream`], to consume each blob while it downloads.
+//! Bytes are written at their offset in the preallocated partial file. A hashing task hashes the
+//! contiguous prefix as it grows, so verification overlaps the download. It takes the bytes
+//! from the written buffers where they are still in memory and reads them back from the file
+//! elsewhere, so the digest covers exactly the bytes on disk. A subscriber to [`Progress`] gets
+//! the same prefix as a [`BlobStream`], to consume each blob while it downloads.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
+use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
@@ -26,6 +28,7 @@ use url::Url;
 use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
 use crate::fetch::ranges::RangeSet;
+use crate::fetch::retained::{MemoryBudget, Piece, Retained, RETAIN_LIMIT};
 use crate::fetch::stream::{BlobStream, Prefix, PrefixGuard};
 use crate::reference::Reference;
 use crate::registry::error::{PullError, RequestContext};
@@ -34,8 +37,9 @@ use crate::store::{PartialBlob, PartialStart, Store};
 
 /// Bytes written to the partial file at once.
 const WRITE_BUFFER: usize = 1 << 20;
-/// Bytes hashed per read of the partial file.
-const HASH_BUFFER: usize = 4 << 20;
+/// Bytes hashed per read of the partial file: small enough that the bytes a read copies are
+/// still in the CPU cache when the hasher reads them.
+const HASH_BUFFER: usize = 256 << 10;
 
 /// Range size and connection count of a fetch.
 #[derive(Clone, Debug)]
@@ -149,6 +153,8 @@ pub struct Fetcher {
     store: Store,
     client: Arc<RegistryClient>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Caps the written bytes kept in memory for hashing, over all downloads.
+    retain_budget: Arc<MemoryBudget>,
 }
 
 impl Fetcher {
@@ -157,6 +163,7 @@ impl Fetcher {
             store,
             client,
             hosts: Mutex::new(HashMap::new()),
+            retain_budget: MemoryBudget::new(RETAIN_LIMIT),
         }
     }
 
@@ -330,6 +337,8 @@ impl Fetcher {
             state: Mutex::new(State {
                 done,
                 generation: 0,
+                hashed: 0,
+                retained: Retained::default(),
             }),
             changed: Notify::new(),
             permits: self.permits(&host, options.connections),
@@ -455,6 +464,10 @@ impl<T> Drop for AbortOnDrop<T> {
 struct State {
     done: RangeSet,
     generation: u64,
+    /// End of the prefix the hashing task has taken on.
+    hashed: u64,
+    /// Written buffers kept for the hashing task.
+    retained: Retained,
 }
 
 /// One blob being downloaded.
@@ -535,12 +548,17 @@ impl Download {
         }
     }
 
-    fn mark_written(&self, start: u64, end: u64, generation: u64) -> bool {
+    /// Records `start..end` as written, and keeps its `buffers` for hashing when the budget
+    /// allows. Returns false when a restart discarded this writer's generation.
+    fn mark_written(&self, start: u64, end: u64, generation: u64, buffers: Vec<Bytes>) -> bool {
         let mut state = self.state.lock().expect("not poisoned");
         if state.generation != generation {
             return false;
         }
         state.done.insert(start, end);
+        let hashed = state.hashed;
+        let budget = &self.fetcher.retain_budget;
+        state.retained.offer(budget, hashed, start, end, buffers);
         if let Some(prefix) = &self.prefix {
             prefix.advance(state.done.contiguous_end());
         }
@@ -553,6 +571,8 @@ impl Download {
     fn restart(&self) -> u64 {
         let mut state = self.state.lock().expect("not poisoned");
         state.done.clear();
+        state.retained.clear();
+        state.hashed = 0;
         state.generation += 1;
         if let Some(prefix) = &self.prefix {
             prefix.advance(0);
@@ -589,7 +609,9 @@ impl Download {
         generation: u64,
     ) -> (u64, Option<PullError>) {
         let stall = self.fetcher.client().options().stall_timeout;
-        let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+        // The response's own buffers, written with one `pwritev` when they add up to
+        // WRITE_BUFFER bytes, so the bytes are not copied into a staging buffer first.
+        let mut buffer = Buffers::default();
         let mut buffer_start = position;
         loop {
             let next = tokio::time::timeout(stall, response.chunk()).await;
@@ -626,8 +648,8 @@ impl Download {
             self.progress
                 .fetched_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            buffer.extend_from_slice(&chunk);
             position += chunk.len() as u64;
+            buffer.push(chunk);
             if buffer.len() >= WRITE_BUFFER {
                 match self.flush(&mut buffer, buffer_start, generation) {
                     Ok(flushed) => buffer_start = flushed,
@@ -641,16 +663,44 @@ impl Download {
         }
     }
 
-    /// Writes the buffer at `start`, marks it written and returns the position after it.
-    fn flush(&self, buffer: &mut Vec<u8>, start: u64, generation: u64) -> Result<u64, PullError> {
+    /// Writes the buffers at `start`, marks them written and returns the position after them.
+    fn flush(&self, buffer: &mut Buffers, start: u64, generation: u64) -> Result<u64, PullError> {
         if buffer.is_empty() {
             return Ok(start);
         }
-        self.partial.write_at(start, buffer)?;
-        let end = start + buffer.len() as u64;
-        self.mark_written(start, end, generation);
-        buffer.clear();
+        let (chunks, length) = buffer.take();
+        self.partial.write_vectored_at(start, &chunks)?;
+        let end = start + length as u64;
+        self.mark_written(start, end, generation, chunks);
         Ok(end)
+    }
+}
+
+/// Response chunks received but not yet written.
+#[derive(Default)]
+struct Buffers {
+    chunks: Vec<Bytes>,
+    length: usize,
+}
+
+impl Buffers {
+    fn push(&mut self, chunk: Bytes) {
+        self.length += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.length
+    }
+
+    fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
+    /// Returns the chunks and their total length, leaving this empty.
+    fn take(&mut self) -> (Vec<Bytes>, usize) {
+        let length = std::mem::take(&mut self.length);
+        (std::mem::take(&mut self.chunks), length)
     }
 }
 
@@ -921,42 +971,42 @@ async fn fetch_whole(download: &Download, first: Option<Response>) -> Result<(),
 }
 
 /// Hashes the contiguous written prefix as it grows; returns the digest once every byte is
-/// hashed. Reads go through the partial file, so the digest covers the bytes on disk.
+/// hashed. Bytes come from the buffers kept by [`Download::mark_written`] where there are
+/// some, and are read back from the partial file elsewhere, so the digest covers the bytes on
+/// disk either way.
 async fn hash_prefix(download: Arc<Download>) -> Result<Digest, PullError> {
     let size = download.job.size;
     let algorithm = download.job.digest.algorithm();
     let mut hasher: Hasher = algorithm.hasher();
     let mut hashed = 0u64;
     let mut generation = 0u64;
+    // Reused by every read of the file, and allocated only once one is needed.
+    let mut read_buffer: Vec<u8> = Vec::new();
     loop {
         let notified = download.changed.notified();
-        let (contiguous, current_generation) = {
-            let state = download.state.lock().expect("not poisoned");
-            (state.done.contiguous_end(), state.generation)
+        let (contiguous, current_generation, pieces) = {
+            let mut state = download.state.lock().expect("not poisoned");
+            if state.generation != generation {
+                hashed = 0;
+            }
+            let contiguous = state.done.contiguous_end();
+            let pieces = state.retained.take(hashed, contiguous);
+            state.hashed = contiguous.max(hashed);
+            (contiguous, state.generation, pieces)
         };
         if current_generation != generation {
             hasher = algorithm.hasher();
-            hashed = 0;
             generation = current_generation;
         }
         if contiguous > hashed {
             let reader = Arc::clone(&download);
-            let (from, to) = (hashed, contiguous);
-            let moved = hasher;
-            hasher = tokio::task::spawn_blocking(move || -> Result<Hasher, StoreError> {
-                let mut hasher = moved;
-                let mut buffer = vec![0u8; HASH_BUFFER];
-                let mut offset = from;
-                while offset < to {
-                    let length = (to - offset).min(HASH_BUFFER as u64) as usize;
-                    reader.partial.read_at(offset, &mut buffer[..length])?;
-                    hasher.update(&buffer[..length]);
-                    offset += length as u64;
-                }
-                Ok(hasher)
-            })
-            .await
-            .expect("hashing does not panic")?;
+            let (moved_hasher, mut buffer) = (hasher, std::mem::take(&mut read_buffer));
+            let hashed_pieces = tokio::task::spawn_blocking(move || {
+                let mut hasher = moved_hasher;
+                let result = hash_pieces(&reader.partial, pieces, &mut hasher, &mut buffer);
+                result.map(|()| (hasher, buffer))
+            });
+            (hasher, read_buffer) = hashed_pieces.await.expect("hashing does not panic")?;
             hashed = contiguous;
             continue;
         }
@@ -965,4 +1015,33 @@ async fn hash_prefix(download: Arc<Download>) -> Result<Digest, PullError> {
         }
         notified.await;
     }
+}
+
+/// Feeds `pieces` to `hasher` in order, reading the file's pieces through `buffer`.
+fn hash_pieces(
+    partial: &PartialBlob,
+    pieces: Vec<Piece>,
+    hasher: &mut Hasher,
+    buffer: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    for piece in pieces {
+        match piece {
+            Piece::Memory(buffers, _reservation) => {
+                for bytes in &buffers {
+                    hasher.update(bytes);
+                }
+            }
+            Piece::File { start, end } => {
+                buffer.resize(HASH_BUFFER, 0);
+                let mut offset = start;
+                while offset < end {
+                    let length = (end - offset).min(HASH_BUFFER as u64) as usize;
+                    partial.read_at(offset, &mut buffer[..length])?;
+                    hasher.update(&buffer[..length]);
+                    offset += length as u64;
+                }
+            }
+        }
+    }
+    Ok(())
 }

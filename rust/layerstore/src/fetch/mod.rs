@@ -2,6 +2,7 @@
 
 pub mod chunked;
 pub mod ranges;
+mod retained;
 mod single;
 pub mod stream;
 

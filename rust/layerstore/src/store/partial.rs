@@ -8,11 +8,11 @@
 //!
 //! The caller hashes the file's bytes in order and passes the digest to
 //! [`PartialBlob::commit`], which checks it against the expected digest before the rename. The
-//! bytes hashed are the ones on disk, read back from the file, so a commit still only publishes
-//! verified content.
+//! bytes hashed are the ones written to the file (read back from it, or the very buffers a
+//! successful write took), so a commit still only publishes verified content.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -23,6 +23,9 @@ use crate::store::ingest::{
     open_partial_file, remove_held_lock, remove_if_exists, sync_directory, touch, PutOutcome,
 };
 use crate::store::Store;
+
+/// Buffers per `pwritev` call, well under Linux's `IOV_MAX` of 1024.
+const MAX_IO_SLICES: usize = 256;
 
 /// Either the blob is already committed, or a partial file is open for it.
 pub enum PartialStart {
@@ -173,6 +176,58 @@ impl PartialBlob {
             .map_err(StoreError::io("write", &self.data_path))
     }
 
+    /// Writes `buffers` back to back from `offset`, with one `pwritev` per up to
+    /// [`MAX_IO_SLICES`] buffers instead of a copy into one contiguous buffer first. Writing past
+    /// the declared size is an error.
+    pub fn write_vectored_at<B: AsRef<[u8]>>(&self, offset: u64, buffers: &[B]) -> Result<()> {
+        let length: u64 = buffers.iter().map(|b| b.as_ref().len() as u64).sum();
+        if offset + length > self.size {
+            return Err(StoreError::SizeMismatch {
+                what: format!("blob {}", self.digest),
+                expected: self.size,
+                actual: offset + length,
+            });
+        }
+        let (mut index, mut skip, mut position) = (0, 0, offset);
+        loop {
+            // Skips fully written (and empty) buffers. `skip` counts the bytes of the next buffer
+            // that are already written.
+            while index < buffers.len() && skip == buffers[index].as_ref().len() {
+                index += 1;
+                skip = 0;
+            }
+            if index == buffers.len() {
+                return Ok(());
+            }
+            let slices: Vec<IoSlice<'_>> = buffers[index..]
+                .iter()
+                .take(MAX_IO_SLICES)
+                .enumerate()
+                .map(|(i, buffer)| IoSlice::new(&buffer.as_ref()[if i == 0 { skip } else { 0 }..]))
+                .collect();
+            let mut written = match rustix::io::pwritev(&self.file, &slices, position) {
+                Ok(0) => {
+                    let error = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(StoreError::io("write", &self.data_path)(error));
+                }
+                Ok(count) => count,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(error) => return Err(StoreError::io("write", &self.data_path)(error.into())),
+            };
+            position += written as u64;
+            while written > 0 {
+                let available = buffers[index].as_ref().len() - skip;
+                if written < available {
+                    skip += written;
+                    break;
+                }
+                written -= available;
+                index += 1;
+                skip = 0;
+            }
+        }
+    }
+
     /// Reads `buffer.len()` bytes at `offset`, for hashing what was written.
     pub fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<()> {
         self.file
@@ -256,5 +311,35 @@ impl Drop for PartialBlob {
 impl std::fmt::Debug for PartialBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PartialBlob({}, {} bytes)", self.digest, self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn write_vectored_at_writes_buffers_back_to_back() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(directory.path()).expect("store opens");
+        // More buffers than one pwritev takes, with empty ones in between.
+        let buffers: Vec<Vec<u8>> = (0..MAX_IO_SLICES * 2 + 3)
+            .map(|i| vec![(i % 251) as u8; i % 7])
+            .collect();
+        let content: Vec<u8> = buffers.concat();
+        let size = content.len() as u64 + 10;
+        let digest = Digest::of_bytes(Algorithm::Sha256, b"placeholder");
+        let PartialStart::Open(partial) = store.open_partial(&digest, size).expect("opens") else {
+            panic!("a new digest has no committed blob");
+        };
+        partial
+            .write_vectored_at(10, &buffers)
+            .expect("write succeeds");
+        let mut written = vec![0u8; content.len()];
+        partial.read_at(10, &mut written).expect("read succeeds");
+        assert_eq!(written, content);
+        let too_long = partial.write_vectored_at(11, &buffers);
+        assert!(matches!(too_long, Err(StoreError::SizeMismatch { .. })));
     }
 }

@@ -65,10 +65,11 @@ impl Compression {
     }
 }
 
-/// A reader that hashes and counts every byte read through it.
+/// A reader that counts, and unless made with [`HashingReader::counting`] hashes, every byte
+/// read through it.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     bytes: u64,
 }
 
@@ -76,23 +77,35 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R, hasher: Hasher) -> HashingReader<R> {
         HashingReader {
             inner,
-            hasher,
+            hasher: Some(hasher),
+            bytes: 0,
+        }
+    }
+
+    /// Creates a reader that counts the bytes and hashes nothing.
+    pub fn counting(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hasher: None,
             bytes: 0,
         }
     }
 
     /// Reads the rest of the stream, so the digest covers trailing bytes the consumer did not
-    /// need (tar padding after the end-of-archive blocks, for example).
-    pub fn finish(mut self) -> io::Result<(Digest, u64)> {
+    /// need (tar padding after the end-of-archive blocks, for example). Returns the digest
+    /// (`None` for a counting reader) and the number of bytes.
+    pub fn finish(mut self) -> io::Result<(Option<Digest>, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.finish(), self.bytes))
+        Ok((self.hasher.map(Hasher::finish), self.bytes))
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let count = self.inner.read(buffer)?;
-        self.hasher.update(&buffer[..count]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buffer[..count]);
+        }
         self.bytes += count as u64;
         Ok(count)
     }
@@ -100,7 +113,8 @@ impl<R: Read> Read for HashingReader<R> {
 
 type Compressed = BufReader<HashingReader<Box<dyn Read + Send>>>;
 
-/// The decompressed stream of a layer blob, with the compressed bytes hashed as they are read.
+/// The decompressed stream of a layer blob, with the compressed bytes counted and, unless
+/// opened with `hash_blob` unset, hashed as they are read.
 pub enum Decoder {
     Gzip(Box<flate2::read::MultiGzDecoder<Compressed>>),
     Zstd(Box<zstd::stream::read::Decoder<'static, Compressed>>),
@@ -109,15 +123,21 @@ pub enum Decoder {
 
 impl Decoder {
     /// Opens a layer blob for decompression after checking that its first bytes match the
-    /// compression its media type declares.
+    /// compression its media type declares. With `hash_blob`, [`Decoder::finish`] returns the
+    /// digest of the blob, computed with the algorithm of `layer`.
     pub fn open(
         blob: impl Read + Send + 'static,
         layer: &Digest,
         media_type: &str,
         compression: Compression,
+        hash_blob: bool,
     ) -> UnpackResult<Decoder> {
         let blob: Box<dyn Read + Send> = Box::new(blob);
-        let hashing = HashingReader::new(blob, layer.algorithm().hasher());
+        let hashing = if hash_blob {
+            HashingReader::new(blob, layer.algorithm().hasher())
+        } else {
+            HashingReader::counting(blob)
+        };
         let mut compressed = BufReader::with_capacity(READ_BUFFER, hashing);
         let head = fill_head(&mut compressed).map_err(|source| UnpackError::InvalidLayer {
             layer: layer.clone(),
@@ -151,8 +171,9 @@ impl Decoder {
         })
     }
 
-    /// Reads the rest of the blob and returns its digest and size in bytes.
-    pub fn finish(self) -> io::Result<(Digest, u64)> {
+    /// Reads the rest of the blob and returns its digest (`None` unless opened with
+    /// `hash_blob`) and its size in bytes.
+    pub fn finish(self) -> io::Result<(Option<Digest>, u64)> {
         let compressed = match self {
             Decoder::Gzip(decoder) => decoder.into_inner(),
             Decoder::Zstd(decoder) => decoder.finish(),

@@ -8,22 +8,23 @@
 //! In [`Mode::Flatten`] the directory holds the layers below, and whiteouts remove what they
 //! hide. A whiteout hides only lower layers, never entries of its own layer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 
 use rustix::fs::{FileType, Mode as FileMode, CWD};
 use tar::EntryType;
 
 use crate::digest::{Algorithm, Digest};
-use crate::unpack::compression::{Compression, Decoder, HashingReader};
+use crate::unpack::compression::{Compression, Decoder};
 use crate::unpack::error::{UnpackError, UnpackResult};
-use crate::unpack::metadata::{self, Degradations, Kind, Metadata, Privileges};
+use crate::unpack::metadata::{self, Degradations, Kind, Metadata, Owner, Privileges};
 use crate::unpack::path::{self, PathProblem};
 
 /// Bytes handed from the decompressing thread to the extracting thread at once.
@@ -57,6 +58,7 @@ pub type DeferredDirectories = BTreeMap<PathBuf, Metadata>;
 /// Digests and sizes of one extracted layer.
 #[derive(Clone, Debug)]
 pub struct Extracted {
+    /// The digest of the blob as read, or with [`BlobCheck::Trusted`] the layer's digest.
     pub digest: Digest,
     pub compressed_bytes: u64,
     pub diff_id: Digest,
@@ -64,75 +66,151 @@ pub struct Extracted {
     pub entries: u64,
 }
 
-/// Extracts the layer blob read from `blob` into `root`. Decompression runs on a thread of its own while
-/// this thread writes files, so a single large layer uses two cores. Returns the digest of the
-/// blob as read and the `diff_id` of its tar stream (computed with `diff_algorithm`); the caller
-/// compares both with what it expects before publishing `root`.
-#[allow(clippy::too_many_arguments)]
+/// Whether [`extract_layer`] hashes the compressed blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Hash the blob as it is read; [`Extracted::digest`] is the digest computed.
+    Hash,
+    /// Do not hash the blob, which takes a sha256 pass off the decompressing thread. For blobs
+    /// read from the store, which checked their digest before it stored them: the `diff_id`
+    /// still covers every byte extracted. [`Extracted::digest`] is then the digest the layer
+    /// is stored under.
+    Trusted,
+}
+
+/// The destination of [`extract_layer`] and the settings it extracts with.
+pub struct Target<'a> {
+    pub root: &'a Path,
+    pub mode: Mode,
+    /// Directory metadata to apply after the last layer that shares `root`.
+    pub directories: &'a mut DeferredDirectories,
+    pub context: &'a Context,
+}
+
+/// Extracts the layer blob read from `blob` into `target.root`. Returns the digest of the blob
+/// (see [`BlobCheck`]) and the `diff_id` of its tar stream, computed with `diff_algorithm`. The
+/// caller compares both with what it expects before publishing the root.
+///
+/// Three threads share the work of one layer, so a single large layer keeps more than one core
+/// busy: one reads and decompresses the blob, one hashes the tar stream, and the calling thread
+/// writes the files.
 pub fn extract_layer(
     blob: impl Read + Send + 'static,
     layer: &Digest,
     media_type: &str,
     diff_algorithm: Algorithm,
-    root: &Path,
-    mode: Mode,
-    directories: &mut DeferredDirectories,
-    context: &Context,
+    blob_check: BlobCheck,
+    target: Target<'_>,
 ) -> UnpackResult<Extracted> {
+    let Target {
+        root,
+        mode,
+        directories,
+        context,
+    } = target;
     let compression = Compression::from_media_type(media_type).ok_or_else(|| {
         UnpackError::UnsupportedMediaType {
             layer: layer.clone(),
             media_type: media_type.to_owned(),
         }
     })?;
-    let decoder = Decoder::open(blob, layer, media_type, compression)?;
-    let (sender, receiver) = sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+    let decoder = Decoder::open(
+        blob,
+        layer,
+        media_type,
+        compression,
+        blob_check == BlobCheck::Hash,
+    )?;
+    let (to_extractor, for_extractor) = sync_channel::<Block>(BLOCKS_IN_FLIGHT);
+    let (to_hasher, for_hasher) = sync_channel::<Block>(BLOCKS_IN_FLIGHT);
+    // Blocks both readers are done with go back for reuse, which saves zeroing a new one.
+    let (recycler, recycled) = sync_channel::<Vec<u8>>(2 * BLOCKS_IN_FLIGHT + 2);
+    let thread_error = |source| UnpackError::Io {
+        operation: "start a thread to extract into",
+        path: root.to_owned(),
+        source,
+    };
     std::thread::scope(|scope| {
-        let decompressing = scope.spawn(move || -> io::Result<(Digest, u64)> {
-            let mut decoder = decoder;
-            loop {
-                let mut block = vec![0u8; BLOCK_SIZE];
-                let count = read_block(&mut decoder, &mut block)?;
-                if count == 0 {
-                    break;
+        let hash_recycler = recycler.clone();
+        let hashing = std::thread::Builder::new()
+            .name("unpack-hash".into())
+            .spawn_scoped(scope, move || {
+                let mut hasher = diff_algorithm.hasher();
+                let mut bytes = 0;
+                for block in for_hasher {
+                    hasher.update(&block);
+                    bytes += block.len() as u64;
+                    recycle(block, &hash_recycler);
                 }
-                block.truncate(count);
-                if sender.send(block).is_err() {
-                    // The extracting side failed and stopped reading; its error is reported.
-                    break;
+                (hasher.finish(), bytes)
+            })
+            .map_err(thread_error)?;
+        let decompressing = std::thread::Builder::new()
+            .name("unpack-decompress".into())
+            .spawn_scoped(scope, move || -> io::Result<(Option<Digest>, u64)> {
+                let mut decoder = decoder;
+                loop {
+                    let mut block = recycled
+                        .try_recv()
+                        .unwrap_or_else(|_| vec![0u8; BLOCK_SIZE]);
+                    block.resize(BLOCK_SIZE, 0);
+                    let count = read_block(&mut decoder, &mut block)?;
+                    if count == 0 {
+                        break;
+                    }
+                    block.truncate(count);
+                    let block = Arc::new(block);
+                    let hashed = to_hasher.send(Arc::clone(&block));
+                    // A closed extractor channel means extraction failed; its error is reported.
+                    if hashed.is_err() || to_extractor.send(block).is_err() {
+                        break;
+                    }
                 }
-            }
-            drop(sender);
-            decoder.finish()
-        });
-        let stream = HashingReader::new(ChannelReader::new(receiver), diff_algorithm.hasher());
+                drop((to_hasher, to_extractor));
+                decoder.finish()
+            })
+            .map_err(thread_error)?;
         let mut extractor = Extractor {
             root,
             layer,
             mode,
             context,
             written: HashSet::new(),
+            resolved: HashMap::new(),
             directories,
             buffer: vec![0u8; BLOCK_SIZE],
             entries: 0,
         };
-        let extracted = extractor.extract(stream);
+        let extracted = extractor.extract(ChannelReader::new(for_extractor, recycler));
         let decompressed = decompressing.join().expect("decompression does not panic");
+        let (diff_id, uncompressed_bytes) = hashing.join().expect("hashing does not panic");
         let (digest, compressed_bytes) =
             decompressed.map_err(|source| UnpackError::InvalidLayer {
                 layer: layer.clone(),
                 reason: format!("{} decompression failed", compression.name()),
                 source: Some(source),
             })?;
-        let (diff_id, uncompressed_bytes) = extracted?;
+        extracted?;
         Ok(Extracted {
-            digest,
+            digest: digest.unwrap_or_else(|| layer.clone()),
             compressed_bytes,
             diff_id,
             uncompressed_bytes,
             entries: extractor.entries,
         })
     })
+}
+
+/// A block of the decompressed stream, shared by the hashing and the extracting thread.
+type Block = Arc<Vec<u8>>;
+
+/// Sends `block` back to the decompressing thread when this was its last reference.
+fn recycle(block: Block, recycler: &SyncSender<Vec<u8>>) {
+    // `Arc::into_inner` returns the vector to exactly one of the threads that drop a clone.
+    if let Some(vector) = Arc::into_inner(block) {
+        // A full channel or a finished decompressor just drops the block.
+        let _ = recycler.try_send(vector);
+    }
 }
 
 /// Reads until `block` is full or the stream ends.
@@ -152,16 +230,18 @@ fn read_block(reader: &mut impl Read, block: &mut [u8]) -> io::Result<usize> {
 /// The receiving end of the decompressed stream. The stream ends early, with an error, when the
 /// decompressing thread failed; that thread's error is the one reported.
 struct ChannelReader {
-    receiver: Receiver<Vec<u8>>,
-    current: Vec<u8>,
+    receiver: Receiver<Block>,
+    recycler: SyncSender<Vec<u8>>,
+    current: Block,
     position: usize,
 }
 
 impl ChannelReader {
-    fn new(receiver: Receiver<Vec<u8>>) -> ChannelReader {
+    fn new(receiver: Receiver<Block>, recycler: SyncSender<Vec<u8>>) -> ChannelReader {
         ChannelReader {
             receiver,
-            current: Vec::new(),
+            recycler,
+            current: Arc::new(Vec::new()),
             position: 0,
         }
     }
@@ -172,7 +252,7 @@ impl Read for ChannelReader {
         while self.position == self.current.len() {
             match self.receiver.recv() {
                 Ok(block) => {
-                    self.current = block;
+                    recycle(std::mem::replace(&mut self.current, block), &self.recycler);
                     self.position = 0;
                 }
                 Err(_) => return Ok(0),
@@ -192,14 +272,19 @@ struct Extractor<'a> {
     context: &'a Context,
     /// Paths this layer wrote and their ancestors, which its whiteouts must not remove.
     written: HashSet<PathBuf>,
+    /// Parent directories already resolved, by their components joined as in the entry name,
+    /// so the next entry in the same directory needs no `lstat` per component. Emptied when
+    /// a directory or a symlink is removed, the only change that can alter a resolution.
+    resolved: HashMap<PathBuf, PathBuf>,
     directories: &'a mut DeferredDirectories,
     buffer: Vec<u8>,
     entries: u64,
 }
 
 impl Extractor<'_> {
-    /// Extracts every entry and returns the digest and size of the whole tar stream.
-    fn extract(&mut self, stream: HashingReader<ChannelReader>) -> UnpackResult<(Digest, u64)> {
+    /// Extracts every entry, then reads the rest of the stream (tar padding after the
+    /// end-of-archive blocks, for example) so the decompressing thread hashes all of it.
+    fn extract(&mut self, stream: ChannelReader) -> UnpackResult<()> {
         let mut archive = tar::Archive::new(stream);
         let entries = archive
             .entries()
@@ -210,9 +295,10 @@ impl Extractor<'_> {
             self.entry(&mut entry)?;
             self.entries += 1;
         }
-        archive.into_inner().finish().map_err(|source| {
+        io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(|source| {
             self.invalid("reading the end of the tar stream failed", Some(source))
-        })
+        })?;
+        Ok(())
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> UnpackResult<()> {
@@ -280,6 +366,10 @@ impl Extractor<'_> {
         components: &[OsString],
         create: bool,
     ) -> UnpackResult<PathBuf> {
+        let key: PathBuf = components.iter().collect();
+        if let Some(resolved) = self.resolved.get(&key) {
+            return Ok(resolved.clone());
+        }
         let root = self.root;
         let mut created = Vec::new();
         let resolved = path::resolve_directory(root, components, create, &mut |parts| {
@@ -288,7 +378,9 @@ impl Extractor<'_> {
         for path in &created {
             self.mark_written(path);
         }
-        resolved.map_err(|problem| self.problem(name, problem))
+        let resolved = resolved.map_err(|problem| self.problem(name, problem))?;
+        self.resolved.insert(key, resolved.clone());
+        Ok(resolved)
     }
 
     fn mark_written(&mut self, path: &Path) {
@@ -302,12 +394,37 @@ impl Extractor<'_> {
     }
 
     fn make_directory(&mut self, name: &str, path: &Path, metadata: Metadata) -> UnpackResult<()> {
-        if !self.clear(name, path, true)? {
-            create_directory(path)
-                .map_err(|source| self.io_error("create directory", path, source))?;
-        }
+        self.create(name, path, true, "create directory", create_directory)?;
         self.directories.insert(path.to_owned(), metadata);
         Ok(())
+    }
+
+    /// Runs `make`, which creates the entry at `path` and fails with `AlreadyExists` when
+    /// something is there. Then [`Self::clear`] makes room and `make` runs again. Trying first
+    /// saves an `lstat` per entry in the common case of an empty path. A directory is kept
+    /// when `keep_directory` is set, and `make` does not run again.
+    fn create<T>(
+        &mut self,
+        name: &str,
+        path: &Path,
+        keep_directory: bool,
+        operation: &'static str,
+        mut make: impl FnMut(&Path) -> io::Result<T>,
+    ) -> UnpackResult<Option<T>> {
+        match make(path) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            made => {
+                return made
+                    .map(Some)
+                    .map_err(|source| self.io_error(operation, path, source));
+            }
+        }
+        if self.clear(name, path, keep_directory)? {
+            return Ok(None);
+        }
+        make(path)
+            .map(Some)
+            .map_err(|source| self.io_error(operation, path, source))
     }
 
     fn write_file<R: Read>(
@@ -317,14 +434,16 @@ impl Extractor<'_> {
         entry: &mut tar::Entry<'_, R>,
         metadata: &Metadata,
     ) -> UnpackResult<()> {
-        self.clear(name, path, false)?;
-        // Created without following anything: `clear` removed whatever was at the path.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| self.io_error("create", path, source))?;
+        // `create_new` (O_EXCL) follows nothing, not even a symlink at the path itself.
+        let mut file = self
+            .create(name, path, false, "create", |path| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+            })?
+            .expect("a file is never kept");
         loop {
             let count = match entry.read(&mut self.buffer) {
                 Ok(0) => break,
@@ -340,8 +459,13 @@ impl Extractor<'_> {
             file.write_all(&self.buffer[..count])
                 .map_err(|source| self.io_error("write", path, source))?;
         }
-        drop(file);
-        self.apply(path, metadata, Kind::Other)
+        metadata::apply_to_file(
+            &file,
+            metadata,
+            self.context.privileges,
+            &self.context.degradations,
+        )
+        .map_err(|source| self.io_error("set metadata of", path, source))
     }
 
     fn make_symlink<R: Read>(
@@ -371,9 +495,9 @@ impl Extractor<'_> {
                 ),
             ));
         }
-        self.clear(name, path, false)?;
-        std::os::unix::fs::symlink(target, path)
-            .map_err(|source| self.io_error("create symlink", path, source))?;
+        self.create(name, path, false, "create symlink", |path| {
+            std::os::unix::fs::symlink(target, path)
+        })?;
         self.apply(path, metadata, Kind::Symlink)
     }
 
@@ -419,10 +543,11 @@ impl Extractor<'_> {
         if target_path == path {
             return Ok(());
         }
-        self.clear(name, path, false)?;
         // `link(2)` does not follow a symlink target, so the link stays inside the root.
-        fs::hard_link(&target_path, path)
-            .map_err(|source| self.io_error("create hardlink", path, source))
+        self.create(name, path, false, "create hardlink", |path| {
+            fs::hard_link(&target_path, path)
+        })?;
+        Ok(())
     }
 
     fn make_node<R: Read>(
@@ -456,9 +581,10 @@ impl Extractor<'_> {
                 (file_type, rustix::fs::makedev(major, minor))
             }
         };
-        self.clear(name, path, false)?;
-        rustix::fs::mknodat(CWD, path, file_type, FileMode::from_raw_mode(0o600), device)
-            .map_err(|source| self.io_error("create node", path, source.into()))?;
+        self.create(name, path, false, "create node", |path| {
+            rustix::fs::mknodat(CWD, path, file_type, FileMode::from_raw_mode(0o600), device)
+                .map_err(io::Error::from)
+        })?;
         self.apply(path, metadata, Kind::Other)
     }
 
@@ -577,7 +703,14 @@ impl Extractor<'_> {
     /// Removes a file or a directory tree, and the deferred metadata of what it removed.
     fn remove(&mut self, path: &Path) -> UnpackResult<()> {
         let removed = match fs::symlink_metadata(path) {
-            Ok(existing) if existing.is_dir() => fs::remove_dir_all(path),
+            Ok(existing) if existing.is_dir() => {
+                self.resolved.clear();
+                fs::remove_dir_all(path)
+            }
+            Ok(existing) if existing.file_type().is_symlink() => {
+                self.resolved.clear();
+                fs::remove_file(path)
+            }
             Ok(_) => fs::remove_file(path),
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(error) => Err(error),
@@ -588,11 +721,13 @@ impl Extractor<'_> {
         Ok(())
     }
 
+    /// Applies the metadata of an entry this layer just created at `path`.
     fn apply(&self, path: &Path, metadata: &Metadata, kind: Kind) -> UnpackResult<()> {
         metadata::apply(
             path,
             metadata,
             kind,
+            Owner::Created,
             self.context.privileges,
             &self.context.degradations,
         )
@@ -648,6 +783,7 @@ pub fn apply_directories(directories: &DeferredDirectories, context: &Context) -
             path,
             metadata,
             Kind::Other,
+            Owner::Unknown,
             context.privileges,
             &context.degradations,
         )

@@ -4,12 +4,13 @@
 //! [`Degradations`] and reported once per unpack, not once per file.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+use rustix::fs::{AtFlags, Gid, Timespec, Timestamps, Uid, XattrFlags, CWD};
 
 /// Metadata of one entry, read from its tar header and PAX records.
 #[derive(Clone, Debug)]
@@ -131,6 +132,16 @@ pub enum Kind {
     Other,
 }
 
+/// The owner of an entry before its metadata is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Created by this process in a directory without the setgid bit (directory modes are set
+    /// after extraction), so owned by its effective uid and gid: a matching owner needs no call.
+    Created,
+    /// Found on disk (a directory of a lower layer, say): the owner is always set.
+    Unknown,
+}
+
 /// Applies owner, mode, extended attributes and modification time to `path`, in that order
 /// (a change of owner clears `security.capability` and setuid bits, so it goes first).
 /// Symlinks get no mode. Failures the user cannot avoid are recorded in `degradations`; other
@@ -139,65 +150,93 @@ pub fn apply(
     path: &Path,
     metadata: &Metadata,
     kind: Kind,
+    owner: Owner,
     privileges: Privileges,
     degradations: &Degradations,
 ) -> io::Result<()> {
-    set_owner(path, metadata, privileges, degradations)?;
+    if let Some((uid, gid)) = owner_change(metadata, owner, privileges, degradations) {
+        rustix::fs::chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
     if kind == Kind::Other {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(metadata.mode))?;
     }
     for (name, value) in &metadata.xattrs {
-        if let Err(error) =
-            rustix::fs::lsetxattr(path, name.as_str(), value, rustix::fs::XattrFlags::empty())
-        {
-            let namespace = name.split('.').next().unwrap_or(name);
-            degradations.record(format!(
-                "extended attributes in namespace {namespace:?} not kept: {}",
-                io::Error::from(error)
-            ));
+        let set = rustix::fs::lsetxattr(path, name.as_str(), value, XattrFlags::empty());
+        if let Err(error) = set {
+            record_xattr_loss(name, error, degradations);
         }
     }
-    let time = Timespec {
-        tv_sec: metadata.mtime_seconds,
-        tv_nsec: metadata.mtime_nanoseconds.into(),
-    };
-    let times = Timestamps {
-        last_access: time,
-        last_modification: time,
-    };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::utimensat(CWD, path, &timestamps(metadata), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }
 
-fn set_owner(
-    path: &Path,
+/// [`apply`] for a regular file this process just created and still has open: the calls go
+/// through the descriptor, which saves a path lookup each.
+pub fn apply_to_file(
+    file: &File,
     metadata: &Metadata,
     privileges: Privileges,
     degradations: &Degradations,
 ) -> io::Result<()> {
+    if let Some((uid, gid)) = owner_change(metadata, Owner::Created, privileges, degradations) {
+        rustix::fs::fchown(file, Some(uid), Some(gid))?;
+    }
+    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(metadata.mode))?;
+    for (name, value) in &metadata.xattrs {
+        let set = rustix::fs::fsetxattr(file, name.as_str(), value, XattrFlags::empty());
+        if let Err(error) = set {
+            record_xattr_loss(name, error, degradations);
+        }
+    }
+    rustix::fs::futimens(file, &timestamps(metadata))?;
+    Ok(())
+}
+
+fn timestamps(metadata: &Metadata) -> Timestamps {
+    let time = Timespec {
+        tv_sec: metadata.mtime_seconds,
+        tv_nsec: metadata.mtime_nanoseconds.into(),
+    };
+    Timestamps {
+        last_access: time,
+        last_modification: time,
+    }
+}
+
+fn record_xattr_loss(name: &str, error: rustix::io::Errno, degradations: &Degradations) {
+    let namespace = name.split('.').next().unwrap_or(name);
+    degradations.record(format!(
+        "extended attributes in namespace {namespace:?} not kept: {}",
+        io::Error::from(error)
+    ));
+}
+
+/// Returns the owner to set, or `None` when there is nothing to set or the user may not set it
+/// (then the loss is recorded).
+fn owner_change(
+    metadata: &Metadata,
+    owner: Owner,
+    privileges: Privileges,
+    degradations: &Degradations,
+) -> Option<(Uid, Gid)> {
     let (Ok(uid), Ok(gid)) = (u32::try_from(metadata.uid), u32::try_from(metadata.gid)) else {
         degradations.record("owners above 2^32 - 1 not kept".into());
-        return Ok(());
+        return None;
     };
+    let matches = uid == privileges.uid && gid == privileges.gid;
     if !privileges.is_root() {
-        if uid != privileges.uid || gid != privileges.gid {
+        if !matches {
             degradations.record(format!(
                 "owners not kept: not running as root (uid {})",
                 privileges.uid
             ));
         }
-        return Ok(());
+        return None;
     }
-    let owner = rustix::fs::Uid::from_raw(uid);
-    let group = rustix::fs::Gid::from_raw(gid);
-    rustix::fs::chownat(
-        CWD,
-        path,
-        Some(owner),
-        Some(group),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
+    if matches && owner == Owner::Created {
+        return None;
+    }
+    Some((Uid::from_raw(uid), Gid::from_raw(gid)))
 }
 
 #[cfg(test)]

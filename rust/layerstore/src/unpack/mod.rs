@@ -2,11 +2,13 @@
 //!
 //! Two layouts, both in a target directory described in [`bundle`]:
 //! - **overlay**: one directory per layer, in the form overlayfs takes as lower directories,
-//!   extracted in parallel on every core, plus a `lowerdir` file naming them top-most first;
+//!   extracted in parallel (one layer per core, largest first), plus a `lowerdir` file naming
+//!   them top-most first;
 //! - **flatten**: one merged root filesystem, the layers applied in order with whiteouts.
 //!
-//! Each layer is checked twice: the blob read must hash to the layer digest, and its tar stream
-//! to the `diff_id` the image config lists. A layer is published only when both match.
+//! A layer is published only when its tar stream hashes to the `diff_id` the image config
+//! lists, which covers every byte extracted. A blob read from the store is not hashed again,
+//! because the store checked its digest before storing it.
 //! Entries that would write outside the target are rejected, see [`path`].
 
 pub mod bundle;
@@ -21,20 +23,21 @@ pub mod pull;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::store::Store;
 
+use bundle::Flusher;
 pub use bundle::{Bundle, Record};
 pub use error::{UnpackError, UnpackResult};
 pub use extract::Mode;
 pub use image::{Image, Layer};
 
-use extract::{Context, DeferredDirectories, Extracted};
+use extract::{BlobCheck, Context, DeferredDirectories, Extracted, Target};
 use metadata::{Degradations, Privileges};
 
 /// Settings of one unpack.
@@ -159,8 +162,17 @@ pub(crate) fn claim(bundle: &Bundle, image: &Image) -> UnpackResult<()> {
     })
 }
 
-/// Extracts every missing layer into its own directory, in parallel, largest first, and then
-/// writes `lowerdir`. Does nothing but report when `lowerdir` already exists.
+/// A layer extracted and verified in its staging directory, not yet published.
+struct Staged {
+    staging: PathBuf,
+    published: PathBuf,
+    report: LayerReport,
+}
+
+/// Extracts every missing layer into its own directory, in parallel, largest first, publishes
+/// them after one flush and then writes `lowerdir`. Does nothing but report when `lowerdir`
+/// already exists. When a layer fails, the layers that succeeded are still published, so the
+/// next run keeps them, and the first error is returned.
 fn overlay(
     store: &Store,
     image: &Image,
@@ -176,19 +188,38 @@ fn overlay(
     for (index, layer) in image.layers.iter().enumerate() {
         first.entry(&layer.diff_id).or_insert(index);
     }
-    let mut reports: Vec<(usize, LayerReport)> = order
-        .par_iter()
-        .map(|&index| {
-            let layer = &image.layers[index];
-            let repeated = first[&layer.diff_id] != index;
-            let report = if complete || repeated || bundle.layer_path(&layer.diff_id).is_dir() {
-                reused(layer)
-            } else {
-                overlay_layer(store, layer, bundle, context)?
-            };
-            Ok((index, report))
-        })
-        .collect::<UnpackResult<_>>()?;
+    let flusher = Flusher::start(bundle.root())?;
+    let results = run_largest_first(&order, |index| {
+        let layer = &image.layers[index];
+        let repeated = first[&layer.diff_id] != index;
+        if complete || repeated || bundle.layer_path(&layer.diff_id).is_dir() {
+            Ok(None)
+        } else {
+            let blob = store.open_blob(&layer.digest)?;
+            let key = layer.diff_id.hex();
+            stage_layer(blob, layer, bundle, context, key, BlobCheck::Trusted).map(Some)
+        }
+    });
+    drop(flusher);
+    let mut reports = Vec::new();
+    let mut pairs = Vec::new();
+    let mut first_error = None;
+    for (index, result) in results {
+        match result {
+            Ok(Some(staged)) => {
+                pairs.push((staged.staging, staged.published));
+                reports.push((index, staged.report));
+            }
+            Ok(None) => reports.push((index, reused(&image.layers[index]))),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    bundle.publish_all(&pairs)?;
+    if let Some(error) = first_error {
+        return Err(error);
+    }
     reports.sort_by_key(|(index, _)| *index);
     if !complete {
         let paths: Vec<PathBuf> = image
@@ -201,20 +232,36 @@ fn overlay(
     Ok(reports.into_iter().map(|(_, report)| report).collect())
 }
 
-/// Extracts one layer into a staging directory and publishes it under its diff_id.
-fn overlay_layer(
-    store: &Store,
-    layer: &Layer,
-    bundle: &Bundle,
-    context: &Context,
-) -> UnpackResult<LayerReport> {
-    let blob = store.open_blob(&layer.digest)?;
-    overlay_layer_from(blob, layer, bundle, context, layer.diff_id.hex())
+/// Runs `work` for each index of `order` on one thread per core, each thread taking the next
+/// index in `order` when it is free. With `order` largest first, the largest layer starts at
+/// once and the small ones fill the other cores around it. (A rayon `par_iter` splits the list
+/// in halves instead, which can run the two largest layers one after the other.)
+fn run_largest_first<T: Send>(
+    order: &[usize],
+    work: impl Fn(usize) -> T + Sync,
+) -> Vec<(usize, T)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(order.len());
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(order.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let result = work(index);
+                    results.lock().expect("not poisoned").push((index, result));
+                }
+            });
+        }
+    });
+    results.into_inner().expect("not poisoned")
 }
 
 /// Extracts one layer read from `blob` into the staging directory `staging_key` and publishes
 /// it under its diff_id once the digest read and the diff_id both match `layer`. On any error
-/// the staging directory is removed and nothing is published.
+/// the staging directory is removed and nothing is published. The blob is hashed as it is read,
+/// because a pull streams it from a partial download that the store has not verified yet.
 pub(crate) fn overlay_layer_from(
     blob: impl Read + Send + 'static,
     layer: &Layer,
@@ -222,6 +269,22 @@ pub(crate) fn overlay_layer_from(
     context: &Context,
     staging_key: &str,
 ) -> UnpackResult<LayerReport> {
+    let staged = stage_layer(blob, layer, bundle, context, staging_key, BlobCheck::Hash)?;
+    bundle.publish(&staged.staging, &staged.published)?;
+    Ok(staged.report)
+}
+
+/// Extracts one layer read from `blob` into the staging directory `staging_key` and checks it
+/// against `layer`, for publishing under its diff_id. On any error the staging directory is
+/// removed.
+fn stage_layer(
+    blob: impl Read + Send + 'static,
+    layer: &Layer,
+    bundle: &Bundle,
+    context: &Context,
+    staging_key: &str,
+    blob_check: BlobCheck,
+) -> UnpackResult<Staged> {
     let started = Instant::now();
     let staging = bundle.layer_staging(staging_key)?;
     let mut directories = DeferredDirectories::new();
@@ -230,10 +293,13 @@ pub(crate) fn overlay_layer_from(
         &layer.digest,
         &layer.media_type,
         layer.diff_id.algorithm(),
-        &staging,
-        Mode::Overlay,
-        &mut directories,
-        context,
+        blob_check,
+        Target {
+            root: &staging,
+            mode: Mode::Overlay,
+            directories: &mut directories,
+            context,
+        },
     );
     let extracted = match extracted.and_then(|extracted| check(layer, extracted)) {
         Ok(extracted) => extracted,
@@ -242,9 +308,15 @@ pub(crate) fn overlay_layer_from(
             return Err(error);
         }
     };
-    extract::apply_directories(&directories, context)?;
-    bundle.publish(&staging, &bundle.layer_path(&layer.diff_id))?;
-    Ok(report(layer, &extracted, started))
+    if let Err(error) = extract::apply_directories(&directories, context) {
+        bundle::remove_tree(&staging)?;
+        return Err(error);
+    }
+    Ok(Staged {
+        published: bundle.layer_path(&layer.diff_id),
+        staging,
+        report: report(layer, &extracted, started),
+    })
 }
 
 /// Applies every layer in order to one staging directory and publishes it as `rootfs/`.
@@ -259,6 +331,7 @@ fn flatten(
         return Ok(image.layers.iter().map(reused).collect());
     }
     let staging = bundle.rootfs_staging()?;
+    let flusher = Flusher::start(bundle.root())?;
     let mut directories = DeferredDirectories::new();
     let mut reports = Vec::new();
     // TODO: decompress the next layer while this one is applied; today only decompression and
@@ -270,10 +343,13 @@ fn flatten(
             &layer.digest,
             &layer.media_type,
             layer.diff_id.algorithm(),
-            &staging,
-            Mode::Flatten,
-            &mut directories,
-            context,
+            BlobCheck::Trusted,
+            Target {
+                root: &staging,
+                mode: Mode::Flatten,
+                directories: &mut directories,
+                context,
+            },
         )
         .and_then(|extracted| check(layer, extracted));
         match extracted {
@@ -285,11 +361,13 @@ fn flatten(
         }
     }
     extract::apply_directories(&directories, context)?;
+    drop(flusher);
     bundle.publish(&staging, &bundle.rootfs_path())?;
     Ok(reports)
 }
 
-/// Checks the digests of an extracted layer against the manifest and the config.
+/// Checks the digests of an extracted layer against the manifest and the config. With
+/// [`BlobCheck::Trusted`] the blob digest is the layer's own, so only the diff_id is compared.
 fn check(layer: &Layer, extracted: Extracted) -> UnpackResult<Extracted> {
     if extracted.digest != layer.digest {
         return Err(StoreError::DigestMismatch {
