@@ -220,15 +220,27 @@ def write_html_report(
         save(
             figure,
             f"capacity-{mode}.png",
-            f"Demand in instances at target, and capacity, cache mode {mode}.",
+            f"Demand (requests in service or queued, divided by the target concurrency) and "
+            f"capacity in instances, cache mode {mode}.",
         )
 
+    # Colour names the policy and line style the cache mode, so 20 runs stay distinguishable
+    # where the default colour cycle (10 colours) would repeat.
+    policy_colors = {policy: f"C{index % 10}" for index, policy in enumerate(policies)}
+    mode_styles = dict(zip(modes, ("-", "--", ":", "-."), strict=False))
     figure, axis = plt.subplots(figsize=(10, 4))
     for result in results:
         latency = np.sort(result.latency_s[np.isfinite(result.latency_s)])
         if latency.size:
             share = np.arange(1, latency.size + 1) / result.requests
-            axis.plot(latency, share, lw=0.8, label=f"{result.policy} / {result.mode}")
+            axis.plot(
+                latency,
+                share,
+                lw=1.0,
+                color=policy_colors[result.policy],
+                linestyle=mode_styles.get(result.mode, "-"),
+                label=f"{result.policy} / {result.mode}",
+            )
     axis.set_xscale("log")
     axis.set_xlabel("latency s (queueing + service)")
     axis.set_ylabel("share of requests")
@@ -247,7 +259,8 @@ def write_html_report(
         axis.bar(modes, heights, bottom=bottoms, label=stage)
         bottoms += np.asarray(heights)
     axis.set_ylabel("seconds per launch (mean)")
-    axis.legend()
+    # Outside the axes, so the legend never hides the top of the tallest bar.
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save(
         figure,
         "stages.png",
