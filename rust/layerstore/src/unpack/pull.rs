@@ -10,8 +10,8 @@
 //! checked by the store) and the config's diff_id. When a download fails or the pull is
 //! cancelled, the reader fails, the staging directory is removed and nothing is published.
 //!
-//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first;
-//! the other blobs keep downloading into the store and their extraction starts later, from the
+//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first.
+//! The other blobs keep downloading into the store, and their extraction starts later from the
 //! partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
 //! extract, and the layers extracted during the pull are published together after it, with
 //! one `syncfs` ([`Bundle::publish_all`]). Then [`unpack_image_with`] extracts whatever is
@@ -90,9 +90,9 @@ pub async fn pull_and_unpack(
         failure,
         ..
     } = overlap;
-    // A layer staged during the pull read a blob the store committed, and matched its diff_id,
-    // so it is published even when the pull failed; the next run keeps it. When a layer does
-    // not match the image config, no layer of the image is published.
+    // A layer staged during the pull read a blob the store committed and matched its diff_id.
+    // So it is published even when the pull failed, and the next run keeps it. When a layer
+    // does not match the image config, no layer of the image is published.
     let (pairs, streamed): (Vec<_>, Vec<_>) = staged
         .into_iter()
         .map(|staged| ((staged.staging, staged.published), staged.report))
