@@ -11,9 +11,17 @@ from typing import Any, BinaryIO, TypeVar
 
 from warmstart import _native
 
-__all__ = ["LayerStore"]
+__all__ = ["MAX_CONNECTIONS", "MIN_CHUNK_SIZE", "LayerStore"]
 
 T = TypeVar("T")
+
+# The smallest byte range a pull accepts: the native layer (``fetch_options`` in
+# rust/layerstore-py/src/pull.rs) rejects a smaller chunk_size with this same bound.
+MIN_CHUNK_SIZE = 64 << 10
+
+# The most connections per host the command line and profiles accept: a sanity bound that
+# catches a typo, far above the 8 connections the pull uses by default.
+MAX_CONNECTIONS = 1024
 
 # Transfers block a thread each while the Rust runtime moves the bytes. A dedicated pool keeps
 # them from starving asyncio's default executor; its threads are joined at interpreter exit.

@@ -144,3 +144,43 @@ def test_missing_tag_names_the_repository(
     assert caught.value.status == 404
     assert caught.value.repository == registry_repo.name
     assert "MANIFEST_UNKNOWN" in str(caught.value)
+
+
+def test_referrer_pull_leaves_subject_out(
+    store: LayerStore, registry_repo: RegistryRepository, images: Path
+) -> None:
+    # Tag a1 is an SBOM artifact whose `subject` names another manifest of the layout.
+    layout = images / "regclient-testrepo" / "testrepo"
+    digest = registry_repo.push_layout(layout, "a1", "a1")
+    manifest = json.loads(
+        (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
+    )
+    subject = manifest["subject"]["digest"]
+    content = {manifest["config"]["digest"]} | {layer["digest"] for layer in manifest["layers"]}
+
+    report = pull(store, f"{registry_repo.reference_prefix}:a1")
+
+    assert report.manifest_digest == digest
+    assert {blob.digest for blob in report.blobs} == content
+    for blob in content:
+        source = layout / "blobs" / "sha256" / blob.removeprefix("sha256:")
+        assert store.read(blob) == source.read_bytes()
+    assert not store.has(subject)
+    assert store.verify().ok
+    assert store.resolve(report.tag).digest == digest
+
+
+def test_referrer_export_without_subject(
+    store: LayerStore, registry_repo: RegistryRepository, images: Path, tmp_path: Path
+) -> None:
+    layout = images / "regclient-testrepo" / "testrepo"
+    digest = registry_repo.push_layout(layout, "a1", "a1")
+    report = pull(store, f"{registry_repo.reference_prefix}:a1")
+
+    store.export_layout(tmp_path / "exported")
+    copy = LayerStore(tmp_path / "copy")
+    copy.import_layout(tmp_path / "exported")
+
+    assert copy.resolve(report.tag).digest == digest
+    assert copy.verify().ok
+    assert store.gc(grace_period_s=0).removed_blob_bytes == 0

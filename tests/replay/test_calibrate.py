@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import math
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from tests.registry.layout import tar_layer
 from tests.registry.real import RegistryRepository
 from warmstart import LayerStore
 from warmstart.cli import main
-from warmstart.replay import Network, load_profile, pull_times
-from warmstart.replay.calibrate import calibrate, fit_network
+from warmstart.replay import Network, load_profile, parse_profile, pull_times
+from warmstart.replay.calibrate import Calibration, calibrate, fit_network, profile_toml
 from warmstart.replay.image import Puller, download_times
 
 MIB = 1 << 20
@@ -207,3 +208,21 @@ def test_calibrate_calls_before_pull_and_times_blobs(
     assert len(calls) == 6
     assert len(calibration.fit_blob_seconds) == len(calibration.layers)
     assert all(seconds > 0 for seconds in calibration.fit_blob_seconds)
+
+
+def test_calibrated_profile_names_its_reference() -> None:
+    base = dataclasses.replace(load_profile(), description='Base "8.8 GB image"')
+    calibration = Calibration(
+        reference="127.0.0.1:5000/llm:v1",
+        network=dataclasses.replace(base.registry, node_bytes_per_s=math.inf),
+        layers=(2_000_000, 500),
+        measurements=(),
+    )
+
+    profile = parse_profile(tomllib.loads(profile_toml(base, calibration, "default")))
+
+    assert profile.name == "default-calibrated"
+    assert "8.8 GB" not in profile.description
+    assert profile.description.startswith("Calibrated from 127.0.0.1:5000/llm:v1: 2 blobs")
+    assert profile.layers == (2_000_000, 500)
+    assert profile.registry.node_bytes_per_s == math.inf

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from warmstart.cli.output import print_json, print_table
-from warmstart.cli.pull import parse_size
+from warmstart.cli.pull import (
+    parse_chunk_size,
+    parse_connections,
+    parse_count,
+    writable_directory_error,
+)
 from warmstart.replay.calibrate import Calibration, calibrate, profile_toml
-from warmstart.replay.profile import DEFAULT_PROFILE, load_profile
+from warmstart.replay.profile import DEFAULT_PROFILE, ProfileError, load_profile
 
 __all__ = ["add_parser"]
-
-
-def _positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"count must be at least 1, got {value}")
-    return value
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,21 +44,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--connections",
-        type=int,
+        type=parse_connections,
         default=8,
         metavar="N",
         help="chunked pull connections (default: 8)",
     )
     parser.add_argument(
         "--chunk-size",
-        type=parse_size,
+        type=parse_chunk_size,
         default=16 << 20,
         metavar="SIZE",
         help="chunked pull range size, e.g. 16M (default: 16M)",
     )
     parser.add_argument(
         "--repeat",
-        type=_positive_count,
+        type=parse_count,
         default=1,
         metavar="N",
         help="run each of the two fit pulls N times and fit the fastest, for a busy node "
@@ -104,18 +104,45 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM raise ``KeyboardInterrupt`` like Ctrl-C, so the temporary stores of the
+    pulls are removed. Signal handlers can be set only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_calibrate(arguments: argparse.Namespace) -> int:
-    base = load_profile(arguments.profile)
-    calibration = asyncio.run(
-        calibrate(
-            arguments.reference,
-            base,
-            connections=arguments.connections,
-            chunk_size=arguments.chunk_size,
-            insecure=arguments.insecure,
-            repeat=arguments.repeat,
-        )
+    try:
+        base = load_profile(arguments.profile)
+    except ProfileError as error:
+        print(f"warmstart: error: {error}", file=sys.stderr)
+        return 2
+    output = arguments.output
+    if output is not None:
+        # Checked before the pulls, so a typo in the path does not lose the measurements.
+        problem = writable_directory_error(output.parent)
+        if problem is None and output.is_dir():
+            problem = f"--output {str(output)!r} is a directory; name a file"
+        if problem is not None:
+            print(f"warmstart: error: cannot write --output: {problem}", file=sys.stderr)
+            return 2
+    measure = calibrate(
+        arguments.reference,
+        base,
+        connections=arguments.connections,
+        chunk_size=arguments.chunk_size,
+        insecure=arguments.insecure,
+        repeat=arguments.repeat,
     )
+    with _sigterm_interrupts():
+        calibration = asyncio.run(measure)
     if arguments.output is not None:
         arguments.output.write_text(profile_toml(base, calibration, str(arguments.profile)))
     if arguments.json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,8 +15,16 @@ from warmstart import BlobReport, PullProgress, PullReport
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
+from warmstart.store import MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
-__all__ = ["add_parsers", "parse_size"]
+__all__ = [
+    "add_parsers",
+    "parse_chunk_size",
+    "parse_connections",
+    "parse_count",
+    "parse_size",
+    "writable_directory_error",
+]
 
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -27,10 +37,48 @@ def parse_size(text: str) -> int:
     try:
         value = float(number) * UNITS[unit]
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(
             f"invalid size {text!r}; use a byte count such as 16M, 512k or 1048576"
-        ) from None
+        )
     return int(value)
+
+
+def parse_count(text: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """Parse a whole number from ``minimum`` to ``maximum`` (no bound when None)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise argparse.ArgumentTypeError(f"count must be {bound}, got {value}")
+    return value
+
+
+def parse_connections(text: str) -> int:
+    """Parse a connection count from 1 to ``MAX_CONNECTIONS``."""
+    return parse_count(text, 1, MAX_CONNECTIONS)
+
+
+def parse_chunk_size(text: str) -> int:
+    """Parse a range size (see ``parse_size``) of at least the store's ``MIN_CHUNK_SIZE``."""
+    value = parse_size(text)
+    if value < MIN_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"chunk size must be at least {MIN_CHUNK_SIZE} bytes (64k), got {text!r}"
+        )
+    return value
+
+
+def writable_directory_error(directory: Path) -> str | None:
+    """Return why files cannot be created in ``directory``, or None when they can."""
+    if not directory.is_dir():
+        return f"directory {str(directory)!r} not found"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {str(directory)!r} is not writable"
+    return None
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +90,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connections",
-        type=int,
+        type=parse_connections,
         default=8,
         metavar="N",
         help="parallel connections per host (default: 8)",
     )
     parser.add_argument(
         "--chunk-size",
-        type=parse_size,
+        type=parse_chunk_size,
         default=16 << 20,
         metavar="SIZE",
         help="byte range per request for large blobs, e.g. 16M (default: 16M)",

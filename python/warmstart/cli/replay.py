@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import TextIO
 
 from warmstart.cli.output import print_json, print_table
+from warmstart.cli.pull import parse_count
 from warmstart.replay.fleet import FleetOptions
 from warmstart.replay.image import Puller
 from warmstart.replay.policies import POLICIES
 from warmstart.replay.profile import DEFAULT_PROFILE, CacheMode, ProfileError, load_profile
-from warmstart.replay.report import TABLE_HEADERS, report_json, table_rows, write_html_report
+from warmstart.replay.report import (
+    TABLE_HEADERS,
+    prepare_report_directory,
+    report_json,
+    table_rows,
+    write_html_report,
+)
 from warmstart.replay.results import RunResult, summarize
 from warmstart.replay.runner import ReplayPlan, run_plan
 from warmstart.replay.traces import TRACE_FORMATS, load_trace
@@ -80,12 +87,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--duration", type=float, default=None, metavar="SECONDS", help="replay only this long"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of generated input (default: 0)")
     parser.add_argument(
-        "--jobs", type=int, default=None, metavar="N", help="worker processes (default: CPUs)"
+        "--seed",
+        type=lambda text: parse_count(text, minimum=0),
+        default=0,
+        help="seed of generated input, 0 or more (default: 0)",
     )
     parser.add_argument(
-        "--report", type=Path, default=None, metavar="DIR", help="write an HTML report with plots"
+        "--jobs",
+        type=parse_count,
+        default=None,
+        metavar="N",
+        help="worker processes (default: CPUs)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write an HTML report with plots; the files of an earlier report there are replaced",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     parser.set_defaults(run=run_replay)
@@ -134,6 +154,13 @@ def run_replay(arguments: argparse.Namespace) -> int:
     except (ProfileError, WorkloadError) as error:
         print(f"warmstart: error: {error}", file=sys.stderr)
         return 2
+    if arguments.report is not None:
+        # Checked before the runs, so an unwritable directory does not lose them.
+        try:
+            prepare_report_directory(arguments.report)
+        except OSError as error:
+            print(f"warmstart: error: cannot write --report: {error}", file=sys.stderr)
+            return 2
     if arguments.pull is not None:
         import dataclasses
 
@@ -141,8 +168,11 @@ def run_replay(arguments: argparse.Namespace) -> int:
     plan = ReplayPlan(
         workload,
         profile,
-        policies=tuple(arguments.policy or POLICIES),
-        modes=tuple(CacheMode(m) for m in (arguments.cache or [m.value for m in CacheMode])),
+        # dict.fromkeys drops a policy or mode given twice, keeping the order.
+        policies=tuple(dict.fromkeys(arguments.policy or POLICIES)),
+        modes=tuple(
+            CacheMode(m) for m in dict.fromkeys(arguments.cache or [m.value for m in CacheMode])
+        ),
         seed=arguments.seed,
         options=FleetOptions(metric_period_s=arguments.metric_period),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
+import json
 import logging
 import math
 import shutil
@@ -394,6 +395,21 @@ def _number(value: float) -> str:
     return "inf" if math.isinf(value) else repr(float(value))
 
 
+def _string(text: str) -> str:
+    # A JSON string is a valid TOML basic string: the same quotes and escapes.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def calibrated_description(base: Profile, calibration: Calibration) -> str:
+    """Return the description of a calibrated profile: the base's would describe the base
+    image, which the measured [image] replaces."""
+    size_gb = sum(calibration.layers) / 1e9
+    return (
+        f"Calibrated from {calibration.reference}: {len(calibration.layers)} blobs, "
+        f"{size_gb:.3g} GB, registry measured; service and start-up from {base.name}"
+    )
+
+
 def profile_toml(base: Profile, calibration: Calibration, base_source: str) -> str:
     """Return a profile TOML: ``base`` with the measured image and ``[registry]`` numbers."""
     service, startup, network = base.service, base.startup, calibration.network
@@ -404,8 +420,8 @@ def profile_toml(base: Profile, calibration: Calibration, base_source: str) -> s
 # sources its comments give there. unpack_bytes_per_s is measured by a flatten unpack of the
 # pulled image when it has image layers, and keeps the base value otherwise.
 
-name = "{base.name}-calibrated"
-description = "{base.description} (registry measured from {calibration.reference})"
+name = {_string(base.name + "-calibrated")}
+description = {_string(calibrated_description(base, calibration))}
 
 [service]
 slots = {service.slots}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import enum
 import importlib.resources
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from warmstart.replay.image import Network, Puller, PullTimes, pull_times
+from warmstart.replay.profile_reader import MAX_RANGES, ProfileError, ProfileReader
+from warmstart.store import MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -35,10 +36,6 @@ __all__ = [
 DEFAULT_PROFILE = "default"
 
 STAGES = ("provision", "image", "artifacts", "start", "health")
-
-
-class ProfileError(ValueError):
-    """A profile file is missing, unreadable, or has an invalid value."""
 
 
 class CacheMode(enum.Enum):
@@ -172,6 +169,12 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
                 f"profile {text_name!r} not found; use a TOML file path or one of "
                 f"{', '.join(builtin_profiles())}"
             ) from None
+        except UnicodeDecodeError as error:
+            raise ProfileError(
+                f"{source}: invalid UTF-8, a profile is TOML text: {error}"
+            ) from None
+        except OSError as error:
+            raise ProfileError(f"{source}: cannot read the profile: {error}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -180,13 +183,19 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
 
 
 def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
-    """Build a ``Profile`` from parsed TOML; raise ``ProfileError`` on a bad value."""
-    reader = _Reader(data, source)
+    """Build a ``Profile`` from parsed TOML; raise ``ProfileError`` on a bad value.
+
+    Unknown tables and keys are errors. Times and rates must be finite, except the network
+    caps (node, unpack and hash rates), where ``inf`` means no cap.
+    """
+    reader = ProfileReader(data, source)
     service = ServiceModel(
-        slots=int(reader.number("service", "slots", minimum=1)),
+        slots=reader.count("service", "slots", minimum=1, maximum=1_000_000),
         target_concurrency=reader.number("service", "target_concurrency", positive=True),
-        prefill_tokens_per_s=reader.number("service", "prefill_tokens_per_s", positive=True),
-        decode_tokens_per_s=reader.number("service", "decode_tokens_per_s", positive=True),
+        # 0.001 token/s is far below any model. Near 0 (1e-300, say), service times
+        # become inf and latencies NaN.
+        prefill_tokens_per_s=reader.number("service", "prefill_tokens_per_s", minimum=1e-3),
+        decode_tokens_per_s=reader.number("service", "decode_tokens_per_s", minimum=1e-3),
         overhead_s=reader.number("service", "overhead_s", minimum=0),
         objective_ttft_s=reader.number("service", "objective_ttft_s", positive=True),
     )
@@ -208,92 +217,27 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
         raise ProfileError(
             f"{source}: pull.puller must be one of {choices}, got {puller_name!r}"
         ) from None
+    layers = reader.layers()
+    chunk_size = reader.count(
+        "pull", "chunk_size", minimum=MIN_CHUNK_SIZE, maximum=1 << 40, default=16 << 20
+    )
+    ranges = sum(-(-size // chunk_size) for size in layers)
+    if puller is Puller.CHUNKED and ranges > MAX_RANGES:
+        raise ProfileError(
+            f"{source}: image.layers split into {ranges} ranges of pull.chunk_size "
+            f"{chunk_size} bytes, above the maximum of {MAX_RANGES}; raise pull.chunk_size"
+        )
     return Profile(
-        name=str(data.get("name", source)),
-        description=str(data.get("description", "")),
+        name=reader.text("name", source),
+        description=reader.text("description", ""),
         service=service,
         startup=startup,
-        layers=reader.layers(),
+        layers=layers,
         registry=registry,
         mirror=reader.network("mirror") if "mirror" in data else registry,
         puller=puller,
-        connections=int(reader.number("pull", "connections", minimum=1, default=8)),
-        chunk_size=int(reader.number("pull", "chunk_size", minimum=1, default=16 << 20)),
+        connections=reader.count(
+            "pull", "connections", minimum=1, maximum=MAX_CONNECTIONS, default=8
+        ),
+        chunk_size=chunk_size,
     )
-
-
-class _Reader:
-    """Typed access to the tables of a parsed profile, with errors that name the key."""
-
-    def __init__(self, data: dict[str, Any], source: str) -> None:
-        self.data = data
-        self.source = source
-
-    def table(self, name: str) -> dict[str, Any]:
-        table = self.data.get(name, {})
-        if not isinstance(table, dict):
-            raise ProfileError(f"{self.source}: [{name}] must be a table")
-        return table
-
-    def number(
-        self,
-        table: str,
-        key: str,
-        *,
-        minimum: float | None = None,
-        positive: bool = False,
-        default: float | None = None,
-    ) -> float:
-        value = self.table(table).get(key, default)
-        if value is None:
-            raise ProfileError(f"{self.source}: missing {table}.{key}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProfileError(f"{self.source}: {table}.{key} must be a number, got {value!r}")
-        number = float(value)
-        if math.isnan(number) or (positive and not number > 0):
-            raise ProfileError(f"{self.source}: {table}.{key} must be positive, got {value!r}")
-        if minimum is not None and not number >= minimum:
-            raise ProfileError(
-                f"{self.source}: {table}.{key} must be at least {minimum:g}, got {value!r}"
-            )
-        return number
-
-    def network(self, table: str) -> Network:
-        return Network(
-            connection_bytes_per_s=self.number(table, "connection_bytes_per_s", positive=True),
-            node_bytes_per_s=self.number(
-                table, "node_bytes_per_s", positive=True, default=math.inf
-            ),
-            first_byte_s=self.number(table, "first_byte_s", minimum=0, default=0.0),
-            unpack_bytes_per_s=self.number(
-                table, "unpack_bytes_per_s", positive=True, default=math.inf
-            ),
-            hash_bytes_per_s=self.number(
-                table, "hash_bytes_per_s", positive=True, default=math.inf
-            ),
-        )
-
-    def layers(self) -> tuple[int, ...]:
-        """Read ``image.layers``: byte counts, or ``{size, digest}`` tables. A digest listed
-        twice (a layer shared between image versions) is counted once."""
-        entries = self.table("image").get("layers")
-        if not isinstance(entries, list) or not entries:
-            raise ProfileError(f"{self.source}: image.layers must be a non-empty list")
-        sizes: list[int] = []
-        seen: set[str] = set()
-        for position, entry in enumerate(entries):
-            size, digest = (
-                (entry, None)
-                if not isinstance(entry, dict)
-                else (entry.get("size"), entry.get("digest"))
-            )
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ProfileError(
-                    f"{self.source}: image.layers[{position}] needs a byte count, got {entry!r}"
-                )
-            if digest is not None:
-                if digest in seen:
-                    continue
-                seen.add(str(digest))
-            sizes.append(size)
-        return tuple(sizes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from warmstart.replay.profile import STAGES, Profile
 from warmstart.replay.results import RunResult, Summary, summarize
 from warmstart.replay.workload import Workload
 
-__all__ = ["TABLE_HEADERS", "report_json", "table_rows", "write_html_report"]
+__all__ = [
+    "REPORT_FILES",
+    "TABLE_HEADERS",
+    "prepare_report_directory",
+    "report_json",
+    "table_rows",
+    "write_html_report",
+]
 
 TABLE_HEADERS = (
     "policy",
@@ -135,6 +143,23 @@ def report_json(
     }
 
 
+# The files write_html_report creates, removed from the directory before a new report.
+REPORT_FILES = ("index.html", "latency.png", "stages.png", "capacity-*.png")
+
+
+def prepare_report_directory(directory: Path) -> None:
+    """Create ``directory`` and remove the files of an earlier report from it.
+
+    Other files are kept. Raise ``OSError`` when the directory cannot be created or written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".warmstart-write-check-"):
+        pass
+    for pattern in REPORT_FILES:
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 def write_html_report(
     directory: Path,
     results: Sequence[RunResult],
@@ -153,7 +178,7 @@ def write_html_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory.mkdir(parents=True, exist_ok=True)
+    prepare_report_directory(directory)
     policies = list(dict.fromkeys(r.policy for r in results))
     modes = list(dict.fromkeys(r.mode for r in results))
     by_key = {(r.policy, r.mode): r for r in results}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Result, StoreError};
-use crate::manifest::{self, Descriptor, ImageIndex};
+use crate::manifest::{self, Descriptor, ImageIndex, Reference};
 use crate::store::{Expected, Store};
 
 /// What an import copied.
@@ -64,11 +64,23 @@ impl Store {
         report: &mut ImportReport,
     ) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<(Descriptor, bool, String)> = roots
+        let mut queue: VecDeque<(Reference, String)> = roots
             .iter()
-            .map(|root| (root.clone(), true, "index.json".to_owned()))
+            .map(|root| {
+                let reference = Reference {
+                    descriptor: root.clone(),
+                    is_manifest: true,
+                    is_subject: false,
+                };
+                (reference, "index.json".to_owned())
+            })
             .collect();
-        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop_front() {
+        while let Some((reference, referenced_by)) = queue.pop_front() {
+            let Reference {
+                descriptor,
+                is_manifest,
+                is_subject,
+            } = reference;
             if !seen.insert(descriptor.digest.clone()) {
                 continue;
             }
@@ -76,6 +88,10 @@ impl Store {
             if !path.is_file() {
                 if !descriptor.urls().is_empty() {
                     tracing::info!(digest = %descriptor.digest, "skipping foreign layer absent from the source");
+                    continue;
+                }
+                if is_subject {
+                    tracing::info!(digest = %descriptor.digest, %referenced_by, "skipping subject manifest absent from the source");
                     continue;
                 }
                 return Err(StoreError::MissingBlob {
@@ -114,11 +130,7 @@ impl Store {
             }
             let name = format!("manifest {}", descriptor.digest);
             for child in manifest::referenced_descriptors(&bytes, &name)? {
-                queue.push_back((
-                    child.descriptor,
-                    child.is_manifest,
-                    descriptor.digest.to_string(),
-                ));
+                queue.push_back((child, descriptor.digest.to_string()));
             }
         }
         Ok(())

@@ -121,11 +121,16 @@ pub struct Reference {
     /// True for `manifests` entries and `subject` (they are manifests or indexes themselves);
     /// false for `config`, `layers` and artifact `blobs` (content, never parsed).
     pub is_manifest: bool,
+    /// True for `subject`: the manifest that a referrer (a signature or an SBOM) is about.
+    /// It links to another image and is not part of this one. So it may be absent from a store
+    /// or layout, and pulling the referrer does not fetch it.
+    pub is_subject: bool,
 }
 
 /// Returns the descriptors a manifest, index or artifact manifest refers to: `config`, `layers`,
 /// `blobs` (content), and `manifests`, `subject` (manifests). Content that is not a JSON object
-/// yields no children.
+/// yields no children. A `subject` is marked [`Reference::is_subject`]: callers that check an
+/// image is complete must not require it.
 ///
 /// `what` names the blob in errors.
 pub fn referenced_descriptors(bytes: &[u8], what: &str) -> Result<Vec<Reference>> {
@@ -142,13 +147,18 @@ pub fn referenced_descriptors(bytes: &[u8], what: &str) -> Result<Vec<Reference>
         Ok(Reference {
             descriptor,
             is_manifest,
+            is_subject: false,
         })
     };
-    for (key, is_manifest) in [("config", false), ("subject", true)] {
-        // An image config also has a "config" object, without a digest: not a descriptor.
-        if let Some(value) = object.get(key).filter(|v| v.get("digest").is_some()) {
-            children.push(parse(value, is_manifest)?);
-        }
+    // An image config also has a "config" object, without a digest: not a descriptor.
+    if let Some(value) = object.get("config").filter(|v| v.get("digest").is_some()) {
+        children.push(parse(value, false)?);
+    }
+    if let Some(value) = object.get("subject").filter(|v| v.get("digest").is_some()) {
+        children.push(Reference {
+            is_subject: true,
+            ..parse(value, true)?
+        });
     }
     for (key, is_manifest) in [("layers", false), ("manifests", true), ("blobs", false)] {
         if let Some(Value::Array(items)) = object.get(key) {
@@ -195,6 +205,23 @@ mod tests {
         assert_eq!(children[0].descriptor.digest.to_string(), D1);
         assert!(!children[0].is_manifest);
         assert_eq!(children[1].descriptor.urls(), vec!["u".to_owned()]);
+    }
+
+    #[test]
+    fn subject_is_an_optional_manifest() {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"artifactType":"application/spdx+json",
+               "config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":2}},
+               "layers":[],
+               "subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":7}}}}"#
+        );
+        let children = referenced_descriptors(manifest.as_bytes(), "test").unwrap();
+        assert_eq!(children.len(), 2);
+        assert!(!children[0].is_subject);
+        let subject = &children[1];
+        assert_eq!(subject.descriptor.digest.to_string(), D2);
+        assert!(subject.is_manifest);
+        assert!(subject.is_subject);
     }
 
     #[test]

@@ -357,6 +357,63 @@ fn tag_resolve_and_untag() {
     ));
 }
 
+/// Stores an SBOM-style referrer whose `subject` is `subject`, and returns its digest.
+fn put_referrer(store: &Store, subject: &Digest) -> Digest {
+    let config = b"{}";
+    let config_digest = store.put_bytes(config, Expected::default()).unwrap().digest;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "artifactType":"application/example.sbom",
+            "config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config_digest}","size":2}},
+            "layers":[],
+            "subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{subject}","size":500}}}}"#
+    );
+    store
+        .put_bytes(manifest.as_bytes(), Expected::default())
+        .unwrap()
+        .digest
+}
+
+#[test]
+fn referrer_without_subject_tags_verifies_and_exports() {
+    let (dir, store) = new_store();
+    let absent_subject = sha256(b"a manifest this store never received");
+    let referrer = put_referrer(&store, &absent_subject);
+
+    store.tag("sbom", &referrer).unwrap();
+
+    assert!(store.verify(false).unwrap().is_ok());
+    let layout = dir.path().join("layout");
+    store.export_layout(&layout, None).unwrap();
+    let copy = Store::open(dir.path().join("copy")).unwrap();
+    copy.import_layout(&layout, None).unwrap();
+    assert_eq!(copy.resolve("sbom").unwrap().digest, referrer);
+    let options = GcOptions {
+        grace_period: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    assert!(store.gc(&options).unwrap().removed_blobs.is_empty());
+}
+
+#[test]
+fn referrer_subject_present_is_kept_by_gc() {
+    let (_dir, store) = new_store();
+    let (subject, config, layer) = put_image(&store, 40);
+    let referrer = put_referrer(&store, &subject);
+    store.tag("sbom", &referrer).unwrap();
+    let options = GcOptions {
+        grace_period: Duration::ZERO,
+        ..GcOptions::default()
+    };
+
+    let report = store.gc(&options).unwrap();
+
+    assert!(report.removed_blobs.is_empty());
+    for digest in [&subject, &config, &layer] {
+        assert!(store.has(digest));
+    }
+}
+
 #[test]
 fn gc_keeps_reachable_and_removes_the_rest() {
     let (_dir, store) = new_store();

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
-use crate::manifest::{self, Descriptor};
+use crate::manifest;
 use crate::store::ingest::remove_if_exists;
 use crate::store::{read_dir, BlobFile, BlobInfo, Store};
 
@@ -17,8 +17,9 @@ use crate::store::{read_dir, BlobFile, BlobInfo, Store};
 pub(crate) struct Reference {
     pub size: u64,
     pub referenced_by: String,
-    /// A foreign layer (with `urls`) may be absent from the store without the image being broken.
-    pub foreign: bool,
+    /// The blob may be absent from the store without the image being broken: a foreign layer
+    /// (with `urls`) or the `subject` of a referrer.
+    pub optional: bool,
 }
 
 /// The result of a reference walk.
@@ -74,13 +75,25 @@ impl Store {
     /// are invalid is listed in [`Walk::invalid`].
     pub(crate) fn walk(&self, untrusted: &BTreeSet<Digest>) -> Result<Walk> {
         let mut walk = Walk::default();
-        let mut queue: VecDeque<(Descriptor, bool, String)> = self
+        let mut queue: VecDeque<(manifest::Reference, String)> = self
             .read_index()?
             .manifests
             .into_iter()
-            .map(|descriptor| (descriptor, true, "index.json".to_owned()))
+            .map(|descriptor| {
+                let reference = manifest::Reference {
+                    descriptor,
+                    is_manifest: true,
+                    is_subject: false,
+                };
+                (reference, "index.json".to_owned())
+            })
             .collect();
-        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop_front() {
+        while let Some((reference, referenced_by)) = queue.pop_front() {
+            let manifest::Reference {
+                descriptor,
+                is_manifest,
+                is_subject,
+            } = reference;
             if walk.reachable.contains_key(&descriptor.digest) {
                 continue;
             }
@@ -89,7 +102,7 @@ impl Store {
                 Reference {
                     size: descriptor.size,
                     referenced_by,
-                    foreign: !descriptor.urls().is_empty(),
+                    optional: is_subject || !descriptor.urls().is_empty(),
                 },
             );
             if !is_manifest || untrusted.contains(&descriptor.digest) {
@@ -111,11 +124,7 @@ impl Store {
             match manifest::referenced_descriptors(&bytes, &name) {
                 Ok(children) => {
                     for child in children {
-                        queue.push_back((
-                            child.descriptor,
-                            child.is_manifest,
-                            descriptor.digest.to_string(),
-                        ));
+                        queue.push_back((child, descriptor.digest.to_string()));
                     }
                 }
                 Err(error) => walk

@@ -114,6 +114,9 @@ impl Store {
             let bytes = self.read_range(&descriptor.digest, 0, None)?;
             let name = format!("manifest {}", descriptor.digest);
             for child in manifest::referenced_descriptors(&bytes, &name)? {
+                if child.is_subject {
+                    continue; // a referrer's subject is another image, not part of this one
+                }
                 queue.push((
                     child.descriptor,
                     child.is_manifest,

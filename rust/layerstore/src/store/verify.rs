@@ -137,7 +137,7 @@ impl Store {
                 .push(Problem::InvalidManifest { digest, reason });
         }
         for (digest, reference) in &walk.reachable {
-            if !reference.foreign && !self.has(digest) {
+            if !reference.optional && !self.has(digest) {
                 report.problems.push(Problem::Missing {
                     digest: digest.clone(),
                     referenced_by: reference.referenced_by.clone(),
