@@ -163,10 +163,10 @@ pub(crate) fn claim(bundle: &Bundle, image: &Image) -> UnpackResult<()> {
 }
 
 /// A layer extracted and verified in its staging directory, not yet published.
-struct Staged {
-    staging: PathBuf,
-    published: PathBuf,
-    report: LayerReport,
+pub(crate) struct Staged {
+    pub(crate) staging: PathBuf,
+    pub(crate) published: PathBuf,
+    pub(crate) report: LayerReport,
 }
 
 /// Extracts every missing layer into its own directory, in parallel, largest first, publishes
@@ -258,26 +258,10 @@ fn run_largest_first<T: Send>(
     results.into_inner().expect("not poisoned")
 }
 
-/// Extracts one layer read from `blob` into the staging directory `staging_key` and publishes
-/// it under its diff_id once the digest read and the diff_id both match `layer`. On any error
-/// the staging directory is removed and nothing is published. The blob is hashed as it is read,
-/// because a pull streams it from a partial download that the store has not verified yet.
-pub(crate) fn overlay_layer_from(
-    blob: impl Read + Send + 'static,
-    layer: &Layer,
-    bundle: &Bundle,
-    context: &Context,
-    staging_key: &str,
-) -> UnpackResult<LayerReport> {
-    let staged = stage_layer(blob, layer, bundle, context, staging_key, BlobCheck::Hash)?;
-    bundle.publish(&staged.staging, &staged.published)?;
-    Ok(staged.report)
-}
-
 /// Extracts one layer read from `blob` into the staging directory `staging_key` and checks it
 /// against `layer`, for publishing under its diff_id. On any error the staging directory is
 /// removed.
-fn stage_layer(
+pub(crate) fn stage_layer(
     blob: impl Read + Send + 'static,
     layer: &Layer,
     bundle: &Bundle,

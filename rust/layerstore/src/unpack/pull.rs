@@ -6,13 +6,17 @@
 //! staging directory. It reads a downloading blob through a [`crate::fetch::PrefixReader`],
 //! which ends only after the store has verified and committed the blob, and a blob the store
 //! already had from `blobs/`. The
-//! extraction then checks the digest of the bytes it read and the config's diff_id before it
-//! publishes the layer. When a download fails or the pull is cancelled, the reader fails, the
-//! staging directory is removed and nothing is published.
+//! extraction then checks the digest of the bytes it read (a blob read from `blobs/` was
+//! checked by the store) and the config's diff_id. When a download fails or the pull is
+//! cancelled, the reader fails, the staging directory is removed and nothing is published.
 //!
-//! After the pull, [`unpack_image_with`] extracts whatever is still missing (a layer whose
-//! extraction during the pull failed for a reason other than its diff_id) and writes
-//! `lowerdir`.
+//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first.
+//! The other blobs keep downloading into the store, and their extraction starts later from the
+//! partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
+//! extract, and the layers extracted during the pull are published together after it, with
+//! one `syncfs` ([`Bundle::publish_all`]). Then [`unpack_image_with`] extracts whatever is
+//! still missing (a layer whose extraction during the pull failed for a reason other than its
+//! diff_id) and writes `lowerdir`.
 //!
 //! TODO: a flatten starts only after the pull, because it applies layers in order.
 
@@ -31,13 +35,13 @@ use crate::fetch::{BlobStream, Progress, PullEvent, PullOptions, PullReport, Pul
 use crate::reference::Reference;
 use crate::registry::error::PullError;
 use crate::store::Store;
-use crate::unpack::bundle::Bundle;
+use crate::unpack::bundle::{self, Bundle, Flusher};
 use crate::unpack::compression::Compression;
 use crate::unpack::error::{UnpackError, UnpackResult};
-use crate::unpack::extract::Context;
+use crate::unpack::extract::{BlobCheck, Context};
 use crate::unpack::metadata::{Degradations, Privileges};
 use crate::unpack::{
-    claim, image, overlay_layer_from, unpack_image_with, Image, Layer, LayerReport, UnpackOptions,
+    claim, image, stage_layer, unpack_image_with, Image, Layer, LayerReport, Staged, UnpackOptions,
     UnpackReport,
 };
 
@@ -69,7 +73,7 @@ pub async fn pull_and_unpack(
     .await
     .expect("opening a target does not panic")?;
     let store = puller.store().clone();
-    let mut overlap = Overlap::new(store.clone(), bundle, pull_options.fetch.connections);
+    let mut overlap = Overlap::new(store.clone(), bundle);
     let pulled = if options.flatten {
         puller.pull(reference, pull_options, progress).await
     } else {
@@ -78,18 +82,39 @@ pub async fn pull_and_unpack(
             .run(puller.pull(reference, pull_options, progress), events)
             .await
     };
-    let report = pulled?;
-    if let Some(failure) = overlap.failure.take() {
-        return Err(failure.into());
-    }
-
     let Overlap {
         bundle,
         context,
-        reports: streamed,
+        staged,
         started,
+        failure,
         ..
     } = overlap;
+    // A layer staged during the pull read a blob the store committed and matched its diff_id.
+    // So it is published even when the pull failed, and the next run keeps it. When a layer
+    // does not match the image config, no layer of the image is published.
+    let (pairs, streamed): (Vec<_>, Vec<_>) = staged
+        .into_iter()
+        .map(|staged| ((staged.staging, staged.published), staged.report))
+        .unzip();
+    let mismatch = failure.is_some();
+    let bundle = tokio::task::spawn_blocking(move || -> UnpackResult<Arc<Bundle>> {
+        if mismatch {
+            for (staging, _) in &pairs {
+                bundle::remove_tree(staging)?;
+            }
+        } else {
+            bundle.publish_all(&pairs)?;
+        }
+        Ok(bundle)
+    })
+    .await
+    .expect("publishing layers does not panic")?;
+    let report = pulled?;
+    if let Some(failure) = failure {
+        return Err(failure.into());
+    }
+
     let manifest = report.manifest_digest.to_string();
     let options = options.clone();
     let mut unpacked = tokio::task::spawn_blocking(move || -> UnpackResult<UnpackReport> {
@@ -165,8 +190,10 @@ struct Overlap {
     running: usize,
     finished_sender: UnboundedSender<Finished>,
     finished: UnboundedReceiver<Finished>,
-    /// Layers published during the pull.
-    reports: Vec<LayerReport>,
+    /// Layers extracted and verified during the pull, published after it.
+    staged: Vec<Staged>,
+    /// Writes dirty pages back while extractions run.
+    flusher: Option<Flusher>,
     /// A layer whose verified blob does not unpack to the config's diff_id.
     failure: Option<UnpackError>,
     /// When the first extraction started.
@@ -174,7 +201,7 @@ struct Overlap {
 }
 
 impl Overlap {
-    fn new(store: Store, bundle: Bundle, connections: usize) -> Overlap {
+    fn new(store: Store, bundle: Bundle) -> Overlap {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let (finished_sender, finished) = mpsc::unbounded_channel();
         Overlap {
@@ -184,11 +211,12 @@ impl Overlap {
                 privileges: Privileges::current(),
                 degradations: Degradations::default(),
             }),
-            // At most `connections` blobs receive bytes at once, so that many extractions keep
-            // up with the download. Blobs already on disk need no more extractions than cores.
-            // TODO: with 2 cores and a fast download, pull --unpack was slower than pull then
-            // unpack, with much more system time; measure whether this limit causes it.
-            limit: connections.max(cores),
+            // One extraction per core, as in the unpack from the store: each runs three
+            // threads, and more extractions than cores only compete for the CPU and the page
+            // cache (see docs/benchmarks.md, "Pull with overlapped unpack").
+            // TODO: with a throttled download (50 MB/s per connection) pull --unpack of the 2 GB
+            // benchmark image took 1.24 times pull then unpack; the cause is not measured.
+            limit: cores,
             manifest: None,
             image: ImageState::Unknown,
             queue: VecDeque::new(),
@@ -196,7 +224,8 @@ impl Overlap {
             running: 0,
             finished_sender,
             finished,
-            reports: Vec::new(),
+            staged: Vec::new(),
+            flusher: None,
             failure: None,
             started: None,
         }
@@ -234,6 +263,7 @@ impl Overlap {
             self.finish(finished.expect("the sender lives in self"));
             self.dispatch();
         }
+        self.flusher = None;
         pulled
     }
 
@@ -339,6 +369,12 @@ impl Overlap {
                 Ok(_) => {
                     self.running += 1;
                     self.started.get_or_insert_with(Instant::now);
+                    if self.flusher.is_none() {
+                        match Flusher::start(self.bundle.root()) {
+                            Ok(flusher) => self.flusher = Some(flusher),
+                            Err(error) => tracing::debug!(%error, "no background flush"),
+                        }
+                    }
                 }
                 Err(error) => {
                     // The unpack after the pull extracts the layer.
@@ -352,7 +388,7 @@ impl Overlap {
         self.running -= 1;
         let result = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match result {
-            Ok(report) => self.reports.push(report),
+            Ok(staged) => self.staged.push(staged),
             Err(error @ UnpackError::DiffIdMismatch { .. }) => {
                 tracing::error!(layer = %digest, %error, "layer does not match the image config");
                 self.failure.get_or_insert(error);
@@ -367,23 +403,26 @@ impl Overlap {
 }
 
 /// The digest of a layer and the outcome of its extraction thread.
-type Finished = (Digest, std::thread::Result<UnpackResult<LayerReport>>);
+type Finished = (Digest, std::thread::Result<UnpackResult<Staged>>);
 
-/// Extracts one layer from `source` and publishes it; see [`overlay_layer_from`].
+/// Extracts one layer from `source` into a staging directory and checks it; see
+/// [`stage_layer`]. A downloading blob is hashed as it is read: a download that restarts from
+/// byte 0 rewrites bytes the reader may already have read, so the store's check of the blob
+/// does not cover them. A committed blob is not hashed again, as in the unpack from the store.
 fn extract_source(
     source: Source,
     store: &Store,
     layer: &Layer,
     bundle: &Bundle,
     context: &Context,
-) -> UnpackResult<LayerReport> {
-    let blob: Box<dyn Read + Send> = match source {
-        Source::Downloading(stream) => Box::new(stream.into_reader()),
-        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
+) -> UnpackResult<Staged> {
+    let (blob, check): (Box<dyn Read + Send>, _) = match source {
+        Source::Downloading(stream) => (Box::new(stream.into_reader()), BlobCheck::Hash),
+        Source::Committed(digest) => (Box::new(store.open_blob(&digest)?), BlobCheck::Trusted),
     };
     // Keyed by blob digest, so two blobs with one diff_id never share a directory.
     let key = format!("p-{}", layer.digest.hex());
-    overlay_layer_from(blob, layer, bundle, context, &key)
+    stage_layer(blob, layer, bundle, context, &key, check)
 }
 
 fn is_layer(media_type: &str) -> bool {
