@@ -19,8 +19,8 @@ T = TypeVar("T")
 # rust/layerstore-py/src/pull.rs) rejects a smaller chunk_size with this same bound.
 MIN_CHUNK_SIZE = 64 << 10
 
-# The most connections per host the command line and profiles accept: a sanity bound that
-# catches a typo, far above the 8 connections the pull uses by default.
+# Maximum connections per host that the command line and profiles accept. It is a sanity bound
+# that catches a typo, far above the 8 connections the pull uses by default.
 MAX_CONNECTIONS = 1024
 
 # Transfers block a thread each while the Rust runtime moves the bytes. A dedicated pool keeps

@@ -134,7 +134,7 @@ steps = st.tuples(
 
 
 def _drive(engine: Engine, clock: FakeClock, step: tuple[float, int, str]) -> list[Decision]:
-    """Send one step's samples and events to ``engine`` and evaluate as the step says."""
+    """Send one step's samples and events to ``engine`` and evaluate when the step requests it."""
     advance_s, seed, how = step
     rng = np.random.default_rng(seed)
     now = clock.now()
@@ -202,7 +202,7 @@ def test_groups_decide_like_one_at_a_time(fleet, sequence):
 
 @dataclasses.dataclass(frozen=True)
 class AlwaysAhead(Predictive):
-    """A forecast that always asks for two more instances, so every decision prefetches."""
+    """A forecast that always requests two more instances, so every decision prefetches."""
 
     def recommend(self, inputs: PolicyInputs, state: object) -> tuple[Recommendation, object]:
         desired = inputs.capacity.current + 2

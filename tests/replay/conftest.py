@@ -23,10 +23,9 @@ def traces() -> Path:
     return path
 
 
-def small_profile(**changes: object) -> Profile:
-    """Return a profile with round numbers: 1 slot, target 1, a 10 s provision and a 1000 B
-    image pulled at 100 B/s by containerd (10 s), no unpack time and no jitter."""
-    data: dict[str, dict[str, object]] = {
+def small_profile_data() -> dict[str, dict[str, object]]:
+    """Return the tables of `small_profile` as a new dict, for tests that edit them."""
+    return {
         "service": {
             "slots": 1,
             "target_concurrency": 1.0,
@@ -41,6 +40,12 @@ def small_profile(**changes: object) -> Profile:
         "mirror": {"connection_bytes_per_s": 1000.0},
         "pull": {"puller": "containerd"},
     }
+
+
+def small_profile(**changes: object) -> Profile:
+    """Return a profile with round numbers: 1 slot, target 1, a 10 s provision and a 1000 B
+    image pulled at 100 B/s by containerd (10 s), no unpack time and no jitter."""
+    data = small_profile_data()
     for key, value in changes.items():
         table, name = key.split("__")
         data[table][name] = value

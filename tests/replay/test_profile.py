@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.replay.conftest import small_profile
+from tests.replay.conftest import small_profile, small_profile_data
 from warmstart.replay import CacheMode, ProfileError, builtin_profiles, load_profile
 from warmstart.replay.image import Puller
 from warmstart.replay.profile import parse_profile
@@ -107,30 +107,12 @@ def test_unknown_table_is_named_with_suggestion(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
-def _profile_data() -> dict[str, Any]:
-    return {
-        "service": {
-            "slots": 1,
-            "target_concurrency": 1.0,
-            "prefill_tokens_per_s": 100.0,
-            "decode_tokens_per_s": 10.0,
-            "overhead_s": 0.0,
-            "objective_ttft_s": 5.0,
-        },
-        "startup": {"provision_s": 1.0, "artifacts_s": 0.0, "start_s": 0.0, "health_s": 0.0},
-        "image": {"layers": [1000]},
-        "registry": {"connection_bytes_per_s": 100.0},
-        "mirror": {"connection_bytes_per_s": 1000.0},
-        "pull": {"puller": "chunked"},
-    }
-
-
 _KEY = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=20)
 
 
 @given(table=st.sampled_from(sorted(SCHEMA)), key=_KEY)
 def test_any_unknown_key_is_rejected(table: str, key: str) -> None:
-    data = _profile_data()
+    data: dict[str, Any] = small_profile_data()
     if key in SCHEMA[table]:
         return
     if table:
@@ -193,7 +175,7 @@ def test_too_many_ranges_is_rejected() -> None:
 
 @pytest.mark.parametrize("key", ["name", "description"])
 def test_name_must_be_string(key: str) -> None:
-    data = _profile_data()
+    data: dict[str, Any] = small_profile_data()
     data[key] = {"a": 1}
 
     with pytest.raises(ProfileError, match=f"{key} must be a string"):

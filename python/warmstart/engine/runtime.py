@@ -17,7 +17,7 @@ from warmstart.engine.spec import EndpointSpec, MetricSpec
 # Compared by identity (eq=False): ``TrackingGroups`` compares lists of endpoints.
 @dataclass(slots=True, eq=False)
 class EndpointRuntime:
-    """What the engine keeps for one endpoint.
+    """Per-endpoint state of the engine.
 
     See the ``Engine`` module docstring for how ``capacity()`` counts instances.
     """

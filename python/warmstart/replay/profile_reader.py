@@ -14,7 +14,7 @@ __all__ = ["MAX_LAYER_BYTES", "MAX_RANGES", "SCHEMA", "ProfileError", "ProfileRe
 # a typo such as an extra digit group is caught before the model counts its ranges.
 MAX_LAYER_BYTES = 1 << 40
 
-# The most byte ranges the chunked-pull model splits an image into. The model handles each
+# Maximum number of byte ranges the chunked-pull model splits an image into. The model handles each
 # range in Python, so 100,000 ranges take about half a second; a 16 MiB chunk_size reaches
 # the bound at 1.6 TB of layers.
 MAX_RANGES = 100_000

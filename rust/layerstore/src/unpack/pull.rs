@@ -214,8 +214,8 @@ impl Overlap {
             // One extraction per core, as in the unpack from the store: each runs three
             // threads, and more extractions than cores only compete for the CPU and the page
             // cache (see docs/benchmarks.md, "Pull with overlapped unpack").
-            // TODO: with a throttled download (50 MB/s per connection) pull --unpack of the 2 GB
-            // benchmark image took 1.24 times pull then unpack; the cause is not measured.
+            // TODO: pull --unpack of the 2 GB benchmark image through a 50 MB/s-per-connection
+            // throttle took 1.24 times pull then unpack. The cause is not measured.
             limit: cores,
             manifest: None,
             image: ImageState::Unknown,
