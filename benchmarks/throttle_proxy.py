@@ -246,7 +246,7 @@ class _Link:
         try:
             direction()
         except OSError as error:
-            # A reset or a socket shut down by abort(); the other direction sees it too.
+            # A reset or a socket shut down by abort(); the other direction gets the same error.
             logger.debug("connection on %s ended with %s", self.proxy.host, error)
             self.abort()
         with self._ended_lock:
@@ -268,7 +268,7 @@ class _Link:
     def _download(self) -> None:
         read_end, write_end = os.pipe()
         try:
-            # A pipe holds 64 KiB by default; one piece of READ_SIZE fits after this.
+            # A pipe buffers 64 KiB by default; one piece of READ_SIZE fits after this.
             with contextlib.suppress(OSError):
                 fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, READ_SIZE)
             upstream, client = self.upstream.fileno(), self.client.fileno()
