@@ -13,8 +13,8 @@ image named by ``--calibrate``, fitting on the fastest of ``--calibrate-repeat``
 calibration image is 10 blobs of random bytes from 768 MiB down to 0.75 MiB, halving, so its
 pulls have blobs of many sizes and a chunked pull of a few seconds. Then every benchmark image
 is pulled cold into a fresh store ``--repeat`` times per strategy. The strategies are
-containerd's (3 connections, one per blob), the chunked pull's defaults (8 connections, 16 MiB
-ranges) and ``calibrate``'s check settings (4 connections, 32 MiB ranges). The fastest and the
+containerd's (3 connections, one per blob), the chunked pull with 8 connections and 16 MiB
+ranges and ``calibrate``'s check settings (4 connections, 32 MiB ranges). The fastest and the
 slowest of each are printed next to the model's prediction from the fitted network, for the
 blob sizes in the order the layer store started them (largest first). The error is against
 the fastest pull, since other work on the machine only ever adds time, as in the fit.

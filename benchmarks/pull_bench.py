@@ -5,12 +5,14 @@ Usage, from the repository root (the images come from ``python -m benchmarks.ima
     python -m benchmarks.pull_bench [--cache /work/bench-images] [--only large,medium] [--repeat 3]
 
 For each image the same blobs are fetched by:
-- ``warmstart pull`` into a fresh store (8 connections, 16 MiB ranges, hashing and fsync);
+- ``warmstart pull`` into a fresh store (its default connections, 16 MiB ranges, hashing and
+  fsync);
 - ``skopeo copy docker://... oci:DIR`` (its defaults: one connection per layer);
 - containerd's ``ctr content fetch`` into a fresh containerd (its defaults: one connection
   per layer);
-- ``curl``, 8 parallel range requests of equal size per blob (16 MiB ranges through the
-  throttle), written to files without hashing: the transport's ceiling on this machine.
+- ``curl``, written to files without hashing: the transport's ceiling on this machine. Directly,
+  8 parallel range requests of equal size per blob; through the throttle, as many parallel 16 MiB
+  range requests as warmstart has connections.
 ``curl`` runs twice: once as is, and once followed by ``sync``, because warmstart's time includes
 making every blob durable (fsync before commit) and the peers' does not. Each runs directly
 against the real registry on loopback, and through a proxy that caps each TCP connection at
@@ -40,10 +42,11 @@ from pathlib import Path
 from benchmarks.containerd import Containerd
 from benchmarks.images import DEFAULT_CACHE, build_images
 from benchmarks.memory_priming import prime_free_memory
-from benchmarks.throttle_proxy import ThrottleProxy
+from benchmarks.throttle_proxy import ProxyProcess
 from tests.registry.real import RealRegistry
 
 from warmstart import LayerStore
+from warmstart.store import DEFAULT_CONNECTIONS
 
 MIB = 1 << 20
 TAG = "latest"
@@ -63,7 +66,7 @@ def time_warmstart(reference: str, work: Path, size: int) -> float:
     store = LayerStore(store_root)
 
     async def pull() -> None:
-        await store.pull(reference, connections=8, chunk_size=16 * MIB)
+        await store.pull(reference, connections=DEFAULT_CONNECTIONS, chunk_size=16 * MIB)
 
     prime_free_memory(work, size)
     started = time.perf_counter()
@@ -148,7 +151,12 @@ def time_curl(
 
 
 def tool_runs(
-    host: str, repository: str, blobs: list[tuple[str, int]], work: Path, range_size: int | None
+    host: str,
+    repository: str,
+    blobs: list[tuple[str, int]],
+    work: Path,
+    curl_parallel: int,
+    range_size: int | None,
 ) -> dict[str, Callable[[], float]]:
     """Return the timed run of each tool for one image and route."""
     reference = f"{host}/{repository}:{TAG}"
@@ -157,10 +165,11 @@ def tool_runs(
         "warmstart": lambda: time_warmstart(reference, work, total),
         "skopeo": lambda: time_skopeo(reference, work, total),
         "ctr": lambda: time_ctr(reference, work, total),
-        "curl": lambda: time_curl(host, repository, blobs, work, 8, range_size),
+        "curl": lambda: time_curl(host, repository, blobs, work, curl_parallel, range_size),
         # warmstart's time includes making the blobs durable; the peers' does not.
         "curl_then_sync": lambda: (
-            time_curl(host, repository, blobs, work, 8, range_size, keep=True) + time_sync()
+            time_curl(host, repository, blobs, work, curl_parallel, range_size, keep=True)
+            + time_sync()
         ),
     }
 
@@ -247,22 +256,19 @@ def main() -> None:
     try:
         for name in [*names, "small"]:
             registry.push_layout(layouts[name], TAG, f"bench/{name}", TAG)
-        proxy = ThrottleProxy(
-            "127.0.0.1",
-            registry.port,
-            rate_bytes_per_s=arguments.rate_mb * 1e6,
-            first_byte_delay_s=arguments.delay_ms / 1000,
-        ).start()
+        # In a process of its own, so that its threads share no interpreter with warmstart's
+        # pull, which runs in this one.
+        proxy = ProxyProcess(registry.host, arguments.rate_mb, arguments.delay_ms)
         try:
             for name in names:
                 blobs = manifest_blobs(layouts[name])
                 total = sum(size for _, size in blobs)
                 figures: dict[str, float] = {"bytes": total}
-                for route, host, range_size in [
-                    ("direct", registry.host, None),
-                    ("throttled", proxy.host, 16 * MIB),
+                for route, host, curl_parallel, range_size in [
+                    ("direct", registry.host, 8, None),
+                    ("throttled", proxy.host, DEFAULT_CONNECTIONS, 16 * MIB),
                 ]:
-                    runs = tool_runs(host, f"bench/{name}", blobs, work, range_size)
+                    runs = tool_runs(host, f"bench/{name}", blobs, work, curl_parallel, range_size)
                     seconds = rotated_medians(runs, arguments.repeat)
                     shutil.rmtree(work / "curl", ignore_errors=True)
                     for tool, value in seconds.items():

@@ -10,7 +10,7 @@ A ``docker-registry`` on 127.0.0.1 serves the images, directly and through
 as its own process so its CPU time is counted apart. For each image and route, each repetition
 measures, every run into an empty store and an empty target after ``sync``:
 
-- ``pull``: ``LayerStore.pull`` alone (8 connections, 16 MiB ranges);
+- ``pull``: ``LayerStore.pull`` alone (its defaults: 16 connections, 16 MiB ranges);
 - ``unpack``: ``LayerStore.unpack`` (overlay layout) of the image the pull left in the store;
 - ``pull then unpack``: the two one after the other;
 - ``pull --unpack``: ``LayerStore.pull_and_unpack``, extraction overlapped with the download.
@@ -38,9 +38,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +48,7 @@ from pathlib import Path
 
 from benchmarks.images import DEFAULT_CACHE, build_images
 from benchmarks.memory_priming import prime_free_memory
+from benchmarks.throttle_proxy import ProxyProcess
 from tests.registry.real import RealRegistry
 
 from warmstart import LayerStore
@@ -95,45 +94,6 @@ def self_cpu() -> tuple[float, float]:
 
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-class ProxyProcess:
-    """``benchmarks/throttle_proxy.py`` in a process of its own on a free loopback port."""
-
-    def __init__(self, upstream: str, rate_mb: float, delay_ms: float) -> None:
-        script = Path(__file__).with_name("throttle_proxy.py")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                "--upstream",
-                upstream,
-                "--rate-mb",
-                str(rate_mb),
-                "--delay-ms",
-                str(delay_ms),
-                # A bound on its life in case this script dies without stopping it.
-                "--duration",
-                "7200",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"throttle proxy did not start: {line!r}")
-        self.host = line.removeprefix("listening on ").strip()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Runner:

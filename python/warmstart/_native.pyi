@@ -9,6 +9,7 @@ from typing import IO, final
 from typing_extensions import disjoint_base
 
 __all__ = [
+    "DEFAULT_CONNECTIONS",
     "BlobInfo",
     "BlobReport",
     "CancelToken",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 __version__: str
+DEFAULT_CONNECTIONS: int
 
 @final
 class BlobInfo:
@@ -321,7 +323,7 @@ class LayerStore:
         reference: str,
         *,
         platform: str | None = None,
-        connections: int = 8,
+        connections: int = 16,
         chunk_size: int = 16777216,
         tag: str | None = None,
         insecure_registries: builtins.list[str] = ...,
@@ -337,7 +339,7 @@ class LayerStore:
         *,
         digest: str,
         size: int | None = None,
-        connections: int = 8,
+        connections: int = 16,
         chunk_size: int = 16777216,
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,
@@ -362,7 +364,7 @@ class LayerStore:
         *,
         digest: str,
         size: int | None = None,
-        connections: int = 8,
+        connections: int = 16,
         chunk_size: int = 16777216,
         insecure_registries: builtins.list[str] = ...,
         ca_certificates: builtins.list[str | os.PathLike[str]] = ...,
@@ -385,7 +387,7 @@ class LayerStore:
         *,
         flatten: bool = False,
         platform: str | None = None,
-        connections: int = 8,
+        connections: int = 16,
         chunk_size: int = 16777216,
         tag: str | None = None,
         insecure_registries: builtins.list[str] = ...,

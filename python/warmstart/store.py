@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from warmstart import _native
 
-__all__ = ["MAX_CONNECTIONS", "MIN_CHUNK_SIZE", "LayerStore"]
+__all__ = ["DEFAULT_CONNECTIONS", "MAX_CONNECTIONS", "MIN_CHUNK_SIZE", "LayerStore"]
 
 T = TypeVar("T")
 
@@ -19,8 +19,11 @@ T = TypeVar("T")
 # rust/layerstore-py/src/pull.rs) rejects a smaller chunk_size with this same bound.
 MIN_CHUNK_SIZE = 64 << 10
 
+# Connections per host of a pull by default; the native layer's default, so both agree.
+DEFAULT_CONNECTIONS: int = _native.DEFAULT_CONNECTIONS
+
 # Maximum connections per host that the command line and profiles accept. It is a sanity bound
-# that catches a typo, far above the 8 connections the pull uses by default.
+# that catches a typo, far above the connections the pull uses by default.
 MAX_CONNECTIONS = 1024
 
 # Transfers block a thread each while the Rust runtime moves the bytes. A dedicated pool keeps
@@ -69,7 +72,7 @@ class LayerStore(_native.LayerStore):
         reference: str,
         *,
         platform: str | None = None,
-        connections: int = 8,
+        connections: int = DEFAULT_CONNECTIONS,
         chunk_size: int = 16 << 20,
         tag: str | None = None,
         insecure_registries: Sequence[str] = (),
@@ -106,7 +109,7 @@ class LayerStore(_native.LayerStore):
         *,
         digest: str,
         size: int | None = None,
-        connections: int = 8,
+        connections: int = DEFAULT_CONNECTIONS,
         chunk_size: int = 16 << 20,
         stall_timeout_s: float = 30.0,
         max_attempts: int = 5,

@@ -20,6 +20,7 @@ from warmstart.cli.pull import (
 )
 from warmstart.replay.calibrate import Calibration, calibrate, profile_toml
 from warmstart.replay.profile import DEFAULT_PROFILE, ProfileError, load_profile
+from warmstart.store import DEFAULT_CONNECTIONS
 
 __all__ = ["add_parser"]
 
@@ -45,9 +46,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--connections",
         type=parse_connections,
-        default=8,
+        default=DEFAULT_CONNECTIONS,
         metavar="N",
-        help="chunked pull connections (default: 8)",
+        help=f"chunked pull connections (default: {DEFAULT_CONNECTIONS})",
     )
     parser.add_argument(
         "--chunk-size",

@@ -15,7 +15,7 @@ from warmstart import BlobReport, PullProgress, PullReport
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
-from warmstart.store import MAX_CONNECTIONS, MIN_CHUNK_SIZE
+from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
     "add_parsers",
@@ -91,9 +91,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connections",
         type=parse_connections,
-        default=8,
+        default=DEFAULT_CONNECTIONS,
         metavar="N",
-        help="parallel connections per host (default: 8)",
+        help=f"parallel connections per host (default: {DEFAULT_CONNECTIONS})",
     )
     parser.add_argument(
         "--chunk-size",

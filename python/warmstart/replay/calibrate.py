@@ -32,6 +32,7 @@ from warmstart import LayerStore, PullReport
 from warmstart.errors import WarmstartError
 from warmstart.replay.image import CONTAINERD_LAYERS_AT_ONCE, Network, Puller, pull_times
 from warmstart.replay.profile import Profile
+from warmstart.store import DEFAULT_CONNECTIONS
 
 __all__ = [
     "Calibration",
@@ -277,7 +278,7 @@ async def calibrate(
     reference: str,
     base: Profile,
     *,
-    connections: int = 8,
+    connections: int = DEFAULT_CONNECTIONS,
     chunk_size: int = 16 << 20,
     insecure: bool = False,
     work_dir: Path | None = None,

@@ -30,6 +30,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from warmstart.store import DEFAULT_CONNECTIONS
+
 __all__ = [
     "CONTAINERD_LAYERS_AT_ONCE",
     "Network",
@@ -140,7 +142,7 @@ def download_times(
     puller: Puller,
     network: Network,
     *,
-    connections: int = 8,
+    connections: int = DEFAULT_CONNECTIONS,
     chunk_size: int = 16 << 20,
 ) -> list[float]:
     """Return the second at which each layer's download ends, counted from the first blob
@@ -179,7 +181,7 @@ def pull_times(
     puller: Puller = Puller.CONTAINERD,
     *,
     present: Sequence[bool] | None = None,
-    connections: int = 8,
+    connections: int = DEFAULT_CONNECTIONS,
     chunk_size: int = 16 << 20,
 ) -> PullTimes:
     """Model the pull of an image with layer sizes ``layers`` (bytes, manifest order).

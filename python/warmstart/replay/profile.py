@@ -18,7 +18,7 @@ from typing import Any
 
 from warmstart.replay.image import Network, Puller, PullTimes, pull_times
 from warmstart.replay.profile_reader import MAX_RANGES, ProfileError, ProfileReader
-from warmstart.store import MAX_CONNECTIONS, MIN_CHUNK_SIZE
+from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -103,7 +103,7 @@ class Profile:
     registry: Network
     mirror: Network
     puller: Puller = Puller.CHUNKED
-    connections: int = 8
+    connections: int = DEFAULT_CONNECTIONS
     chunk_size: int = 16 << 20
 
     def image_times(self, *, mirror: bool = False, in_store: bool = False) -> PullTimes:
@@ -237,7 +237,7 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
         mirror=reader.network("mirror") if "mirror" in data else registry,
         puller=puller,
         connections=reader.count(
-            "pull", "connections", minimum=1, maximum=MAX_CONNECTIONS, default=8
+            "pull", "connections", minimum=1, maximum=MAX_CONNECTIONS, default=DEFAULT_CONNECTIONS
         ),
         chunk_size=chunk_size,
     )

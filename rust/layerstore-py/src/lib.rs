@@ -261,7 +261,7 @@ impl PyLayerStore {
     /// Pulls an image or artifact; blocks until it ends and returns a `PullReport`.
     /// `warmstart.LayerStore.pull` runs it on a worker thread as an awaitable.
     #[pyo3(signature = (
-        reference, *, platform=None, connections=8, chunk_size=16777216, tag=None,
+        reference, *, platform=None, connections=16, chunk_size=16777216, tag=None,
         insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
         max_attempts=5, progress=None
     , cancel=None))]
@@ -302,7 +302,7 @@ impl PyLayerStore {
 
     /// Downloads one blob from an HTTP(S) URL; blocks until it ends and returns a `BlobReport`.
     #[pyo3(signature = (
-        url, *, digest, size=None, connections=8, chunk_size=16777216, stall_timeout_s=30.0,
+        url, *, digest, size=None, connections=16, chunk_size=16777216, stall_timeout_s=30.0,
         max_attempts=5, progress=None
     , cancel=None))]
     #[allow(clippy::too_many_arguments)]
@@ -371,7 +371,7 @@ impl PyLayerStore {
     /// Fetches one blob of the reference's repository by digest; blocks until it ends and returns a
     /// `BlobReport`.
     #[pyo3(signature = (
-        reference, *, digest, size=None, connections=8, chunk_size=16777216,
+        reference, *, digest, size=None, connections=16, chunk_size=16777216,
         insecure_registries=Vec::new(), ca_certificates=Vec::new(), stall_timeout_s=30.0,
         max_attempts=5, progress=None
     , cancel=None))]
@@ -430,7 +430,7 @@ impl PyLayerStore {
     /// Pulls an image and unpacks it into `target`, extracting each layer while its blob
     /// downloads; blocks until it ends and returns `(PullReport, UnpackReport)`.
     #[pyo3(signature = (
-        reference, target, *, flatten=false, platform=None, connections=8,
+        reference, target, *, flatten=false, platform=None, connections=16,
         chunk_size=16777216, tag=None, insecure_registries=Vec::new(),
         ca_certificates=Vec::new(), stall_timeout_s=30.0, max_attempts=5, progress=None
     , cancel=None))]
@@ -556,5 +556,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyUnpackReport>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add(
+        "DEFAULT_CONNECTIONS",
+        layerstore::fetch::chunked::DEFAULT_CONNECTIONS,
+    )?;
     Ok(())
 }

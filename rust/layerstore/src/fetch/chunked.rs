@@ -41,6 +41,11 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// still in the CPU cache when the hasher reads them.
 const HASH_BUFFER: usize = 256 << 10;
 
+/// Connections per host of a pull by default. Object stores behind registries cap each
+/// connection's throughput, so the aggregate grows with the count: at 50 MB/s per connection,
+/// 16 connections move up to 800 MB/s. On loopback, 16 cost no more CPU than 8.
+pub const DEFAULT_CONNECTIONS: usize = 16;
+
 /// Range size and connection count of a fetch.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
@@ -53,7 +58,7 @@ pub struct FetchOptions {
 impl Default for FetchOptions {
     fn default() -> FetchOptions {
         FetchOptions {
-            connections: 8,
+            connections: DEFAULT_CONNECTIONS,
             chunk_size: 16 << 20,
         }
     }
