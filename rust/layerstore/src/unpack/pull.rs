@@ -5,10 +5,10 @@
 //! config are known, the target is claimed for the image. Each layer then extracts into a
 //! staging directory. It reads a downloading blob through a [`crate::fetch::PrefixReader`],
 //! which ends only after the store has verified and committed the blob, and a blob the store
-//! already had from `blobs/`. The
-//! extraction then checks the digest of the bytes it read (a blob read from `blobs/` was
-//! checked by the store) and the config's diff_id. When a download fails or the pull is
-//! cancelled, the reader fails, the staging directory is removed and nothing is published.
+//! already had from `blobs/`. Either way the store checked the blob's digest, so the
+//! extraction checks only the config's diff_id. When a download fails, restarts from byte 0
+//! after the reader's first byte, or the pull is cancelled, the reader fails, the staging
+//! directory is removed and nothing is published for that extraction.
 //!
 //! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first.
 //! The other blobs keep downloading into the store, and their extraction starts later from the
@@ -406,9 +406,10 @@ impl Overlap {
 type Finished = (Digest, std::thread::Result<UnpackResult<Staged>>);
 
 /// Extracts one layer from `source` into a staging directory and checks it; see
-/// [`stage_layer`]. A downloading blob is hashed as it is read: a download that restarts from
-/// byte 0 rewrites bytes the reader may already have read, so the store's check of the blob
-/// does not cover them. A committed blob is not hashed again, as in the unpack from the store.
+/// [`stage_layer`]. Neither source is hashed again. A [`crate::fetch::PrefixReader`] ends only
+/// after the store verified and committed the blob, and fails when the download restarted from
+/// byte 0 after its first byte, so the bytes it returns are the ones the store verified. A
+/// committed blob was verified before it was stored.
 fn extract_source(
     source: Source,
     store: &Store,
@@ -416,13 +417,13 @@ fn extract_source(
     bundle: &Bundle,
     context: &Context,
 ) -> UnpackResult<Staged> {
-    let (blob, check): (Box<dyn Read + Send>, _) = match source {
-        Source::Downloading(stream) => (Box::new(stream.into_reader()), BlobCheck::Hash),
-        Source::Committed(digest) => (Box::new(store.open_blob(&digest)?), BlobCheck::Trusted),
+    let blob: Box<dyn Read + Send> = match source {
+        Source::Downloading(stream) => Box::new(stream.into_reader()),
+        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
     };
     // Keyed by blob digest, so two blobs with one diff_id never share a directory.
     let key = format!("p-{}", layer.digest.hex());
-    stage_layer(blob, layer, bundle, context, &key, check)
+    stage_layer(blob, layer, bundle, context, &key, BlobCheck::Trusted)
 }
 
 fn is_layer(media_type: &str) -> bool {
