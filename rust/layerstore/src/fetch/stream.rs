@@ -31,9 +31,9 @@ enum Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     status: Status,
-    /// Incremented by [`Prefix::restart`]. Within one value, every byte below the announced
-    /// prefix is written once and never changes, which is what lets a reader trust the
-    /// store's digest check for the bytes it read.
+    /// Incremented by [`Prefix::restart`]. Between two restarts, every byte below the
+    /// announced prefix is written once and never changes, which is what lets a reader trust
+    /// the store's digest check for the bytes it read.
     restarts: u64,
 }
 
@@ -314,7 +314,10 @@ mod tests {
         prefix.advance(1000);
         prefix.commit();
         let error = waiting.join().unwrap().unwrap_err();
-        assert!(error.to_string().contains("restarted from byte 0"), "{error}");
+        assert!(
+            error.to_string().contains("restarted from byte 0"),
+            "{error}"
+        );
     }
 
     #[test]

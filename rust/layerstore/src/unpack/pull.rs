@@ -10,9 +10,9 @@
 //! after the reader's first byte, or the pull is cancelled, the reader fails, the staging
 //! directory is removed and nothing is published for that extraction.
 //!
-//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first.
-//! The other blobs keep downloading into the store, and their extraction starts later from the
-//! partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
+//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first,
+//! and one fewer while the download runs. The other blobs keep downloading into the store, and
+//! their extraction starts later from the partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
 //! extract, and the layers extracted during the pull are published together after it, with
 //! one `syncfs` ([`Bundle::publish_all`]). Then [`unpack_image_with`] extracts whatever is
 //! still missing (a layer whose extraction during the pull failed for a reason other than its
@@ -175,8 +175,12 @@ struct Overlap {
     store: Store,
     bundle: Arc<Bundle>,
     context: Arc<Context>,
-    /// Maximum number of extractions running at once.
+    /// Maximum number of extractions running at once after the download.
     limit: usize,
+    /// Maximum number of extractions running at once while the download runs.
+    limit_while_downloading: usize,
+    /// Whether the pull has not returned yet.
+    downloading: bool,
     /// The pulled manifest's digest, bytes and config digest, once the pull sent them.
     manifest: Option<(Digest, Vec<u8>, Digest)>,
     image: ImageState,
@@ -214,9 +218,12 @@ impl Overlap {
             // One extraction per core, as in the unpack from the store: each runs three
             // threads, and more extractions than cores only compete for the CPU and the page
             // cache (see docs/benchmarks.md, "Pull with overlapped unpack").
-            // TODO: pull --unpack of the 2 GB benchmark image through a 50 MB/s-per-connection
-            // throttle took 1.24 times pull then unpack. The cause is not measured.
             limit: cores,
+            // One core fewer while the download runs, so receiving, hashing and writing the
+            // blobs keep a core. The extraction that runs is the largest layer's, the critical
+            // path, and the others start when the download ends.
+            limit_while_downloading: cores.saturating_sub(1).max(1),
+            downloading: true,
             manifest: None,
             image: ImageState::Unknown,
             queue: VecDeque::new(),
@@ -249,6 +256,7 @@ impl Overlap {
                 }
             }
         };
+        self.downloading = false;
         // Events sent just before the pull returned are still in the channel.
         while let Ok(event) = events.try_recv() {
             self.handle(event).await;
@@ -329,7 +337,12 @@ impl Overlap {
             self.queue.clear();
             return;
         }
-        while self.running < self.limit {
+        let limit = if self.downloading {
+            self.limit_while_downloading
+        } else {
+            self.limit
+        };
+        while self.running < limit {
             // Largest first, because the largest layer is usually the critical path.
             let largest = (0..self.queue.len()).max_by_key(|&position| {
                 let digest = self.queue[position].digest();
