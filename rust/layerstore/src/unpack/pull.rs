@@ -12,11 +12,11 @@
 //!
 //! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first,
 //! and one fewer while the download runs. The other blobs keep downloading into the store, and
-//! their extraction starts later from the partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
-//! extract, and the layers extracted during the pull are published together after it, with
-//! one `syncfs` ([`Bundle::publish_all`]). Then [`unpack_image_with`] extracts whatever is
-//! still missing (a layer whose extraction during the pull failed for a reason other than its
-//! diff_id) and writes `lowerdir`.
+//! their extraction starts later from the partial file or the committed blob. A [`Flusher`]
+//! writes dirty pages back while layers extract, and the layers extracted during the pull are
+//! published together after it, with one `syncfs` ([`Bundle::publish_all`]). Then
+//! [`unpack_image_with`] extracts whatever is still missing (a layer whose extraction during
+//! the pull failed for a reason other than its diff_id) and writes `lowerdir`.
 //!
 //! TODO: a flatten starts only after the pull, because it applies layers in order.
 
