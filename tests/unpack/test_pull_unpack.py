@@ -47,6 +47,12 @@ def staged(target: Path, name: str) -> bool:
     return any((partial / name).exists() for partial in partials(target))
 
 
+def staged_size(target: Path, name: str) -> int:
+    """Return the size of `name` in a staging directory of `target`, 0 when there is none."""
+    sizes = [(p / name).stat().st_size for p in partials(target) if (p / name).is_file()]
+    return max(sizes, default=0)
+
+
 def published(target: Path) -> list[str]:
     """Names of the layer directories published in `target`."""
     layers = target / "layers"
@@ -258,6 +264,41 @@ def test_restart_from_byte_zero_mid_stream(
     assert len(fake_registry.blob_requests(digest)) == 2
     assert [layer.entries for layer in unpacked.layers] == [4]
     assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+
+
+def test_restart_after_wrong_bytes_read(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    # The first whole-blob request flips a byte in the data of a/big1, pauses until the
+    # extraction has written that byte, and is then cut short. The fetcher cannot resume it, so
+    # it restarts from byte 0 and gets the right bytes. An extraction that went on reading
+    # after the restart would have the flipped byte in its tar stream and fail the diff_id.
+    flipped = fake_registry.add_fault(faults.WrongBytes(digest, times=1, offset=MIB // 2))
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    cut = fake_registry.add_fault(faults.TruncateBody(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> UnpackReport:
+        task = asyncio.create_task(store.pull_and_unpack(f"{fake_registry.host}/app:v1", target))
+        await wait_until(
+            lambda: staged_size(target, "a/big1") >= MIB, "extraction past the flip", task
+        )
+        pause.release.set()
+        _, unpacked = await task
+        return unpacked
+
+    unpacked = asyncio.run(run())
+
+    assert flipped.fired == 1
+    assert cut.fired == 1
+    assert len(fake_registry.blob_requests(digest)) == 2
+    assert [layer.entries for layer in unpacked.layers] == [4]
+    assert published(target) == [digest_of(layer).removeprefix("sha256:")]
+    assert scan(target / "layers" / published(target)[0]) == expected_entries(layer)
+    assert partials(target) == []
 
 
 def test_layer_in_store_extracts_from_blob(

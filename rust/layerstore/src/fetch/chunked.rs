@@ -580,7 +580,7 @@ impl Download {
         state.hashed = 0;
         state.generation += 1;
         if let Some(prefix) = &self.prefix {
-            prefix.advance(0);
+            prefix.restart();
         }
         let generation = state.generation;
         drop(state);

@@ -3,9 +3,11 @@
 //! The fetcher writes ranges at their offsets in a preallocated partial file and announces the
 //! end of the contiguous written prefix after each write. A [`PrefixReader`] reads that file
 //! through its own handle and blocks until the bytes it needs are inside the prefix. It returns
-//! end of file only after the store has committed the blob, so a consumer that reads to the end
-//! has read a blob whose digest the store verified. Because the handle outlives the rename into
-//! `blobs/`, a reader that starts late reads the committed blob through the same path.
+//! end of file only after the store has committed the blob, and fails when the download
+//! restarted from byte 0 after the reader's first byte. So a consumer that reads to the end has
+//! read exactly the bytes whose digest the store verified, and need not hash them again.
+//! Because the handle outlives the rename into `blobs/`, a reader that starts late reads the
+//! committed blob through the same path.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,8 +19,7 @@ use crate::digest::Digest;
 /// How far a blob's download has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
-    /// Bytes `0..written` are on disk. `written` drops to 0 when a download that cannot resume
-    /// restarts from byte 0, and grows again as the same bytes arrive once more.
+    /// Bytes `0..written` are on disk.
     Downloading { written: u64 },
     /// The store verified the digest and renamed the file into `blobs/`.
     Committed,
@@ -26,43 +27,79 @@ enum Status {
     Failed,
 }
 
+/// The status of a download and how often it restarted from byte 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    status: Status,
+    /// Incremented by [`Prefix::restart`]. Between two restarts, every byte below the
+    /// announced prefix is written once and never changes, which is what lets a reader trust
+    /// the store's digest check for the bytes it read.
+    restarts: u64,
+}
+
 /// The download status of one blob, shared between the fetcher and the readers.
 #[derive(Debug)]
 pub(crate) struct Prefix {
-    status: Mutex<Status>,
+    state: Mutex<State>,
     changed: Condvar,
 }
 
 impl Prefix {
     pub(crate) fn new(written: u64) -> Arc<Prefix> {
         Arc::new(Prefix {
-            status: Mutex::new(Status::Downloading { written }),
+            state: Mutex::new(State {
+                status: Status::Downloading { written },
+                restarts: 0,
+            }),
             changed: Condvar::new(),
         })
     }
 
     /// Announces that `0..written` is on disk. Does nothing once the blob is committed or failed.
     pub(crate) fn advance(&self, written: u64) {
-        self.set(|status| match *status {
-            Status::Downloading { written: old } if old != written => {
-                Some(Status::Downloading { written })
-            }
+        self.set(|state| match state.status {
+            Status::Downloading { written: old } if old != written => Some(State {
+                status: Status::Downloading { written },
+                ..*state
+            }),
+            _ => None,
+        });
+    }
+
+    /// Announces that a download that cannot resume starts again from byte 0: the bytes
+    /// written so far will be written again, and a reader that read any of them fails.
+    pub(crate) fn restart(&self) {
+        self.set(|state| match state.status {
+            Status::Downloading { .. } => Some(State {
+                status: Status::Downloading { written: 0 },
+                restarts: state.restarts + 1,
+            }),
             _ => None,
         });
     }
 
     pub(crate) fn commit(&self) {
-        self.set(|status| (*status != Status::Failed).then_some(Status::Committed));
+        self.set(|state| {
+            (state.status != Status::Failed).then_some(State {
+                status: Status::Committed,
+                ..*state
+            })
+        });
     }
 
     pub(crate) fn fail(&self) {
-        self.set(|status| (*status != Status::Committed).then_some(Status::Failed));
+        self.set(|state| {
+            (state.status != Status::Committed).then_some(State {
+                status: Status::Failed,
+                ..*state
+            })
+        });
     }
 
-    fn set(&self, next: impl FnOnce(&Status) -> Option<Status>) {
-        let mut status = self.status.lock().expect("not poisoned");
-        if let Some(next) = next(&status) {
-            *status = next;
+    fn set(&self, next: impl FnOnce(&State) -> Option<State>) {
+        let mut state = self.state.lock().expect("not poisoned");
+        if let Some(next) = next(&state) {
+            *state = next;
             self.changed.notify_all();
         }
     }
@@ -120,26 +157,40 @@ impl BlobStream {
         PrefixReader {
             stream: self,
             position: 0,
+            restarts: 0,
         }
     }
 }
 
 /// Reads a downloading blob in order, blocking until the next bytes are written. Returns end of
-/// file once all bytes are read and the store has committed the blob, and an error as soon as
-/// the download fails or is cancelled.
+/// file once all bytes are read and the store has committed the blob. Returns an error as soon
+/// as the download fails or is cancelled, or restarts from byte 0 after this reader's first
+/// byte, because the bytes read before a restart are not the ones the store then verifies.
 #[derive(Debug)]
 pub struct PrefixReader {
     stream: BlobStream,
     position: u64,
+    /// The download's restart count when this reader read its first byte.
+    restarts: u64,
 }
 
 impl PrefixReader {
     /// Waits until bytes after `position` are readable; returns the end of what is readable.
-    fn wait_for_bytes(&self) -> io::Result<u64> {
+    fn wait_for_bytes(&mut self) -> io::Result<u64> {
         let prefix = &self.stream.prefix;
-        let mut status = prefix.status.lock().expect("not poisoned");
+        let mut state = prefix.state.lock().expect("not poisoned");
         loop {
-            match *status {
+            if self.position == 0 {
+                // Nothing read yet, so the bytes of any earlier try do not matter.
+                self.restarts = state.restarts;
+            } else if state.restarts != self.restarts {
+                return Err(io::Error::other(format!(
+                    "the download of blob {} restarted from byte 0 after {} bytes were read \
+                     from it; read the blob again once the store has committed it",
+                    self.stream.digest, self.position
+                )));
+            }
+            match state.status {
                 Status::Committed => return Ok(self.stream.size),
                 Status::Failed => {
                     return Err(io::Error::other(format!(
@@ -149,7 +200,7 @@ impl PrefixReader {
                 }
                 Status::Downloading { written } if written > self.position => return Ok(written),
                 Status::Downloading { .. } => {
-                    status = prefix.changed.wait(status).expect("not poisoned");
+                    state = prefix.changed.wait(state).expect("not poisoned");
                 }
             }
         }
@@ -247,27 +298,73 @@ mod tests {
     }
 
     #[test]
-    fn restart_keeps_reader_waiting_until_bytes_return() {
+    fn restart_after_first_byte_fails_reader() {
         let data = vec![1u8; 1000];
         let prefix = Prefix::new(600);
         let (_file, stream) = stream_of(&data, &prefix);
         let mut reader = stream.into_reader();
         let mut first = vec![0u8; 600];
         reader.read_exact(&mut first).unwrap();
-        prefix.advance(0);
+        prefix.restart();
         let waiting = std::thread::spawn(move || {
             let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).map(|_| rest.len())
+            reader.read_to_end(&mut rest)
         });
-        prefix.advance(300);
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            !waiting.is_finished(),
-            "read bytes beyond the restarted prefix"
-        );
+        // The same bytes arriving again and a commit do not make the reader go on.
         prefix.advance(1000);
         prefix.commit();
-        assert_eq!(waiting.join().unwrap().unwrap(), 400);
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("restarted from byte 0"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn restart_after_last_byte_fails_at_end() {
+        let data = vec![2u8; 1000];
+        let prefix = Prefix::new(1000);
+        let (_file, stream) = stream_of(&data, &prefix);
+        let mut reader = stream.into_reader();
+        let mut all = vec![0u8; 1000];
+        reader.read_exact(&mut all).unwrap();
+        prefix.restart();
+        prefix.advance(1000);
+        prefix.commit();
+        let error = reader.read(&mut [0u8; 10]).unwrap_err();
+        assert!(error.to_string().contains("after 1000 bytes"), "{error}");
+    }
+
+    #[test]
+    fn restart_before_first_byte_is_harmless() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let prefix = Prefix::new(600);
+        let (_file, stream) = stream_of(&data, &prefix);
+        prefix.restart();
+        prefix.restart();
+        let reader = std::thread::spawn(move || {
+            let mut read = Vec::new();
+            stream.into_reader().read_to_end(&mut read).map(|_| read)
+        });
+        prefix.advance(400);
+        prefix.advance(1000);
+        prefix.commit();
+        assert_eq!(reader.join().unwrap().unwrap(), data);
+    }
+
+    #[test]
+    fn restart_after_commit_changes_nothing() {
+        let data = vec![3u8; 100];
+        let prefix = Prefix::new(100);
+        let (_file, stream) = stream_of(&data, &prefix);
+        let mut reader = stream.into_reader();
+        let mut first = vec![0u8; 50];
+        reader.read_exact(&mut first).unwrap();
+        prefix.commit();
+        prefix.restart();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest.len(), 50);
     }
 
     #[test]
@@ -276,6 +373,6 @@ mod tests {
         let guard = PrefixGuard(Some(Arc::clone(&prefix)));
         guard.commit();
         drop(guard);
-        assert_eq!(*prefix.status.lock().unwrap(), Status::Committed);
+        assert_eq!(prefix.state.lock().unwrap().status, Status::Committed);
     }
 }

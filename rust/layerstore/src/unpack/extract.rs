@@ -72,9 +72,10 @@ pub enum BlobCheck {
     /// Hash the blob as it is read; [`Extracted::digest`] is the digest computed.
     Hash,
     /// Do not hash the blob, which takes a sha256 pass off the decompressing thread. For blobs
-    /// read from the store, which checked their digest before it stored them: the `diff_id`
-    /// still covers every byte extracted. [`Extracted::digest`] is then the digest the layer
-    /// is stored under.
+    /// whose digest the store checked: read from the store, or through a
+    /// [`crate::fetch::PrefixReader`], which ends only with the bytes the store verified. The
+    /// `diff_id` still covers every byte extracted. [`Extracted::digest`] is then the digest
+    /// the layer is stored under.
     Trusted,
 }
 

@@ -5,18 +5,18 @@
 //! config are known, the target is claimed for the image. Each layer then extracts into a
 //! staging directory. It reads a downloading blob through a [`crate::fetch::PrefixReader`],
 //! which ends only after the store has verified and committed the blob, and a blob the store
-//! already had from `blobs/`. The
-//! extraction then checks the digest of the bytes it read (a blob read from `blobs/` was
-//! checked by the store) and the config's diff_id. When a download fails or the pull is
-//! cancelled, the reader fails, the staging directory is removed and nothing is published.
+//! already had from `blobs/`. Either way the store checked the blob's digest, so the
+//! extraction checks only the config's diff_id. When a download fails, restarts from byte 0
+//! after the reader's first byte, or the pull is cancelled, the reader fails, the staging
+//! directory is removed and nothing is published for that extraction.
 //!
-//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first.
-//! The other blobs keep downloading into the store, and their extraction starts later from the
-//! partial file or the committed blob. A [`Flusher`] writes dirty pages back while layers
-//! extract, and the layers extracted during the pull are published together after it, with
-//! one `syncfs` ([`Bundle::publish_all`]). Then [`unpack_image_with`] extracts whatever is
-//! still missing (a layer whose extraction during the pull failed for a reason other than its
-//! diff_id) and writes `lowerdir`.
+//! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first,
+//! and one fewer while the download runs. The other blobs keep downloading into the store, and
+//! their extraction starts later from the partial file or the committed blob. A [`Flusher`]
+//! writes dirty pages back while layers extract, and the layers extracted during the pull are
+//! published together after it, with one `syncfs` ([`Bundle::publish_all`]). Then
+//! [`unpack_image_with`] extracts whatever is still missing (a layer whose extraction during
+//! the pull failed for a reason other than its diff_id) and writes `lowerdir`.
 //!
 //! TODO: a flatten starts only after the pull, because it applies layers in order.
 
@@ -175,8 +175,12 @@ struct Overlap {
     store: Store,
     bundle: Arc<Bundle>,
     context: Arc<Context>,
-    /// Maximum number of extractions running at once.
+    /// Maximum number of extractions running at once after the download.
     limit: usize,
+    /// Maximum number of extractions running at once while the download runs.
+    limit_while_downloading: usize,
+    /// Whether the pull has not returned yet.
+    downloading: bool,
     /// The pulled manifest's digest, bytes and config digest, once the pull sent them.
     manifest: Option<(Digest, Vec<u8>, Digest)>,
     image: ImageState,
@@ -214,9 +218,12 @@ impl Overlap {
             // One extraction per core, as in the unpack from the store: each runs three
             // threads, and more extractions than cores only compete for the CPU and the page
             // cache (see docs/benchmarks.md, "Pull with overlapped unpack").
-            // TODO: pull --unpack of the 2 GB benchmark image through a 50 MB/s-per-connection
-            // throttle took 1.24 times pull then unpack. The cause is not measured.
             limit: cores,
+            // One core fewer while the download runs, so receiving, hashing and writing the
+            // blobs keep a core. The extraction that runs is the largest layer's, the critical
+            // path, and the others start when the download ends.
+            limit_while_downloading: cores.saturating_sub(1).max(1),
+            downloading: true,
             manifest: None,
             image: ImageState::Unknown,
             queue: VecDeque::new(),
@@ -249,6 +256,7 @@ impl Overlap {
                 }
             }
         };
+        self.downloading = false;
         // Events sent just before the pull returned are still in the channel.
         while let Ok(event) = events.try_recv() {
             self.handle(event).await;
@@ -329,7 +337,12 @@ impl Overlap {
             self.queue.clear();
             return;
         }
-        while self.running < self.limit {
+        let limit = if self.downloading {
+            self.limit_while_downloading
+        } else {
+            self.limit
+        };
+        while self.running < limit {
             // Largest first, because the largest layer is usually the critical path.
             let largest = (0..self.queue.len()).max_by_key(|&position| {
                 let digest = self.queue[position].digest();
@@ -406,9 +419,10 @@ impl Overlap {
 type Finished = (Digest, std::thread::Result<UnpackResult<Staged>>);
 
 /// Extracts one layer from `source` into a staging directory and checks it; see
-/// [`stage_layer`]. A downloading blob is hashed as it is read: a download that restarts from
-/// byte 0 rewrites bytes the reader may already have read, so the store's check of the blob
-/// does not cover them. A committed blob is not hashed again, as in the unpack from the store.
+/// [`stage_layer`]. Neither source is hashed again. A [`crate::fetch::PrefixReader`] ends only
+/// after the store verified and committed the blob, and fails when the download restarted from
+/// byte 0 after its first byte, so the bytes it returns are the ones the store verified. A
+/// committed blob was verified before it was stored.
 fn extract_source(
     source: Source,
     store: &Store,
@@ -416,13 +430,13 @@ fn extract_source(
     bundle: &Bundle,
     context: &Context,
 ) -> UnpackResult<Staged> {
-    let (blob, check): (Box<dyn Read + Send>, _) = match source {
-        Source::Downloading(stream) => (Box::new(stream.into_reader()), BlobCheck::Hash),
-        Source::Committed(digest) => (Box::new(store.open_blob(&digest)?), BlobCheck::Trusted),
+    let blob: Box<dyn Read + Send> = match source {
+        Source::Downloading(stream) => Box::new(stream.into_reader()),
+        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
     };
     // Keyed by blob digest, so two blobs with one diff_id never share a directory.
     let key = format!("p-{}", layer.digest.hex());
-    stage_layer(blob, layer, bundle, context, &key, check)
+    stage_layer(blob, layer, bundle, context, &key, BlobCheck::Trusted)
 }
 
 fn is_layer(media_type: &str) -> bool {
