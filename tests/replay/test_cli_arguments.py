@@ -33,10 +33,22 @@ def _usage_error(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> st
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        pytest.param(["replay", "--seed", "-1"], "at least 0, got -1", id="seed"),
-        pytest.param(["replay", "--jobs", "0"], "at least 1, got 0", id="jobs-zero"),
-        pytest.param(["replay", "--jobs", "-3"], "at least 1, got -3", id="jobs-negative"),
-        pytest.param(["replay", "--jobs", "1.5"], "invalid count '1.5'", id="jobs-fraction"),
+        pytest.param(
+            ["replay", "--seed", "-1"],
+            "argument --seed: invalid value -1; use a whole number of at least 0",
+            id="seed",
+        ),
+        pytest.param(
+            ["replay", "--jobs", "0"], "argument --jobs: invalid value 0;", id="jobs-zero"
+        ),
+        pytest.param(
+            ["replay", "--jobs", "-3"],
+            "invalid value -3; use a whole number of at least 1",
+            id="jobs-negative",
+        ),
+        pytest.param(
+            ["replay", "--jobs", "1.5"], "argument --jobs: invalid value '1.5'", id="jobs-fraction"
+        ),
     ],
 )
 def test_replay_rejects_bad_count(
@@ -48,14 +60,21 @@ def test_replay_rejects_bad_count(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        pytest.param("--connections", "0", "from 1 to 1024, got 0", id="connections-zero"),
-        pytest.param("--connections", "-4", "from 1 to 1024, got -4", id="connections-negative"),
+        pytest.param(
+            "--connections",
+            "0",
+            "invalid value 0; use a whole number from 1 to 1024",
+            id="connections-zero",
+        ),
+        pytest.param(
+            "--connections", "-4", "invalid value -4; use a whole", id="connections-negative"
+        ),
         pytest.param("--connections", "100000", "from 1 to 1024", id="connections-many"),
         pytest.param("--chunk-size", "0", "at least 65536 bytes", id="chunk-zero"),
         pytest.param("--chunk-size", "1", "at least 65536 bytes", id="chunk-one"),
         pytest.param("--chunk-size", "-1", "invalid size '-1'", id="chunk-negative"),
         pytest.param("--chunk-size", "inf", "invalid size 'inf'", id="chunk-inf"),
-        pytest.param("--repeat", "0", "at least 1, got 0", id="repeat"),
+        pytest.param("--repeat", "0", "argument --repeat: invalid value 0", id="repeat"),
     ],
 )
 def test_calibrate_rejects_bad_option(

@@ -47,13 +47,17 @@ def parse_size(text: str) -> int:
 
 def parse_count(text: str, minimum: int = 1, maximum: int | None = None) -> int:
     """Parse a whole number from ``minimum`` to ``maximum`` (no bound when None)."""
+    # argparse prefixes "argument --OPTION: ", so the message names no quantity itself, because
+    # the same parser reads --seed, --jobs, --repeat and --connections.
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; use a whole number {bound}"
+        ) from None
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise argparse.ArgumentTypeError(f"count must be {bound}, got {value}")
+        raise argparse.ArgumentTypeError(f"invalid value {value}; use a whole number {bound}")
     return value
 
 
