@@ -79,6 +79,7 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
         "reference": calibration.reference,
         "layers": list(calibration.layers),
         "fit_blob_seconds": list(calibration.fit_blob_seconds),
+        "warnings": list(calibration.warnings),
         "registry": {
             "connection_bytes_per_s": network.connection_bytes_per_s,
             "first_byte_s": network.first_byte_s,
@@ -145,6 +146,8 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
         calibration = asyncio.run(measure)
     if arguments.output is not None:
         arguments.output.write_text(profile_toml(base, calibration, str(arguments.profile)))
+    for warning in calibration.warnings:
+        print(f"warmstart: warning: {warning}", file=sys.stderr)
     if arguments.json:
         print_json(calibration_json(calibration))
         return 0
