@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.registry.real import RegistryRepository
+from tests.signals import default_sigint
 from warmstart.cli import main
 from warmstart.replay.report import REPORT_FILES
 
@@ -146,8 +147,9 @@ def test_replay_report_replaces_earlier_plots(tmp_path: Path) -> None:
     assert "capacity-*.png" in REPORT_FILES
 
 
-def test_calibrate_sigterm_removes_temporary_store(
-    registry_repo: RegistryRepository, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_calibrate_stop_signal_removes_temporary_store(
+    registry_repo: RegistryRepository, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     # A 64 MiB layer keeps the pulls busy long enough to be interrupted.
     registry_repo.push_generated("v1", [os.urandom(64 << 20)], compress=False)
@@ -168,6 +170,7 @@ def test_calibrate_sigterm_removes_temporary_store(
         env={**os.environ, "TMPDIR": str(work)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 30
@@ -175,7 +178,7 @@ def test_calibrate_sigterm_removes_temporary_store(
             time.sleep(0.05)
         assert any(work.iterdir()), "calibrate created no temporary store within 30 s"
         time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
@@ -183,4 +186,5 @@ def test_calibrate_sigterm_removes_temporary_store(
             process.wait()
 
     assert process.returncode == 130, stderr.decode()
+    assert stderr.decode().endswith("warmstart: interrupted\n")
     assert list(work.iterdir()) == []

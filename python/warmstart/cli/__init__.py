@@ -69,9 +69,22 @@ def chosen_command(argv: Sequence[str] | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
-    if argv is None:
-        argv = sys.argv[1:]
+    """Run the command line; returns the process exit status.
+
+    Exit status: 0 on success, 1 when the operation failed, 2 for a usage error (an invalid
+    option or argument, a missing input file), 130 after Ctrl-C.
+    """
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Caught here so that it covers loading the command's module and parsing too.
+        # NOTE: Ctrl-C while the script imports the warmstart package, in the first 0.1 s or
+        # so, comes before this handler and still prints a traceback.
+        print("warmstart: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str]) -> int:
     parser = build_parser(argv)
     arguments = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(arguments.verbose, logging.DEBUG)
@@ -88,9 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WarmstartError, OSError) as error:
         print(f"warmstart: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("warmstart: interrupted", file=sys.stderr)
-        return 130
     return status
 
 
