@@ -137,8 +137,9 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path, images: Path) -> None:
 
 def test_missing_source_is_reported(tmp_path: Path) -> None:
     result = run("store", "import", str(tmp_path / "absent"), "--store", str(tmp_path / "s"))
-    assert result.returncode == 1
-    assert "absent does not exist" in result.stderr
+    assert result.returncode == 2
+    assert "warmstart store: error: " in result.stderr
+    assert "absent does not exist; name an OCI layout directory" in result.stderr
 
 
 def test_store_defaults_to_environment_variable(tmp_path: Path) -> None:

@@ -9,9 +9,18 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
+from warmstart.cli.usage import UsageError
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
+
+EXIT_STATUS = """\
+exit status:
+  0    success
+  1    the operation failed: a registry, store or file system error
+  2    invalid command line: an option or argument value, or an input file that does not exist
+  130  interrupted with Ctrl-C
+serve and mirror stop cleanly on Ctrl-C or SIGTERM and then exit with 0."""
 
 # Long-running commands, which log at info by default.
 SERVICES = frozenset({"serve", "mirror"})
@@ -36,6 +45,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warmstart",
         description="Autoscaling for ML inference fleets with fast, verified image pulls.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"warmstart {__version__}")
     parser.add_argument(
@@ -69,11 +80,7 @@ def chosen_command(argv: Sequence[str] | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status.
-
-    Exit status: 0 on success, 1 when the operation failed, 2 for a usage error (an invalid
-    option or argument, a missing input file), 130 after Ctrl-C.
-    """
+    """Run the command line; returns the process exit status, as ``EXIT_STATUS`` lists."""
     try:
         return _run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
@@ -94,6 +101,9 @@ def _run(argv: Sequence[str]) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         status: int = arguments.run(arguments)
+    except UsageError as error:
+        print(f"warmstart {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader of our output went away (`| head`); that is not an error of ours.
         sys.stdout = None

@@ -6,12 +6,12 @@ import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore
 from warmstart.cli.output import format_bytes, print_json, print_table
+from warmstart.cli.usage import UsageError
 from warmstart.errors import StoreError
 
 __all__ = ["add_parser", "default_store_path"]
@@ -156,12 +156,12 @@ def run_import(arguments: argparse.Namespace) -> int:
         report = store.import_layout(source, tags=tags)
     elif source.is_file():
         if tags is not None and len(tags) > 1:
-            print("warmstart: error: an archive import takes at most one --tag", file=sys.stderr)
-            return 2
+            raise UsageError("an archive import takes at most one --tag")
         report = store.import_archive(source, tag=tags[0] if tags else None)
     else:
-        print(f"warmstart: error: {source} does not exist", file=sys.stderr)
-        return 1
+        raise UsageError(
+            f"{source} does not exist; name an OCI layout directory or a `docker save` archive"
+        )
     print_import_report(arguments, "imported", report)
     return 0
 
