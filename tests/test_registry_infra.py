@@ -7,22 +7,26 @@ throttling proxy caps each connection's rate.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from benchmarks.throttle_proxy import ThrottleProxy, TokenBucket
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,6 +46,7 @@ from tests.registry.layout import (
     write_layout,
 )
 from tests.registry.real import RegistryRepository, http_request
+from tests.registry.server import ServerThread
 
 REPO = "library/sample"
 
@@ -753,3 +758,28 @@ def test_token_bucket_paces_to_rate() -> None:
     assert bucket.reserve(100, now=0.0) == pytest.approx(0.1)
     assert bucket.reserve(100, now=10.0) == 0.0, "idle time refills the bucket"
     assert bucket.reserve(1000, now=10.0) == pytest.approx(1.0)
+
+
+def test_server_thread_stop_closes_late_connections() -> None:
+    # Connections that wait in the listen backlog when stop() is called are accepted by the
+    # loop while the server shuts down; each one must be closed, or its transport warns
+    # "unclosed transport" when collected, in whatever test runs then.
+    app = web.Application()
+    server = ServerThread(app, "late-connections")
+    server.start()
+    # Hold the server's loop, so the connections and the stop request queue up behind it.
+    server._loop.call_soon_threadsafe(time.sleep, 0.2)
+    time.sleep(0.05)
+    clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        server.stop()
+    finally:
+        for client in clients:
+            client.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+
+    unclosed = [str(w.message) for w in caught if "unclosed" in str(w.message)]
+    assert unclosed == []

@@ -27,6 +27,9 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "parse_digest_string",
+    "parse_platform_string",
+    "parse_reference_string",
+    "parse_url_string",
 ]
 
 __version__: str
@@ -399,3 +402,11 @@ class LayerStore:
     ) -> tuple[PullReport, UnpackReport]: ...
 
 def parse_digest_string(text: str) -> str: ...
+def parse_reference_string(text: str) -> str:
+    """Parse an image reference; returns ``registry/repository[:tag][@digest]``."""
+
+def parse_platform_string(text: str) -> str:
+    """Parse ``os/architecture[/variant]``; raises ``InvalidReferenceError`` when invalid."""
+
+def parse_url_string(text: str) -> str:
+    """Parse an HTTP or HTTPS URL; raises ``InvalidReferenceError`` when invalid."""

@@ -12,6 +12,7 @@ import pytest
 
 from warmstart import LayerStore
 from warmstart.cli import main
+from warmstart.cli.output import format_bytes
 
 
 def run(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,8 +65,46 @@ def test_human_output_is_a_table(tmp_path: Path, images: Path) -> None:
     )
     listed = run("store", "ls", "--store", store)
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["TAG", "MEDIA", "TYPE", "DIGEST", "SIZE"]
+    assert lines[0].split() == ["TAG", "MEDIA", "TYPE", "DIGEST", "IMAGE", "SIZE"]
     assert lines[1].startswith("hello ")
+
+
+def _blob_sizes(store: LayerStore, digest: str) -> dict[str, int]:
+    """Map every config and layer digest under the manifest ``digest`` to its size."""
+    document = json.loads(store.read(digest))
+    sizes = {}
+    for child in document.get("manifests", []):
+        if store.has(child["digest"]):
+            sizes.update(_blob_sizes(store, child["digest"]))
+    for blob in [document.get("config"), *document.get("layers", [])]:
+        if blob is not None:
+            sizes[blob["digest"]] = blob["size"]
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("source", "tag"),
+    [
+        pytest.param(Path("ggcr-testdata") / "hello-world-v25.tar", "hello", id="manifest"),
+        pytest.param(Path("regclient-testrepo") / "testrepo", "v1", id="index"),
+    ],
+)
+def test_ls_size_is_image_size(tmp_path: Path, images: Path, source: Path, tag: str) -> None:
+    store_path = tmp_path / "store"
+    imported = run(
+        "store", "import", str(images / source), "--store", str(store_path), "--tag", tag
+    )
+    assert imported.returncode == 0, imported.stderr
+    store = LayerStore(store_path)
+    manifest = store.resolve(tag)
+    expected = sum(_blob_sizes(store, manifest.digest).values())
+    assert expected != manifest.size
+
+    listed = json.loads(run("store", "ls", "--store", str(store_path), "--json").stdout)
+    assert listed["tags"][0]["image_size"] == expected
+    assert listed["tags"][0]["size"] == manifest.size
+    table = run("store", "ls", "--store", str(store_path)).stdout.splitlines()
+    assert table[1].endswith(format_bytes(expected))
 
 
 def test_verify_exits_nonzero_on_corruption(tmp_path: Path) -> None:
@@ -98,8 +137,9 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path, images: Path) -> None:
 
 def test_missing_source_is_reported(tmp_path: Path) -> None:
     result = run("store", "import", str(tmp_path / "absent"), "--store", str(tmp_path / "s"))
-    assert result.returncode == 1
-    assert "absent does not exist" in result.stderr
+    assert result.returncode == 2
+    assert "warmstart store: error: " in result.stderr
+    assert "absent does not exist; name an OCI layout directory" in result.stderr
 
 
 def test_store_defaults_to_environment_variable(tmp_path: Path) -> None:

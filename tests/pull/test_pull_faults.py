@@ -404,8 +404,8 @@ def test_cli_pull_json_and_errors(tmp_path: Path, fake_registry: FakeRegistry) -
     assert missing.stderr.startswith("warmstart: error: GET http://")
     assert "MANIFEST_UNKNOWN" in missing.stderr
     invalid = subprocess.run([*command, "UPPER/case"], capture_output=True, text=True, timeout=60)
-    assert invalid.returncode == 1
-    assert 'invalid reference "UPPER/case"' in invalid.stderr
+    assert invalid.returncode == 2
+    assert 'argument reference: invalid reference "UPPER/case"' in invalid.stderr
 
 
 def test_sha512_addressed_blob(store: LayerStore, fake_registry: FakeRegistry) -> None:

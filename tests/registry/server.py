@@ -20,6 +20,9 @@ logger = logging.getLogger("tests.registry.server")
 START_TIMEOUT_S = 10.0
 # Requests still running at stop (a stalled body, say) are cancelled after this long.
 SHUTDOWN_TIMEOUT_S = 1.0
+# Aborting a transport can run protocol callbacks that open or close others, so the sweep
+# repeats; each round takes one loop iteration.
+ABORT_ROUNDS = 10
 
 
 class ServerThread:
@@ -94,15 +97,42 @@ class ServerThread:
         await web.SockSite(self._runner, self._socket).start()
 
     async def _cleanup(self) -> None:
+        # Stop accepting, then let the accept tasks already queued build their transports
+        # while the server is open. In CPython 3.11 a transport built after Server.close()
+        # fails in Server._attach once it holds the socket but before the loop tracks it, so
+        # nothing closes it and it warns "unclosed transport" when collected.
+        self._loop.remove_reader(self._socket.fileno())
+        await asyncio.sleep(0)
         if self._runner is not None:
             await self._runner.cleanup()
         self._socket.close()
-        # A fault handler that closes its transport with bytes still buffered leaves the socket
-        # open until the buffer drains, which never happens once the loop stops, and the
-        # transport warns when collected. Abort every transport the loop still tracks
-        # (`_transports` is the selector loop's own map), then let their callbacks run.
+        await self._abort_transports()
+
+    async def _abort_transports(self) -> None:
+        """Abort every transport the loop still tracks and wait until each has closed its
+        socket, in the order of their file descriptors.
+
+        A fault handler that closes its transport with bytes still buffered leaves the socket
+        open until the buffer drains, which never happens once the loop stops, and the
+        transport warns when collected. ``_transports`` is the selector loop's own map.
+        """
         tracked = getattr(self._loop, "_transports", {})
-        for transport in list(tracked.values()):
-            if transport is not None:
+        for _ in range(ABORT_ROUNDS):
+            still_open = [
+                tracked[fd]
+                for fd in sorted(tracked.keys())
+                if tracked.get(fd) is not None and _socket_open(tracked[fd])
+            ]
+            if not still_open:
+                return
+            for transport in still_open:
                 transport.abort()
-        await asyncio.sleep(0)
+            # An abort closes the socket in a callback on the next loop iteration.
+            await asyncio.sleep(0)
+        logger.warning("%s: transports still open after %d abort rounds", self.name, ABORT_ROUNDS)
+
+
+def _socket_open(transport: asyncio.BaseTransport) -> bool:
+    """Tell whether the socket of ``transport`` is still open (its file descriptor is valid)."""
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.fileno() != -1

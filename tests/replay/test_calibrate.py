@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -19,7 +20,13 @@ from tests.registry.real import RegistryRepository
 from warmstart import LayerStore
 from warmstart.cli import main
 from warmstart.replay import Network, load_profile, parse_profile, pull_times
-from warmstart.replay.calibrate import Calibration, calibrate, fit_network, profile_toml
+from warmstart.replay.calibrate import (
+    Calibration,
+    calibrate,
+    fit_network,
+    fit_size_warning,
+    profile_toml,
+)
 from warmstart.replay.image import Puller, download_times
 
 MIB = 1 << 20
@@ -155,6 +162,7 @@ def test_model_predicts_other_image_within_15_percent(
             ]
         }
 
+    assert calibration.warnings == ()
     network = dataclasses.replace(calibration.network, unpack_bytes_per_s=math.inf)
     # The layer store starts blobs largest first, so the model gets them in that order.
     layers = sorted([*check_sizes, checked.config.size], reverse=True)
@@ -164,6 +172,47 @@ def test_model_predicts_other_image_within_15_percent(
             layers, network, puller, connections=lanes, chunk_size=chunk
         ).download_s
         assert modeled == pytest.approx(seconds, rel=0.15), (puller, lanes, chunk)
+
+
+@pytest.mark.parametrize(
+    ("fitted_rate", "base_rate", "fitted_bytes", "needed"),
+    [
+        pytest.param(4e6, 1e6, 3_000_000, 3_000_000, id="fitted-rate-enough"),
+        pytest.param(4e6, 1e6, 2_999_999, 3_000_000, id="fitted-rate-short"),
+        # A rate dragged down by fixed costs is not trusted to size the image.
+        pytest.param(20.0, 8e6, 5_999_999, 6_000_000, id="base-rate-short"),
+    ],
+)
+def test_fit_size_warning_threshold(
+    fitted_rate: float, base_rate: float, fitted_bytes: int, needed: int
+) -> None:
+    warning = fit_size_warning(fitted_bytes, 2, Network(fitted_rate), Network(base_rate))
+
+    if fitted_bytes >= needed:
+        assert warning is None
+    else:
+        assert warning is not None
+        assert f"the image has {fitted_bytes:,} bytes in 2 blobs" in warning
+        assert f"needs at least {needed / 1e6:.1f} MB" in warning
+        assert "calibrate with a larger image" in warning
+
+
+def test_calibrate_warns_on_small_image(
+    registry_repo: RegistryRepository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry_repo.push_generated("v1", [b"tiny layer"], compress=False)
+    output = tmp_path / "calibrated.toml"
+    reference = f"{registry_repo.reference_prefix}:v1"
+
+    status = main(["calibrate", reference, "--json", "--output", str(output)])
+
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert status == 0
+    assert len(document["warnings"]) == 1
+    assert "a reliable fit needs at least" in document["warnings"][0]
+    assert f"warmstart: warning: {document['warnings'][0]}" in captured.err
+    assert "# WARNING: the image has" in output.read_text()
 
 
 def test_calibrate_measures_unpack_rate(registry_repo: RegistryRepository) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.registry.real import RegistryRepository
+from tests.signals import default_sigint
 from warmstart.cli import main
 from warmstart.replay.report import REPORT_FILES
 
@@ -33,10 +34,22 @@ def _usage_error(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> st
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        pytest.param(["replay", "--seed", "-1"], "at least 0, got -1", id="seed"),
-        pytest.param(["replay", "--jobs", "0"], "at least 1, got 0", id="jobs-zero"),
-        pytest.param(["replay", "--jobs", "-3"], "at least 1, got -3", id="jobs-negative"),
-        pytest.param(["replay", "--jobs", "1.5"], "invalid count '1.5'", id="jobs-fraction"),
+        pytest.param(
+            ["replay", "--seed", "-1"],
+            "argument --seed: invalid value -1; use a whole number of at least 0",
+            id="seed",
+        ),
+        pytest.param(
+            ["replay", "--jobs", "0"], "argument --jobs: invalid value 0;", id="jobs-zero"
+        ),
+        pytest.param(
+            ["replay", "--jobs", "-3"],
+            "invalid value -3; use a whole number of at least 1",
+            id="jobs-negative",
+        ),
+        pytest.param(
+            ["replay", "--jobs", "1.5"], "argument --jobs: invalid value '1.5'", id="jobs-fraction"
+        ),
     ],
 )
 def test_replay_rejects_bad_count(
@@ -48,14 +61,21 @@ def test_replay_rejects_bad_count(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        pytest.param("--connections", "0", "from 1 to 1024, got 0", id="connections-zero"),
-        pytest.param("--connections", "-4", "from 1 to 1024, got -4", id="connections-negative"),
+        pytest.param(
+            "--connections",
+            "0",
+            "invalid value 0; use a whole number from 1 to 1024",
+            id="connections-zero",
+        ),
+        pytest.param(
+            "--connections", "-4", "invalid value -4; use a whole", id="connections-negative"
+        ),
         pytest.param("--connections", "100000", "from 1 to 1024", id="connections-many"),
         pytest.param("--chunk-size", "0", "at least 65536 bytes", id="chunk-zero"),
         pytest.param("--chunk-size", "1", "at least 65536 bytes", id="chunk-one"),
         pytest.param("--chunk-size", "-1", "invalid size '-1'", id="chunk-negative"),
         pytest.param("--chunk-size", "inf", "invalid size 'inf'", id="chunk-inf"),
-        pytest.param("--repeat", "0", "at least 1, got 0", id="repeat"),
+        pytest.param("--repeat", "0", "argument --repeat: invalid value 0", id="repeat"),
     ],
 )
 def test_calibrate_rejects_bad_option(
@@ -127,8 +147,9 @@ def test_replay_report_replaces_earlier_plots(tmp_path: Path) -> None:
     assert "capacity-*.png" in REPORT_FILES
 
 
-def test_calibrate_sigterm_removes_temporary_store(
-    registry_repo: RegistryRepository, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_calibrate_stop_signal_removes_temporary_store(
+    registry_repo: RegistryRepository, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     # A 64 MiB layer keeps the pulls busy long enough to be interrupted.
     registry_repo.push_generated("v1", [os.urandom(64 << 20)], compress=False)
@@ -149,6 +170,7 @@ def test_calibrate_sigterm_removes_temporary_store(
         env={**os.environ, "TMPDIR": str(work)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 30
@@ -156,7 +178,7 @@ def test_calibrate_sigterm_removes_temporary_store(
             time.sleep(0.05)
         assert any(work.iterdir()), "calibrate created no temporary store within 30 s"
         time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
@@ -164,4 +186,5 @@ def test_calibrate_sigterm_removes_temporary_store(
             process.wait()
 
     assert process.returncode == 130, stderr.decode()
+    assert stderr.decode().endswith("warmstart: interrupted\n")
     assert list(work.iterdir()) == []

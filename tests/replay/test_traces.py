@@ -99,6 +99,30 @@ def test_time_value_rate_gives_expected_count(tmp_path: Path) -> None:
     assert np.count_nonzero((workload.arrival_s >= 100) & (workload.arrival_s < 200)) == 0
 
 
+def test_time_value_rejects_instance_rows(tmp_path: Path) -> None:
+    path = tmp_path / "qps.csv"
+    path.write_text("time,container_ip,value\n0,,3\n0,10.0.0.1,10\n0,10.0.0.2,10\n100,,3\n")
+
+    with pytest.raises(WorkloadError) as error:
+        load_trace(path, "time-value")
+
+    message = str(error.value)
+    assert "qps.csv:3: column 'container_ip' names instance '10.0.0.1'" in message
+    assert "--format instance-metric" in message
+    # The format that the message points to reads the file.
+    assert load_trace(path, "instance-metric", seed=1).requests > 0
+
+
+def test_time_value_reads_empty_instance_column(tmp_path: Path) -> None:
+    path = tmp_path / "qps.csv"
+    path.write_text("time,instance,value\n0,,10\n100,None,0\n200,NULL,5\n")
+
+    workload = load_trace(path, "time-value", seed=1)
+
+    # The same 1500 expected requests as a file without the column.
+    assert 1350 < workload.requests < 1650
+
+
 def test_invalid_number_names_line(tmp_path: Path) -> None:
     path = tmp_path / "requests.csv"
     path.write_text("arrival_s,service_s\n0,1\nsoon,1\n")

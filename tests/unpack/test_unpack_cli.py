@@ -44,3 +44,31 @@ def test_cli_unpack_rejection_exits_1(
     error = capsys.readouterr().err
     assert status == 1
     assert 'rejected entry "/etc/evil"' in error
+
+
+def test_cli_unpack_missing_image_suggests_pull(
+    store: LayerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "out"
+    status = main(["unpack", "nosuch:v1", "--to", str(target), "--store", str(store.root)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert f"image 'nosuch:v1' is not in the store at {store.root}" in error
+    assert f"`warmstart pull nosuch:v1 --store {store.root}`" in error
+    assert f"--unpack {target}`" in error
+    assert not target.exists()
+
+
+def test_cli_unpack_missing_image_default_store(
+    store: LayerStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WARMSTART_STORE", str(store.root))
+    status = main(["unpack", "nosuch:v1", "--to", str(tmp_path / "out"), "--flatten"])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "`warmstart pull nosuch:v1`" in error
+    assert "--store" not in error
+    assert f"--unpack {tmp_path / 'out'} --flatten`" in error

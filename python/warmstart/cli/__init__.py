@@ -9,9 +9,18 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
+from warmstart.cli.usage import UsageError
 from warmstart.errors import WarmstartError
 
 __all__ = ["console_main", "main"]
+
+EXIT_STATUS = """\
+exit status:
+  0    success
+  1    the operation failed: a registry, store or file system error
+  2    invalid command line: an option or argument value, or an input file that does not exist
+  130  interrupted with Ctrl-C
+serve and mirror stop cleanly on Ctrl-C or SIGTERM and then exit with 0."""
 
 # Long-running commands, which log at info by default.
 SERVICES = frozenset({"serve", "mirror"})
@@ -36,6 +45,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warmstart",
         description="Autoscaling for ML inference fleets with fast, verified image pulls.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"warmstart {__version__}")
     parser.add_argument(
@@ -69,9 +80,18 @@ def chosen_command(argv: Sequence[str] | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
-    if argv is None:
-        argv = sys.argv[1:]
+    """Run the command line; returns the process exit status, as ``EXIT_STATUS`` lists."""
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Caught here so that it covers loading the command's module and parsing too.
+        # NOTE: Ctrl-C while the script imports the warmstart package, in the first 0.1 s or
+        # so, comes before this handler and still prints a traceback.
+        print("warmstart: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str]) -> int:
     parser = build_parser(argv)
     arguments = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(arguments.verbose, logging.DEBUG)
@@ -81,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         status: int = arguments.run(arguments)
+    except UsageError as error:
+        print(f"warmstart {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader of our output went away (`| head`); that is not an error of ours.
         sys.stdout = None
@@ -88,9 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WarmstartError, OSError) as error:
         print(f"warmstart: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("warmstart: interrupted", file=sys.stderr)
-        return 130
     return status
 
 

@@ -16,8 +16,10 @@ from warmstart.cli.pull import (
     parse_chunk_size,
     parse_connections,
     parse_count,
+    parse_reference,
     writable_directory_error,
 )
+from warmstart.cli.usage import UsageError
 from warmstart.replay.calibrate import Calibration, calibrate, profile_toml
 from warmstart.replay.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from warmstart.store import DEFAULT_CONNECTIONS
@@ -34,7 +36,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "half the connections and warm to check it; print measured against modeled seconds "
         "and write a profile.",
     )
-    parser.add_argument("reference", help="image reference, e.g. 127.0.0.1:5000/llm:v1")
+    parser.add_argument(
+        "reference", type=parse_reference, help="image reference, e.g. 127.0.0.1:5000/llm:v1"
+    )
     parser.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
@@ -80,6 +84,7 @@ def calibration_json(calibration: Calibration) -> dict[str, object]:
         "reference": calibration.reference,
         "layers": list(calibration.layers),
         "fit_blob_seconds": list(calibration.fit_blob_seconds),
+        "warnings": list(calibration.warnings),
         "registry": {
             "connection_bytes_per_s": network.connection_bytes_per_s,
             "first_byte_s": network.first_byte_s,
@@ -123,8 +128,7 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
     try:
         base = load_profile(arguments.profile)
     except ProfileError as error:
-        print(f"warmstart: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     output = arguments.output
     if output is not None:
         # Checked before the pulls, so a typo in the path does not lose the measurements.
@@ -132,8 +136,7 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
         if problem is None and output.is_dir():
             problem = f"--output {str(output)!r} is a directory; name a file"
         if problem is not None:
-            print(f"warmstart: error: cannot write --output: {problem}", file=sys.stderr)
-            return 2
+            raise UsageError(f"cannot write --output: {problem}")
     measure = calibrate(
         arguments.reference,
         base,
@@ -146,6 +149,8 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
         calibration = asyncio.run(measure)
     if arguments.output is not None:
         arguments.output.write_text(profile_toml(base, calibration, str(arguments.profile)))
+    for warning in calibration.warnings:
+        print(f"warmstart: warning: {warning}", file=sys.stderr)
     if arguments.json:
         print_json(calibration_json(calibration))
         return 0

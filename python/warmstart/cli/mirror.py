@@ -7,8 +7,9 @@ import asyncio
 import signal
 from pathlib import Path
 
-from warmstart.cli.pull import parse_size
+from warmstart.cli.pull import parse_chunk_size, parse_connections, parse_seconds
 from warmstart.cli.store import open_store
+from warmstart.cli.usage import UsageError
 from warmstart.mirror import Mirror, Upstream, serve
 
 __all__ = ["add_parser", "parse_listen"]
@@ -35,6 +36,16 @@ def read_token(path: Path) -> str:
     if not token or not token[0].strip():
         raise ValueError(f"token file {path} is empty")
     return token[0].strip()
+
+
+def token_from_file(path: Path | None) -> str | None:
+    """Read ``--token-file`` when given; an unreadable or empty file is a usage error."""
+    if path is None:
+        return None
+    try:
+        return read_token(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"invalid --token-file: {error}") from None
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,7 +87,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--tag-ttl",
-        type=float,
+        type=parse_seconds,
         default=60.0,
         metavar="SECONDS",
         help="serve a tag resolved upstream this long before asking again (default: 60)",
@@ -88,14 +99,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--connections",
-        type=int,
+        type=parse_connections,
         default=8,
         metavar="N",
         help="parallel connections per upstream host (default: 8)",
     )
     parser.add_argument(
         "--chunk-size",
-        type=parse_size,
+        type=parse_chunk_size,
         default=16 << 20,
         metavar="SIZE",
         help="byte range per upstream request for large blobs, e.g. 16M (default: 16M)",
@@ -105,7 +116,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_mirror(arguments: argparse.Namespace) -> int:
     store = open_store(arguments)
-    token = read_token(arguments.token_file) if arguments.token_file is not None else None
+    token = token_from_file(arguments.token_file)
     mirror = Mirror(
         store,
         upstreams=arguments.upstream,

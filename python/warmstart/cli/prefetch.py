@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli.mirror import read_token
+from warmstart.cli.mirror import token_from_file
 from warmstart.cli.output import format_bytes, print_json
+from warmstart.cli.pull import parse_count, parse_platform, parse_reference
 from warmstart.cli.store import open_store
 from warmstart.mirror.prefetch import prefetch, prefetch_mirror, registry_of, report_json
 
@@ -22,7 +23,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Pull whole images ahead of need: into a store directory, or with "
         "--to URL into a running warmstart mirror's store.",
     )
-    parser.add_argument("reference", nargs="+", help="image reference, e.g. localhost:5000/llm:v1")
+    parser.add_argument(
+        "reference",
+        nargs="+",
+        type=parse_reference,
+        help="image reference, e.g. localhost:5000/llm:v1",
+    )
     parser.add_argument(
         "--to",
         default=None,
@@ -37,9 +43,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="bearer token file of the mirror, as given to 'warmstart mirror --token-file'",
     )
-    parser.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
     parser.add_argument(
-        "--concurrency", type=int, default=2, metavar="N", help="images pulled at once (default: 2)"
+        "--platform",
+        type=parse_platform,
+        default=None,
+        help="os/arch[/variant] (default: this host)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=parse_count,
+        default=2,
+        metavar="N",
+        help="images pulled at once (default: 2)",
     )
     parser.add_argument(
         "--insecure", action="store_true", help="use plain HTTP for the images' registries"
@@ -52,7 +67,7 @@ def run_prefetch(arguments: argparse.Namespace) -> int:
     references: list[str] = arguments.reference
     target: str | None = arguments.to
     if target is not None and target.startswith(("http://", "https://")):
-        token = read_token(arguments.token_file) if arguments.token_file is not None else None
+        token = token_from_file(arguments.token_file)
         result = asyncio.run(
             prefetch_mirror(target, references, platform=arguments.platform, token=token)
         )

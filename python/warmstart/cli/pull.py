@@ -8,10 +8,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from warmstart import BlobReport, PullProgress, PullReport
+from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
@@ -22,7 +23,13 @@ __all__ = [
     "parse_chunk_size",
     "parse_connections",
     "parse_count",
+    "parse_digest",
+    "parse_file",
+    "parse_platform",
+    "parse_reference",
+    "parse_seconds",
     "parse_size",
+    "parse_url",
     "writable_directory_error",
 ]
 
@@ -47,14 +54,68 @@ def parse_size(text: str) -> int:
 
 def parse_count(text: str, minimum: int = 1, maximum: int | None = None) -> int:
     """Parse a whole number from ``minimum`` to ``maximum`` (no bound when None)."""
+    # argparse prefixes "argument --OPTION: ", so the message names no quantity itself, because
+    # the same parser reads --seed, --jobs, --repeat and --connections.
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a whole number") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; use a whole number {bound}"
+        ) from None
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise argparse.ArgumentTypeError(f"count must be {bound}, got {value}")
+        raise argparse.ArgumentTypeError(f"invalid value {value}; use a whole number {bound}")
     return value
+
+
+def parse_seconds(text: str) -> float:
+    """Parse a duration in seconds: a finite number, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; use a finite number of seconds, 0 or more"
+        )
+    return value
+
+
+def parse_file(text: str) -> Path:
+    """Parse the path of an input file that must exist, such as a certificate."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {text!r} not found")
+    return path
+
+
+def parse_reference(text: str) -> str:
+    """Check an image reference such as ``localhost:5000/llm:v1``; returns it unchanged."""
+    return _checked(_native.parse_reference_string, text)
+
+
+def parse_platform(text: str) -> str:
+    """Check an ``os/architecture[/variant]`` platform; returns it unchanged."""
+    return _checked(_native.parse_platform_string, text)
+
+
+def parse_url(text: str) -> str:
+    """Check an HTTP or HTTPS URL; returns it unchanged."""
+    return _checked(_native.parse_url_string, text)
+
+
+def parse_digest(text: str) -> str:
+    """Check a digest such as ``sha256:<64 hex digits>``; returns it unchanged."""
+    return _checked(_native.parse_digest_string, text)
+
+
+def _checked(parse: Callable[[str], str], text: str) -> str:
+    # The store's own parsers, so that the command line accepts what a pull accepts.
+    try:
+        parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def parse_connections(text: str) -> int:
@@ -104,7 +165,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stall-timeout",
-        type=float,
+        type=parse_seconds,
         default=30.0,
         metavar="SECONDS",
         help="abandon and retry a connection that sends nothing for this long (default: 30)",
@@ -118,8 +179,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="pull an image or OCI artifact into the store",
         description="Pull an image or OCI artifact into the store with parallel range requests.",
     )
-    pull.add_argument("reference", help="image reference, e.g. localhost:5000/llm:v1 or ubuntu")
-    pull.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
+    pull.add_argument(
+        "reference",
+        type=parse_reference,
+        help="image reference, e.g. localhost:5000/llm:v1 or ubuntu",
+    )
+    pull.add_argument(
+        "--platform",
+        type=parse_platform,
+        default=None,
+        help="os/arch[/variant] (default: this host)",
+    )
     pull.add_argument("--tag", default=None, help="tag in the store (default: the reference)")
     pull.add_argument(
         "--insecure",
@@ -130,7 +200,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--ca-cert",
         action="append",
         default=[],
-        type=Path,
+        type=parse_file,
         metavar="PEM",
         help="trust this certificate authority too (repeatable)",
     )
@@ -144,8 +214,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Download one blob (a model file, for example) from an HTTP(S) URL, "
         "verified against its digest.",
     )
-    fetch.add_argument("url", help="HTTP(S) URL of the artifact, e.g. a presigned object URL")
-    fetch.add_argument("--digest", required=True, help="expected digest, sha256:<hex>")
+    fetch.add_argument(
+        "url", type=parse_url, help="HTTP(S) URL of the artifact, e.g. a presigned object URL"
+    )
+    fetch.add_argument(
+        "--digest", type=parse_digest, required=True, help="expected digest, sha256:<hex>"
+    )
     fetch.add_argument(
         "--size", type=parse_size, default=None, help="size in bytes (default: from HEAD)"
     )

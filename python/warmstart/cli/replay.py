@@ -11,6 +11,7 @@ from typing import TextIO
 
 from warmstart.cli.output import print_json, print_table
 from warmstart.cli.pull import parse_count
+from warmstart.cli.usage import UsageError
 from warmstart.replay.fleet import FleetOptions
 from warmstart.replay.image import Puller
 from warmstart.replay.policies import POLICIES
@@ -152,15 +153,13 @@ def run_replay(arguments: argparse.Namespace) -> int:
         profile = load_profile(arguments.profile)
         workload = load_workload(arguments)
     except (ProfileError, WorkloadError) as error:
-        print(f"warmstart: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     if arguments.report is not None:
         # Checked before the runs, so an unwritable directory does not lose them.
         try:
             prepare_report_directory(arguments.report)
         except OSError as error:
-            print(f"warmstart: error: cannot write --report: {error}", file=sys.stderr)
-            return 2
+            raise UsageError(f"cannot write --report: {error}") from None
     if arguments.pull is not None:
         import dataclasses
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from warmstart.cli.usage import UsageError
 from warmstart.engine import Engine
 from warmstart.server import ServeConfig, load_config, make_app
 from warmstart.server.auth import read_token
@@ -69,11 +70,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(arguments: argparse.Namespace) -> int:
-    config = load_config(arguments.config) if arguments.config else ServeConfig()
-    host, port = parse_listen(arguments.listen or config.listen or DEFAULT_LISTEN)
-    token_file = arguments.token_file or config.token_file
-    token = read_token(token_file) if token_file is not None else None
+    try:
+        config = _read_config(arguments.config) if arguments.config else ServeConfig()
+        host, port = parse_listen(arguments.listen or config.listen or DEFAULT_LISTEN)
+        token_file = arguments.token_file or config.token_file
+        token = read_token(token_file) if token_file is not None else None
+    except ConfigError as error:
+        # An invalid --config file, --listen address or --token-file: fixed on the command
+        # line or in the file it names, so a usage error.
+        raise UsageError(str(error)) from None
     return asyncio.run(_serve(config, host, port, token))
+
+
+def _read_config(path: Path) -> ServeConfig:
+    try:
+        return load_config(path)
+    except OSError as error:
+        raise ConfigError(f"cannot read --config {path}: {error.strerror}") from None
 
 
 async def _serve(config: ServeConfig, host: str, port: int, token: bytes | None) -> int:

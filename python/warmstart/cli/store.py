@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore
 from warmstart.cli.output import format_bytes, print_json, print_table
+from warmstart.cli.usage import UsageError
 from warmstart.errors import StoreError
 
 __all__ = ["add_parser", "default_store_path"]
@@ -58,7 +59,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub.add_argument("--to", type=Path, required=True, help="target OCI layout directory")
     sub.set_defaults(run=run_export)
 
-    sub = action("ls", "list tags, or blobs with --blobs")
+    sub = action(
+        "ls",
+        "list tags with their image size (the compressed config and layer blobs, every "
+        "platform in the store for an index), or blobs with --blobs",
+    )
     sub.add_argument("--blobs", action="store_true", help="list every blob instead of the tags")
     sub.set_defaults(run=run_ls)
 
@@ -151,12 +156,12 @@ def run_import(arguments: argparse.Namespace) -> int:
         report = store.import_layout(source, tags=tags)
     elif source.is_file():
         if tags is not None and len(tags) > 1:
-            print("warmstart: error: an archive import takes at most one --tag", file=sys.stderr)
-            return 2
+            raise UsageError("an archive import takes at most one --tag")
         report = store.import_archive(source, tag=tags[0] if tags else None)
     else:
-        print(f"warmstart: error: {source} does not exist", file=sys.stderr)
-        return 1
+        raise UsageError(
+            f"{source} does not exist; name an OCI layout directory or a `docker save` archive"
+        )
     print_import_report(arguments, "imported", report)
     return 0
 
@@ -177,13 +182,64 @@ def run_ls(arguments: argparse.Namespace) -> int:
         else:
             print_table(["DIGEST", "SIZE"], [[b.digest, format_bytes(b.size)] for b in blobs])
         return 0
-    tags = store.tags()
+    tags = [(tag, image_size(store, tag.digest)) for tag in store.tags()]
     if arguments.json:
-        print_json({"tags": [descriptor_json(tag) for tag in tags]})
+        print_json({"tags": [{**descriptor_json(tag), "image_size": size} for tag, size in tags]})
     else:
-        rows = [[t.tag, t.media_type, t.digest[:19], format_bytes(t.size)] for t in tags]
-        print_table(["TAG", "MEDIA TYPE", "DIGEST", "SIZE"], rows)
+        rows = [
+            [t.tag, t.media_type, t.digest[:19], "-" if size is None else format_bytes(size)]
+            for t, size in tags
+        ]
+        print_table(["TAG", "MEDIA TYPE", "DIGEST", "IMAGE SIZE"], rows)
     return 0
+
+
+def image_size(store: LayerStore, digest: str) -> int | None:
+    """Return the bytes of the config and layer blobs the manifest ``digest`` lists, as the
+    registry sends them (compressed), each blob once.
+
+    For an index, the platform manifests in the store count and the others do not, because a
+    pull stores only the platform it selects. Return None when the manifest is not in the
+    store or is not JSON.
+    """
+    blobs: dict[str, int] = {}
+    pending, seen = [digest], set()
+    while pending:
+        manifest = pending.pop()
+        if manifest in seen:
+            continue
+        seen.add(manifest)
+        try:
+            document = json.loads(store.read(manifest))
+        except (StoreError, ValueError):
+            if manifest == digest:
+                return None
+            continue
+        if not isinstance(document, dict):
+            if manifest == digest:
+                return None
+            continue
+        for child in descriptors(document, "manifests"):
+            pending.append(child["digest"])
+        for blob in descriptors(document, "config", "layers", "blobs"):
+            blobs[blob["digest"]] = blob["size"]
+    return sum(blobs.values())
+
+
+def descriptors(document: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
+    """Return the well-formed descriptors (a string digest, a size >= 0) under ``keys``."""
+    found = []
+    for key in keys:
+        value = document.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("digest"), str)
+                and isinstance(item.get("size"), int)
+                and item["size"] >= 0
+            ):
+                found.append(item)
+    return found
 
 
 def run_verify(arguments: argparse.Namespace) -> int:

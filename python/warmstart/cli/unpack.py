@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from warmstart import LayerStore, PullProgress, PullReport, UnpackReport
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
+from warmstart.errors import StoreError, TagNotFoundError
 
 __all__ = ["add_parser", "add_pull_arguments", "run_pull_and_unpack"]
 
@@ -58,9 +60,27 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_unpack(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+    try:
+        report = store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+    except TagNotFoundError as error:
+        if error.tag != arguments.reference:
+            raise
+        raise StoreError(not_in_store_message(arguments, store.root)) from None
     print_report(report, arguments.json)
     return 0
+
+
+def not_in_store_message(arguments: argparse.Namespace, root: Path) -> str:
+    """Return the error for an image missing from the store, with the commands that pull it."""
+    store_option = [] if arguments.store is None else ["--store", str(arguments.store)]
+    pull = ["warmstart", "pull", arguments.reference, *store_option]
+    pull_and_unpack = [*pull, "--unpack", str(arguments.to)]
+    if arguments.flatten:
+        pull_and_unpack.append("--flatten")
+    return (
+        f"image {arguments.reference!r} is not in the store at {root}; pull it with "
+        f"`{shlex.join(pull)}`, or pull and unpack it at once with `{shlex.join(pull_and_unpack)}`"
+    )
 
 
 def run_pull_and_unpack(

@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "calibrate",
     "fit_network",
     "fit_node_cap",
+    "fit_size_warning",
     "profile_toml",
 ]
 
@@ -47,6 +49,12 @@ logger = logging.getLogger("warmstart.replay.calibrate")
 
 # A range this large is never split, so every blob is one request on one connection.
 _WHOLE_BLOB_CHUNK = 1 << 50
+
+# NOTE: an estimate. Each blob has fixed costs the model leaves out (a new connection, the
+# fsync and rename into the store), of milliseconds to tens of milliseconds. Moving bytes for
+# this long per connection keeps them to a few percent of a blob's time, so the fit measures the
+# rate and not those costs.
+MIN_FIT_TRANSFER_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,30 @@ class Calibration:
     # Seconds from the first blob request until each blob of ``layers`` was committed, in the
     # containerd-strategy pull that the rate is fitted to (0 for a blob found in the store).
     fit_blob_seconds: tuple[float, ...] = ()
+    # Reasons to distrust the fit, such as an image too small for it, one line each.
+    warnings: tuple[str, ...] = ()
+
+
+def fit_size_warning(fitted_bytes: int, blobs: int, network: Network, base: Network) -> str | None:
+    """Return a warning when ``fitted_bytes`` in ``blobs`` blobs are too few for a reliable
+    rate fit, or None when they are enough.
+
+    The fit needs its 3 connections to move bytes for ``MIN_FIT_TRANSFER_S`` each. The rate
+    that sizes this is the faster of the fitted and the base profile's per-connection rate,
+    because fixed costs that a too-small image cannot separate from the rate make the fitted
+    one too slow.
+    """
+    rate = max(network.connection_bytes_per_s, base.connection_bytes_per_s)
+    needed = math.ceil(CONTAINERD_LAYERS_AT_ONCE * MIN_FIT_TRANSFER_S * rate)
+    if fitted_bytes >= needed:
+        return None
+    return (
+        f"the image has {fitted_bytes:,} bytes in {blobs} blobs, and a reliable fit needs at "
+        f"least {needed / 1e6:.1f} MB: enough for each of the {CONTAINERD_LAYERS_AT_ONCE} "
+        f"connections of the fit pull to move bytes for {MIN_FIT_TRANSFER_S:g} s at "
+        f"{rate / 1e6:.1f} MB/s. With less, fixed costs per blob (a connection, fsync) pass "
+        "for transfer time and the fitted rate can be far off; calibrate with a larger image"
+    )
 
 
 def fit_network(
@@ -389,7 +421,19 @@ async def calibrate(
         ),
     )
     fit_blob_seconds = tuple(0.0 if b.reused else b.seconds for b in containerd.blobs)
-    return Calibration(reference, network, layers, measurements, fit_blob_seconds)
+    warning = fit_size_warning(sum(sizes), len(sizes), network, base.registry)
+    return Calibration(
+        reference,
+        network,
+        layers,
+        measurements,
+        fit_blob_seconds,
+        warnings=() if warning is None else (warning,),
+    )
+
+
+def _wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, 88) or [""]
 
 
 def _number(value: float) -> str:
@@ -416,11 +460,14 @@ def profile_toml(base: Profile, calibration: Calibration, base_source: str) -> s
     service, startup, network = base.service, base.startup, calibration.network
     layers = ",\n".join(f"    {size}" for size in calibration.layers)
     mirror = base.mirror
+    warnings = "".join(
+        f"# WARNING: {line}\n" for warning in calibration.warnings for line in _wrap(warning)
+    )
     return f"""# Written by `warmstart calibrate {calibration.reference}` from {base_source}.
 # [image] and [registry] are measured; every other number is the base profile's, with the
 # sources its comments give there. unpack_bytes_per_s is measured by a flatten unpack of the
 # pulled image when it has image layers, and keeps the base value otherwise.
-
+{warnings}
 name = {_string(base.name + "-calibrated")}
 description = {_string(calibrated_description(base, calibration))}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -105,7 +106,10 @@ def run_plan(
         # where fork does not exist.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_ignore_interrupts
+        )
+        try:
             # Runs of the 1 s warmstart policy take the most time, so they start first.
             order = sorted(range(len(runs)), key=lambda i: runs[i][0] not in ("warmstart",))
             futures = [pool.submit(_run_indexed, plan, index) for index in order]
@@ -114,4 +118,28 @@ def run_plan(
                 results[index] = result
                 if progress is not None:
                     progress(done, len(runs), result)
+        except BaseException:
+            # Ctrl-C or a failed run: the other runs are not wanted, so stop the workers
+            # instead of waiting for the runs they have started.
+            _terminate(pool)
+            raise
+        pool.shutdown()
     return [result for result in results if result is not None]
+
+
+def _ignore_interrupts() -> None:
+    """Leave Ctrl-C to the parent process, which stops the workers. A worker that got it
+    would print a traceback for its KeyboardInterrupt and then carry on with the next run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _terminate(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and end the worker processes with SIGTERM."""
+    # NOTE: ProcessPoolExecutor has no public way to end its workers before Python 3.14
+    # (terminate_workers), so this reads its private map of them.
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()

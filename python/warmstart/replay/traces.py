@@ -12,7 +12,8 @@ Formats, detected from the file name and the CSV header when not given:
   not report, not that it served nothing: its last value holds for two sample periods.
   Rows without an instance (gateway totals) are skipped.
 - ``time-value``: a ``time,value`` CSV of the endpoint's request rate (seconds, requests per
-  second); each rate applies until the next row.
+  second); each rate applies until the next row. A file whose instance column names an
+  instance is rejected, since its rates are per instance.
 - ``azure-functions``: the Azure Functions invocation trace of 2021
   (``app,func,end_timestamp,duration``); arrival is end minus duration, in seconds.
 - ``requests``: ``arrival_s`` and either ``input_tokens,output_tokens`` or ``service_s``.
@@ -64,6 +65,8 @@ MAX_TOKENS = 1_000_000_000
 
 _TIME_COLUMNS = ("time", "timestamp", "timestamp_anon", "time_s")
 _INSTANCE_COLUMNS = ("instance", "container_ip")
+# Instance cells of rows that name no instance, such as a gateway's totals.
+_NO_INSTANCE = ("", "None", "NULL")
 _RATE_NAME_HINTS = ("qps", "rps", "rate")
 
 # A full ISO 8601 date and time as the Azure traces write it: a space or T between date and
@@ -383,7 +386,7 @@ def _load_instance_metric(path: Path, seed: int, until_s: float | None) -> Workl
     if time_column is None or instance_column is None or "value" not in header:
         raise WorkloadError(f"{path}: need a time, an instance and a value column; got {header}")
     data, all_lines = _columns(path, (time_column, instance_column, "value"))
-    keep = [i for i, name in enumerate(data[instance_column]) if name not in ("", "None", "NULL")]
+    keep = [i for i, name in enumerate(data[instance_column]) if name not in _NO_INSTANCE]
     lines = [all_lines[i] for i in keep]
     times = _floats(path, time_column, [data[time_column][i] for i in keep], lines)
     values = _floats(path, "value", [data["value"][i] for i in keep], lines, minimum=0)
@@ -435,7 +438,25 @@ def _load_time_value(path: Path, seed: int, until_s: float | None) -> Workload:
     time_column = _pick(header, _TIME_COLUMNS)
     if time_column is None:
         raise WorkloadError(f"{path}: need a time column; got {header}")
-    data, lines = _columns(path, (time_column, "value"))
+    instance_column = _pick(header, _INSTANCE_COLUMNS)
+    names = (
+        (time_column, "value")
+        if instance_column is None
+        else (time_column, "value", instance_column)
+    )
+    data, lines = _columns(path, names)
+    if instance_column is not None:
+        # Rows of several instances at one time are summands of the endpoint's rate, and this
+        # format would read them as successive rates, so such a file is rejected.
+        named = next(
+            (i for i, name in enumerate(data[instance_column]) if name not in _NO_INSTANCE), None
+        )
+        if named is not None:
+            raise WorkloadError(
+                f"{path}:{lines[named]}: column {instance_column!r} names instance "
+                f"{data[instance_column][named]!r}, which --format time-value does not read; "
+                "pass --format instance-metric to sum the rates of the instances"
+            )
     times = _floats(path, time_column, data[time_column], lines)
     values = _floats(path, "value", data["value"], lines, minimum=0)
     if times.size == 0:

@@ -537,6 +537,28 @@ fn parse_digest_string(text: &str) -> PyResult<String> {
     Ok(parse_digest(text)?.to_string())
 }
 
+/// Parses an image reference, raising `InvalidReferenceError` when it is invalid, and returns
+/// it in full form: `registry/repository[:tag][@digest]`.
+#[pyfunction]
+fn parse_reference_string(text: &str) -> PyResult<String> {
+    Ok(pull::parse_reference(text)?.to_string())
+}
+
+/// Parses an `os/architecture[/variant]` platform, raising `InvalidReferenceError` when it is
+/// invalid.
+#[pyfunction]
+fn parse_platform_string(text: &str) -> PyResult<String> {
+    let platform = layerstore::registry::platform::Platform::parse(text)
+        .map_err(crate::errors::pull_to_py_err)?;
+    Ok(platform.to_string())
+}
+
+/// Parses an HTTP or HTTPS URL, raising `InvalidReferenceError` when it is invalid.
+#[pyfunction]
+fn parse_url_string(text: &str) -> PyResult<String> {
+    Ok(pull::parse_url(text)?.to_string())
+}
+
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyLayerStore>()?;
@@ -555,6 +577,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyLayerReport>()?;
     module.add_class::<PyUnpackReport>()?;
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
+    module.add_function(wrap_pyfunction!(parse_reference_string, module)?)?;
+    module.add_function(wrap_pyfunction!(parse_platform_string, module)?)?;
+    module.add_function(wrap_pyfunction!(parse_url_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add(
         "DEFAULT_CONNECTIONS",
