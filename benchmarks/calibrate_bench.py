@@ -13,8 +13,9 @@ image named by ``--calibrate``, fitting on the fastest of ``--calibrate-repeat``
 calibration image is 10 blobs of random bytes from 768 MiB down to 0.75 MiB, halving, so its
 pulls have blobs of many sizes and a chunked pull of a few seconds. Then every benchmark image
 is pulled cold into a fresh store ``--repeat`` times per strategy. The strategies are
-containerd's (3 connections, one per blob), the chunked pull with 8 connections and 16 MiB
-ranges and ``calibrate``'s check settings (4 connections, 32 MiB ranges). The fastest and the
+containerd's (3 connections, one per blob), the chunked pull with 16 connections (the default,
+which ``calibrate`` fits on) and with 8, both with 16 MiB ranges, and with 4 connections and
+32 MiB ranges. The fastest and the
 slowest of each are printed next to the model's prediction from the fitted network, for the
 blob sizes in the order the layer store started them (largest first). The error is against
 the fastest pull, since other work on the machine only ever adds time, as in the fit.
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy
 from benchmarks.images import DEFAULT_CACHE, build_images, layout_size
 from benchmarks.memory_priming import prime_free_memory
-from benchmarks.throttle_proxy import ThrottleProxy
+from benchmarks.throttle_proxy import ProxyProcess
 from tests.registry.layout import build_image
 from tests.registry.real import RealRegistry
 
@@ -59,6 +60,7 @@ CALIBRATION_LAYER_SIZES = tuple(int(768 * MIB / 2**i) for i in range(10))
 # (name, puller, connections, range size in bytes; 0 for whole blobs).
 STRATEGIES = (
     ("containerd", Puller.CONTAINERD, 3, 0),
+    ("chunked 16x16M", Puller.CHUNKED, 16, 16 * MIB),
     ("chunked 8x16M", Puller.CHUNKED, 8, 16 * MIB),
     ("chunked 4x32M", Puller.CHUNKED, 4, 32 * MIB),
 )
@@ -265,6 +267,8 @@ def main() -> None:
     layouts = build_images(benchmark_names, arguments.cache)
     sizes = {name: layout_size(layout) for name, layout in layouts.items()}
     sizes[CALIBRATION_IMAGE] = sum(CALIBRATION_LAYER_SIZES)
+    if arguments.work is not None:
+        arguments.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="warmstart-calibrate-bench-", dir=arguments.work))
     registry = RealRegistry.start(work / "registry")
     results: dict[str, object] = {
@@ -277,12 +281,8 @@ def main() -> None:
             registry.push_layout(layouts[name], TAG, f"bench/{name}", TAG)
         if arguments.calibrate == CALIBRATION_IMAGE:
             push_calibration_image(registry)
-        with ThrottleProxy(
-            "127.0.0.1",
-            registry.port,
-            rate_bytes_per_s=arguments.rate_mb * 1e6,
-            first_byte_delay_s=arguments.delay_ms / 1000,
-        ) as proxy:
+        # In a process of its own, so that its threads share no interpreter with the pulls.
+        with ProxyProcess(registry.host, arguments.rate_mb, arguments.delay_ms) as proxy:
             reference = f"{proxy.host}/bench/{arguments.calibrate}:{TAG}"
             calibration = run_calibrate(
                 reference, work, arguments.calibrate_repeat, sizes[arguments.calibrate]
