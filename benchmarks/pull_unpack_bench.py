@@ -19,6 +19,10 @@ With ``--keep``, stores and targets are deleted only at the end. On ext4 without
 creating inodes right after many were deleted is slow: the allocator skips inodes deleted in the
 last minutes (``recently_deleted`` in ``fs/ext4/ialloc.c``), so each run would pay for the
 deletion of the previous one. ``--keep`` needs disk space for every run's store and target.
+With ``--fs-size GIB`` (needs root), each repetition of an image and route runs on a fresh ext4
+(with a journal) of that size in a file under ``--work``, mounted through a loop device with
+direct I/O, as in ``benchmarks/unpack_bench.py``. With ``--keep`` too, no step creates files
+where another deleted them. ``large`` needs about 24 GiB.
 
 Each measured run holds the shared CPU lock ``/tmp/warmstart-cpu.lock`` and starts after
 ``prime_free_memory`` (see ``benchmarks/memory_priming.py``) of three times the image's
@@ -49,6 +53,7 @@ from pathlib import Path
 from benchmarks.images import DEFAULT_CACHE, build_images
 from benchmarks.memory_priming import prime_free_memory
 from benchmarks.throttle_proxy import ProxyProcess
+from benchmarks.unpack_bench import loop_filesystem
 from tests.registry.real import RealRegistry
 
 from warmstart import LayerStore
@@ -97,7 +102,10 @@ def load_average() -> str:
 
 
 class Runner:
-    """Runs each step into fresh directories under `work` and measures it."""
+    """Runs each step into fresh directories and measures it.
+
+    The directories are under `work`, or under the directory given to `place`.
+    """
 
     def __init__(
         self,
@@ -112,14 +120,19 @@ class Runner:
         self.registry_pid = registry_pid
         self.proxy_pid = proxy_pid
         self.keep = keep
-        self.store_root = work / "store"
-        self.target = work / "target"
+        self.place(work)
+
+    def place(self, directory: Path) -> None:
+        """Put the stores and targets of the next steps under `directory`."""
+        self.directory = directory
+        self.store_root = directory / "store"
+        self.target = directory / "target"
 
     def clean(self) -> None:
         """Empty the store and target paths, moving the old ones aside with `keep`."""
         for path in (self.store_root, self.target):
             if self.keep and path.exists():
-                kept = self.work / "kept"
+                kept = self.directory / "kept"
                 kept.mkdir(exist_ok=True)
                 path.rename(kept / f"{path.name}-{len(list(kept.iterdir()))}")
             shutil.rmtree(path, ignore_errors=True)
@@ -233,15 +246,29 @@ def parse_arguments() -> argparse.Namespace:
         action="store_true",
         help="delete stores and targets only at the end; see the module docstring",
     )
+    parser.add_argument(
+        "--fs-size",
+        type=int,
+        default=0,
+        metavar="GIB",
+        help="run each repetition on a fresh loop-mounted ext4 of this many GiB (needs root; "
+        "default: 0, run in --work)",
+    )
     return parser.parse_args()
 
 
 def measure_route(
-    name: str, route: str, host: str, runner: Runner, repeat: int
+    name: str, route: str, host: str, runner: Runner, repeat: int, fs_size: int
 ) -> dict[str, float]:
     samples = []
+    reference = f"{host}/bench/{name}:{TAG}"
     for _ in range(repeat):
-        repetition = runner.repetition(f"{host}/bench/{name}:{TAG}")
+        if fs_size > 0:
+            with loop_filesystem(runner.work / "ext4.img", runner.work / "fs", fs_size) as fs:
+                runner.place(fs)
+                repetition = runner.repetition(reference)
+        else:
+            repetition = runner.repetition(reference)
         for step, sample in repetition.items():
             print_sample(name, route, step, sample)
         samples.append(repetition)
@@ -262,6 +289,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "command": " ".join(["python -m benchmarks.pull_unpack_bench", *sys.argv[1:]]),
         "load_at_start": load_average(),
+        "file system": f"fresh {arguments.fs_size} GiB ext4 on a loop device per repetition"
+        if arguments.fs_size > 0
+        else str(work),
     }
     print(results, flush=True)
 
@@ -284,7 +314,7 @@ def main() -> None:
                     arguments.keep,
                 )
                 results[f"{name} {route}"] = measure_route(
-                    name, route, host, runner, arguments.repeat
+                    name, route, host, runner, arguments.repeat, arguments.fs_size
                 )
     finally:
         if proxy is not None:

@@ -222,6 +222,8 @@ impl Overlap {
             // One core fewer while the download runs, so receiving, hashing and writing the
             // blobs keep a core. The extraction that runs is the largest layer's, the critical
             // path, and the others start when the download ends.
+            // TODO: on 2 cores this is no faster than pull then unpack for the 2 GB benchmark
+            // image (docs/benchmarks.md). Machines with more cores were not measured.
             limit_while_downloading: cores.saturating_sub(1).max(1),
             downloading: true,
             manifest: None,
