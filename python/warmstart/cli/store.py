@@ -9,12 +9,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore
+from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore, _native
 from warmstart.cli.output import format_bytes, print_json, print_table
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.errors import StoreError
 
-__all__ = ["add_parser", "default_store_path"]
+__all__ = ["add_parser", "default_store_path", "parse_tag"]
+
+
+def parse_tag(text: str) -> str:
+    """Check a tag of the store, such as ``llm:v1``; returns it unchanged."""
+    try:
+        _native.parse_tag_string(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def default_store_path() -> Path:
@@ -37,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         sub.add_argument(
             "--store",
-            type=Path,
+            type=parse_path,
             default=None,
             help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
         )
@@ -45,10 +54,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return sub
 
     sub = action("import", "import images from an OCI layout directory or a `docker save` archive")
-    sub.add_argument("source", type=Path, help="OCI layout directory or .tar archive")
+    sub.add_argument("source", type=parse_path, help="OCI layout directory or .tar archive")
     sub.add_argument(
         "--tag",
         action="append",
+        type=parse_tag,
         default=None,
         help="layout: import only this tag (repeatable); archive: tag the image with this name",
     )
@@ -56,7 +66,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     sub = action("export", "export tagged images to an OCI layout directory")
     sub.add_argument("tags", nargs="*", help="tags to export (default: every tag)")
-    sub.add_argument("--to", type=Path, required=True, help="target OCI layout directory")
+    sub.add_argument("--to", type=parse_path, required=True, help="target OCI layout directory")
     sub.set_defaults(run=run_export)
 
     sub = action(
