@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
+from warmstart.cli import interrupt
 from warmstart.cli.usage import UsageError
 from warmstart.errors import WarmstartError
 
@@ -116,4 +118,11 @@ def _run(argv: Sequence[str]) -> int:
 
 def console_main() -> None:
     """Entry point of the ``warmstart`` script."""
-    sys.exit(main())
+    status = main()
+    if interrupt.abandoned():
+        # A native call abandoned on Ctrl-C may still run in its thread. Ending the process
+        # here stops it, where the interpreter's shutdown could wait for it or break it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore, _native
+from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json, print_table
 from warmstart.cli.usage import UsageError, parse_path
 from warmstart.errors import StoreError
@@ -163,11 +164,12 @@ def run_import(arguments: argparse.Namespace) -> int:
     source: Path = arguments.source
     tags: list[str] | None = arguments.tag
     if source.is_dir():
-        report = store.import_layout(source, tags=tags)
+        report = interruptible(lambda: store.import_layout(source, tags=tags))
     elif source.is_file():
         if tags is not None and len(tags) > 1:
             raise UsageError("an archive import takes at most one --tag")
-        report = store.import_archive(source, tag=tags[0] if tags else None)
+        tag = tags[0] if tags else None
+        report = interruptible(lambda: store.import_archive(source, tag=tag))
     else:
         raise UsageError(
             f"{source} does not exist; name an OCI layout directory or a `docker save` archive"
@@ -178,7 +180,7 @@ def run_import(arguments: argparse.Namespace) -> int:
 
 def run_export(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.export_layout(arguments.to, tags=arguments.tags or None)
+    report = interruptible(lambda: store.export_layout(arguments.to, tags=arguments.tags or None))
     print_import_report(arguments, "exported", report)
     return 0
 
@@ -254,7 +256,7 @@ def descriptors(document: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
 
 def run_verify(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.verify(quarantine=arguments.quarantine)
+    report = interruptible(lambda: store.verify(quarantine=arguments.quarantine))
     if arguments.json:
         print_json(
             {
@@ -307,10 +309,12 @@ def describe_problem(problem: Any) -> str:
 
 def run_gc(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.gc(
-        grace_period_s=arguments.grace_period,
-        ingest_max_age_s=arguments.ingest_max_age,
-        dry_run=arguments.dry_run,
+    report = interruptible(
+        lambda: store.gc(
+            grace_period_s=arguments.grace_period,
+            ingest_max_age_s=arguments.ingest_max_age,
+            dry_run=arguments.dry_run,
+        )
     )
     if arguments.json:
         print_json(

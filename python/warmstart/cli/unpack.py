@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart import LayerStore, PullProgress, PullReport, UnpackReport
+from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
 from warmstart.cli.usage import parse_path
@@ -64,7 +65,9 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 def run_unpack(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
     try:
-        report = store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+        report = interruptible(
+            lambda: store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+        )
     except TagNotFoundError as error:
         if error.tag != arguments.reference:
             raise
