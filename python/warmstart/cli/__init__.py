@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -122,7 +123,9 @@ def console_main() -> None:
     if interrupt.abandoned():
         # A native call abandoned on Ctrl-C may still run in its thread. Ending the process
         # here stops it, where the interpreter's shutdown could wait for it or break it.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         os._exit(status)
     sys.exit(status)
