@@ -29,6 +29,7 @@ __all__ = [
     "parse_digest_string",
     "parse_platform_string",
     "parse_reference_string",
+    "parse_tag_string",
     "parse_url_string",
 ]
 
@@ -407,6 +408,9 @@ def parse_reference_string(text: str) -> str:
 
 def parse_platform_string(text: str) -> str:
     """Parse ``os/architecture[/variant]``; raises ``InvalidReferenceError`` when invalid."""
+
+def parse_tag_string(text: str) -> str:
+    """Check a tag of the store; raises ``InvalidTagError`` when invalid."""
 
 def parse_url_string(text: str) -> str:
     """Parse an HTTP or HTTPS URL; raises ``InvalidReferenceError`` when invalid."""

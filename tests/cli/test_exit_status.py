@@ -37,6 +37,48 @@ def _exit_status(arguments: list[str]) -> int:
             "argument --stall-timeout: invalid value '-1'",
             id="pull-stall-timeout",
         ),
+        pytest.param(
+            ["pull", UNREACHABLE, "--stall-timeout", "0"],
+            "argument --stall-timeout: invalid value '0'",
+            id="pull-stall-timeout-zero",
+        ),
+        pytest.param(
+            ["fetch", "http://127.0.0.1:9/blob", "--digest", DIGEST, "--stall-timeout", "0"],
+            "argument --stall-timeout: invalid value '0'",
+            id="fetch-stall-timeout-zero",
+        ),
+        pytest.param(
+            ["pull", UNREACHABLE, "--tag", "a b"],
+            'argument --tag: invalid tag "a b"',
+            id="pull-tag",
+        ),
+        pytest.param(
+            ["store", "import", "absent.tar", "--tag", ""],
+            'argument --tag: invalid tag ""',
+            id="store-import-tag",
+        ),
+        pytest.param(
+            ["pull", "127.0.0.1:99999/absent:v1"],
+            "a registry port is a number from 1 to 65535",
+            id="pull-port",
+        ),
+        pytest.param(
+            ["pull", UNREACHABLE, "--store", ""], "argument --store: empty path", id="empty-store"
+        ),
+        pytest.param(
+            ["pull", UNREACHABLE, "--unpack", ""],
+            "argument --unpack: empty path",
+            id="empty-unpack",
+        ),
+        pytest.param(["unpack", "app:v1", "--to", ""], "argument --to: empty path", id="empty-to"),
+        pytest.param(
+            ["prefetch", UNREACHABLE, "--to", ""], "argument --to: empty path", id="prefetch-empty"
+        ),
+        pytest.param(
+            ["prefetch", UNREACHABLE, "--to", "ftp://127.0.0.1:9/store"],
+            "argument --to: invalid mirror URL 'ftp://127.0.0.1:9/store'",
+            id="prefetch-scheme",
+        ),
         pytest.param(["fetch", "notaurl", "--digest", DIGEST], 'invalid URL "notaurl"', id="url"),
         pytest.param(
             ["fetch", "http://127.0.0.1:9/blob", "--digest", "nope"],
@@ -57,6 +99,11 @@ def _exit_status(arguments: list[str]) -> int:
         ),
         pytest.param(
             ["mirror", "--tag-ttl", "-1"], "argument --tag-ttl: invalid value", id="mirror-ttl"
+        ),
+        pytest.param(
+            ["mirror", "--listen", "127.0.0.1:99999"],
+            "argument --listen: invalid address '127.0.0.1:99999'",
+            id="mirror-listen-port",
         ),
         pytest.param(["serve", "--listen", "nowhere"], "invalid listen address", id="serve-listen"),
         pytest.param(["replay", "--seed", "-1"], "argument --seed: invalid value", id="seed"),

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -13,7 +14,11 @@ import numpy as np
 import pytest
 
 import warmstart.cli
+from tests.pull.helpers import pull
+from tests.registry.fake import FakeRegistry
 from tests.signals import default_sigint
+from tests.unpack.layers import Member, tar_bytes
+from warmstart import LayerStore
 from warmstart.cli import main
 
 # A replay of this many requests runs for several seconds per policy, well past the interrupt.
@@ -86,3 +91,39 @@ def test_ctrl_c_while_loading_command(
 
     assert status == 130
     assert capsys.readouterr().err == "warmstart: interrupted\n"
+
+
+def test_unpack_ctrl_c_stops_at_once(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    # Tens of thousands of small files take seconds to write, well past the interrupt.
+    members = [Member("d", tarfile.DIRTYPE, mode=0o755)]
+    members += [Member(f"d/f{index:05}", data=b"x" * 64) for index in range(40_000)]
+    fake_registry.add_image("app", "v1", [tar_bytes(members)])
+    reference = f"{fake_registry.host}/app:v1"
+    pull(store, reference)
+    target = tmp_path / "out"
+    command = ["unpack", reference, "--to", str(target), "--store", str(store.root)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "warmstart", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(target.glob("layers/.partial-*")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, stderr
+    assert stderr == "warmstart: interrupted\n"
+    # Ctrl-C ends the command at once, not after the unpack it interrupted has finished.
+    assert not (target / "lowerdir").exists()

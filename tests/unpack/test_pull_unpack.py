@@ -207,6 +207,38 @@ def test_cancel_mid_stream_then_rerun(
     assert (target / "lowerdir").is_file()
 
 
+def many_files_layer(count: int) -> bytes:
+    """An uncompressed tar: a/first, then `count` files of 4 KiB, slow to extract file by file."""
+    members = [Member("a", tarfile.DIRTYPE, mode=0o755), Member("a/first", data=b"first entry")]
+    members += [Member(f"a/f{index:05}", data=os.urandom(4096)) for index in range(count)]
+    return tar_bytes(members)
+
+
+def test_cancel_stops_extraction_of_committed_blob(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    # The blob is in the store before the pull, so its reader never waits for a download that
+    # a cancel could fail: only the cancel itself can stop the extraction. The blob (28 MiB) is
+    # well over what the decompressing thread reads ahead of the files written (9 MiB).
+    layer = many_files_layer(6_000)
+    fake_registry.add_image("app", "v1", [layer], compress=False)
+    reference = f"{fake_registry.host}/app:v1"
+    pull(store, reference)
+    target = tmp_path / "out"
+
+    async def cancel_mid_extraction() -> int:
+        task = asyncio.create_task(store.pull_and_unpack(reference, target))
+        await wait_until(lambda: staged(target, "a/first"), "extraction of a/first", task)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until(lambda: not partials(target), "removal of the staging directory")
+        return len(published(target))
+
+    assert asyncio.run(cancel_mid_extraction()) == 0
+    assert not (target / "lowerdir").exists()
+
+
 def test_far_chunks_first_wait_for_prefix(
     store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
 ) -> None:

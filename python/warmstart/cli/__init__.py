@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
+from warmstart.cli import interrupt
 from warmstart.cli.usage import UsageError
 from warmstart.errors import WarmstartError
 
@@ -116,4 +119,13 @@ def _run(argv: Sequence[str]) -> int:
 
 def console_main() -> None:
     """Entry point of the ``warmstart`` script."""
-    sys.exit(main())
+    status = main()
+    if interrupt.abandoned():
+        # A native call abandoned on Ctrl-C may still run in its thread. Ending the process
+        # here stops it, where the interpreter's shutdown could wait for it or break it.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+        os._exit(status)
+    sys.exit(status)

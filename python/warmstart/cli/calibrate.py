@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from warmstart.cli.output import print_json, print_table
 from warmstart.cli.pull import (
@@ -19,7 +18,7 @@ from warmstart.cli.pull import (
     parse_reference,
     writable_directory_error,
 )
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.replay.calibrate import Calibration, calibrate, profile_toml
 from warmstart.replay.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from warmstart.store import DEFAULT_CONNECTIONS
@@ -45,7 +44,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"base profile for the numbers not measured (default: {DEFAULT_PROFILE})",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, metavar="FILE", help="write the profile TOML here"
+        "--output",
+        type=parse_path,
+        default=None,
+        metavar="FILE",
+        help="write the profile TOML here",
     )
     parser.add_argument(
         "--connections",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from warmstart.cli.pull import parse_chunk_size, parse_connections, parse_seconds
 from warmstart.cli.store import open_store
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.mirror import Mirror, Upstream, serve
 
 __all__ = ["add_parser", "parse_listen"]
@@ -18,8 +18,10 @@ __all__ = ["add_parser", "parse_listen"]
 def parse_listen(text: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
     host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"invalid address {text!r}; use HOST:PORT")
+    if not colon or not port.isdigit() or not host or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {text!r}; use HOST:PORT with a port from 0 to 65535"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -57,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--store",
-        type=Path,
+        type=parse_path,
         default=None,
         help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
     )
@@ -79,7 +81,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--token-file",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="FILE",
         help="require every request to send 'Authorization: Bearer TOKEN', TOKEN being the "

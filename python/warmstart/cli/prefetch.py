@@ -11,9 +11,21 @@ from warmstart.cli.mirror import token_from_file
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.pull import parse_count, parse_platform, parse_reference
 from warmstart.cli.store import open_store
+from warmstart.cli.usage import parse_path
 from warmstart.mirror.prefetch import prefetch, prefetch_mirror, registry_of, report_json
 
 __all__ = ["add_parser"]
+
+
+def parse_destination(text: str) -> str:
+    """Check ``--to``: an HTTP(S) mirror URL, or a store directory that is not empty."""
+    scheme, separator, _ = text.partition("://")
+    if separator and scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(
+            f"invalid mirror URL {text!r}; use http:// or https://, or a store directory"
+        )
+    parse_path(text)
+    return text
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +43,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--to",
+        type=parse_destination,
         default=None,
         metavar="URL|DIR",
         help="a mirror URL (http://127.0.0.1:5050) or a store directory (default: "
@@ -38,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--token-file",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="FILE",
         help="bearer token file of the mirror, as given to 'warmstart mirror --token-file'",

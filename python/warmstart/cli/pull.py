@@ -15,7 +15,8 @@ from typing import Any, TextIO
 from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
-from warmstart.cli.store import open_store
+from warmstart.cli.store import open_store, parse_tag
+from warmstart.cli.usage import parse_path
 from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "parse_reference",
     "parse_seconds",
     "parse_size",
+    "parse_stall_timeout",
     "parse_url",
     "writable_directory_error",
 ]
@@ -77,6 +79,19 @@ def parse_seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(
             f"invalid value {text!r}; use a finite number of seconds, 0 or more"
+        )
+    return value
+
+
+def parse_stall_timeout(text: str) -> float:
+    """Parse a stall timeout in seconds: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; use a finite number of seconds above 0"
         )
     return value
 
@@ -145,7 +160,7 @@ def writable_directory_error(directory: Path) -> str | None:
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
-        type=Path,
+        type=parse_path,
         default=None,
         help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
     )
@@ -165,7 +180,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stall-timeout",
-        type=parse_seconds,
+        type=parse_stall_timeout,
         default=30.0,
         metavar="SECONDS",
         help="abandon and retry a connection that sends nothing for this long (default: 30)",
@@ -190,7 +205,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=None,
         help="os/arch[/variant] (default: this host)",
     )
-    pull.add_argument("--tag", default=None, help="tag in the store (default: the reference)")
+    pull.add_argument(
+        "--tag", type=parse_tag, default=None, help="tag in the store (default: the reference)"
+    )
     pull.add_argument(
         "--insecure",
         action="store_true",

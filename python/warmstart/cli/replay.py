@@ -6,12 +6,11 @@ import argparse
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
 from warmstart.cli.output import print_json, print_table
 from warmstart.cli.pull import parse_count
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.replay.fleet import FleetOptions
 from warmstart.replay.image import Puller
 from warmstart.replay.policies import POLICIES
@@ -44,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "trace",
         nargs="?",
-        type=Path,
+        type=parse_path,
         help="trace file (default: the built-in one-hour chat workload with a burst)",
     )
     parser.add_argument(
@@ -103,7 +102,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--report",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="DIR",
         help="write an HTML report with plots; the files of an earlier report there are replaced",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.engine import Engine
 from warmstart.server import ServeConfig, load_config, make_app
 from warmstart.server.auth import read_token
@@ -48,7 +48,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--config",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="FILE",
         help="TOML configuration; without it the service starts with no endpoints",
@@ -61,7 +61,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--token-file",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="FILE",
         help="require 'Authorization: Bearer <token>' with the token in FILE",

@@ -9,12 +9,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore
+from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore, _native
+from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json, print_table
-from warmstart.cli.usage import UsageError
+from warmstart.cli.usage import UsageError, parse_path
 from warmstart.errors import StoreError
 
-__all__ = ["add_parser", "default_store_path"]
+__all__ = ["add_parser", "default_store_path", "parse_tag"]
+
+
+def parse_tag(text: str) -> str:
+    """Check a tag of the store, such as ``llm:v1``; returns it unchanged."""
+    try:
+        _native.parse_tag_string(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def default_store_path() -> Path:
@@ -37,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         sub.add_argument(
             "--store",
-            type=Path,
+            type=parse_path,
             default=None,
             help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
         )
@@ -45,10 +55,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return sub
 
     sub = action("import", "import images from an OCI layout directory or a `docker save` archive")
-    sub.add_argument("source", type=Path, help="OCI layout directory or .tar archive")
+    sub.add_argument("source", type=parse_path, help="OCI layout directory or .tar archive")
     sub.add_argument(
         "--tag",
         action="append",
+        type=parse_tag,
         default=None,
         help="layout: import only this tag (repeatable); archive: tag the image with this name",
     )
@@ -56,7 +67,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     sub = action("export", "export tagged images to an OCI layout directory")
     sub.add_argument("tags", nargs="*", help="tags to export (default: every tag)")
-    sub.add_argument("--to", type=Path, required=True, help="target OCI layout directory")
+    sub.add_argument("--to", type=parse_path, required=True, help="target OCI layout directory")
     sub.set_defaults(run=run_export)
 
     sub = action(
@@ -153,11 +164,12 @@ def run_import(arguments: argparse.Namespace) -> int:
     source: Path = arguments.source
     tags: list[str] | None = arguments.tag
     if source.is_dir():
-        report = store.import_layout(source, tags=tags)
+        report = interruptible(lambda: store.import_layout(source, tags=tags))
     elif source.is_file():
         if tags is not None and len(tags) > 1:
             raise UsageError("an archive import takes at most one --tag")
-        report = store.import_archive(source, tag=tags[0] if tags else None)
+        tag = tags[0] if tags else None
+        report = interruptible(lambda: store.import_archive(source, tag=tag))
     else:
         raise UsageError(
             f"{source} does not exist; name an OCI layout directory or a `docker save` archive"
@@ -168,7 +180,7 @@ def run_import(arguments: argparse.Namespace) -> int:
 
 def run_export(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.export_layout(arguments.to, tags=arguments.tags or None)
+    report = interruptible(lambda: store.export_layout(arguments.to, tags=arguments.tags or None))
     print_import_report(arguments, "exported", report)
     return 0
 
@@ -244,7 +256,7 @@ def descriptors(document: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
 
 def run_verify(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.verify(quarantine=arguments.quarantine)
+    report = interruptible(lambda: store.verify(quarantine=arguments.quarantine))
     if arguments.json:
         print_json(
             {
@@ -297,10 +309,12 @@ def describe_problem(problem: Any) -> str:
 
 def run_gc(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
-    report = store.gc(
-        grace_period_s=arguments.grace_period,
-        ingest_max_age_s=arguments.ingest_max_age,
-        dry_run=arguments.dry_run,
+    report = interruptible(
+        lambda: store.gc(
+            grace_period_s=arguments.grace_period,
+            ingest_max_age_s=arguments.ingest_max_age,
+            dry_run=arguments.dry_run,
+        )
     )
     if arguments.json:
         print_json(

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from warmstart import LayerStore, PullProgress, PullReport, UnpackReport
+from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store
+from warmstart.cli.usage import parse_path
 from warmstart.errors import StoreError, TagNotFoundError
 
 __all__ = ["add_parser", "add_pull_arguments", "run_pull_and_unpack"]
@@ -26,10 +28,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "root filesystem in DIR/rootfs. Running it again after a crash finishes the job.",
     )
     parser.add_argument("reference", help="tag or manifest digest of an image in the store")
-    parser.add_argument("--to", type=Path, required=True, metavar="DIR", help="target directory")
+    parser.add_argument(
+        "--to", type=parse_path, required=True, metavar="DIR", help="target directory"
+    )
     parser.add_argument(
         "--store",
-        type=Path,
+        type=parse_path,
         default=None,
         help="store directory (default: $WARMSTART_STORE or ~/.cache/warmstart/store)",
     )
@@ -50,7 +54,7 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--unpack DIR`` and ``--flatten`` to the ``pull`` command."""
     parser.add_argument(
         "--unpack",
-        type=Path,
+        type=parse_path,
         default=None,
         metavar="DIR",
         help="also unpack the image into DIR, extracting each layer while it downloads",
@@ -61,7 +65,9 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 def run_unpack(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
     try:
-        report = store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+        report = interruptible(
+            lambda: store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+        )
     except TagNotFoundError as error:
         if error.tag != arguments.reference:
             raise

@@ -1,8 +1,11 @@
-"""The usage error of the command line, for checks argparse cannot make on its own."""
+"""The usage error of the command line, and the path type of its options."""
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+import argparse
+from pathlib import Path
+
+__all__ = ["UsageError", "parse_path"]
 
 
 class UsageError(Exception):
@@ -11,3 +14,12 @@ class UsageError(Exception):
     ``main`` prints the message as ``warmstart COMMAND: error: MESSAGE`` and exits with 2, as
     argparse does for its own checks.
     """
+
+
+def parse_path(text: str) -> Path:
+    """Parse a file or directory path. An empty one is invalid: ``Path("")`` is the current
+    directory, and an empty value is usually an unset shell variable, not a wish to write there.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("empty path; name a file or directory (. for this one)")
+    return Path(text)

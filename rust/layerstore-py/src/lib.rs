@@ -553,6 +553,13 @@ fn parse_platform_string(text: &str) -> PyResult<String> {
     Ok(platform.to_string())
 }
 
+/// Checks a tag of the store, raising `InvalidTagError` when it is invalid.
+#[pyfunction]
+fn parse_tag_string(text: &str) -> PyResult<String> {
+    layerstore::store::index::validate_tag(text).map_err(errors::to_py_err)?;
+    Ok(text.to_owned())
+}
+
 /// Parses an HTTP or HTTPS URL, raising `InvalidReferenceError` when it is invalid.
 #[pyfunction]
 fn parse_url_string(text: &str) -> PyResult<String> {
@@ -579,6 +586,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(parse_digest_string, module)?)?;
     module.add_function(wrap_pyfunction!(parse_reference_string, module)?)?;
     module.add_function(wrap_pyfunction!(parse_platform_string, module)?)?;
+    module.add_function(wrap_pyfunction!(parse_tag_string, module)?)?;
     module.add_function(wrap_pyfunction!(parse_url_string, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add(

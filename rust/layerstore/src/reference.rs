@@ -63,6 +63,7 @@ impl Reference {
         } else {
             repository
         };
+        validate_port(&registry).map_err(|reason| invalid(reason.into()))?;
         validate_repository(&repository).map_err(|reason| invalid(reason.into()))?;
         if let Some(tag) = &tag {
             validate_tag(tag).map_err(|reason| invalid(reason.into()))?;
@@ -142,6 +143,28 @@ impl fmt::Display for Reference {
             write!(f, "@{digest}")?;
         }
         Ok(())
+    }
+}
+
+/// Checks the port of a registry written as `host:port` or `[address]:port`, so that a port no
+/// URL can hold is an invalid reference rather than a failed request.
+fn validate_port(registry: &str) -> Result<(), &'static str> {
+    let after_host = if registry.starts_with('[') {
+        registry.split_once(']').map_or("", |(_, rest)| rest)
+    } else {
+        registry.find(':').map_or("", |colon| &registry[colon..])
+    };
+    let Some(port) = after_host.strip_prefix(':') else {
+        return Ok(());
+    };
+    let number = port
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| port.parse::<u16>().ok())
+        .flatten();
+    match number {
+        Some(number) if number > 0 => Ok(()),
+        _ => Err("a registry port is a number from 1 to 65535"),
     }
 }
 
@@ -254,6 +277,11 @@ mod tests {
             "a//b",
             "-a",
             "app:tag with space",
+            "127.0.0.1:99999/app:v1",
+            "localhost:0/app",
+            "localhost:+80/app",
+            "localhost:http/app",
+            "[::1]:65536/app",
         ] {
             let error = Reference::parse(text).unwrap_err();
             assert!(

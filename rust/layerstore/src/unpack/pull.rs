@@ -18,12 +18,18 @@
 //! [`unpack_image_with`] extracts whatever is still missing (a layer whose extraction during
 //! the pull failed for a reason other than its diff_id) and writes `lowerdir`.
 //!
+//! Dropping the future of [`pull_and_unpack`] (a cancelled pull) stops the extractions it
+//! started at their next read: the readers of blobs that did not commit fail with the download,
+//! and every other reader fails through [`Cancellable`]. Each removes its staging directory, so
+//! no extraction goes on writing into the target after the pull has gone.
+//!
 //! TODO: a flatten starts only after the pull, because it applies layers in order.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Read;
+use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -202,6 +208,39 @@ struct Overlap {
     failure: Option<UnpackError>,
     /// When the first extraction started.
     started: Option<Instant>,
+    /// Tells the extraction threads to stop once this is dropped.
+    cancel: CancelOnDrop,
+}
+
+/// Sets its flag when dropped. Dropped with [`Overlap`], which outlives every extraction it
+/// started unless the pull's future is dropped first.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A blob reader that fails at the next read once the pull that started it is cancelled. A
+/// committed blob, or a downloading one that commits before its extraction has read it all,
+/// would otherwise go on extracting into the target after the pull has gone.
+struct Cancellable<R> {
+    inner: R,
+    cancelled: Arc<AtomicBool>,
+    digest: Digest,
+}
+
+impl<R: Read> Read for Cancellable<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "the pull was cancelled while blob {} was being extracted",
+                self.digest
+            )));
+        }
+        self.inner.read(buffer)
+    }
 }
 
 impl Overlap {
@@ -237,6 +276,7 @@ impl Overlap {
             flusher: None,
             failure: None,
             started: None,
+            cancel: CancelOnDrop(Arc::new(AtomicBool::new(false))),
         }
     }
 
@@ -368,11 +408,12 @@ impl Overlap {
             let (bundle, context) = (Arc::clone(&self.bundle), Arc::clone(&self.context));
             let sender = self.finished_sender.clone();
             let digest = layer.digest.clone();
+            let cancelled = Arc::clone(&self.cancel.0);
             let spawned = std::thread::Builder::new()
                 .name("warmstart-unpack".into())
                 .spawn(move || {
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        extract_source(source, &store, &layer, &bundle, &context)
+                        extract_source(source, &store, &layer, &bundle, &context, cancelled)
                     }));
                     // Released before the result is sent: the unpack after the pull takes the
                     // context back once every result has arrived.
@@ -424,17 +465,23 @@ type Finished = (Digest, std::thread::Result<UnpackResult<Staged>>);
 /// [`stage_layer`]. Neither source is hashed again. A [`crate::fetch::PrefixReader`] ends only
 /// after the store verified and committed the blob, and fails when the download restarted from
 /// byte 0 after its first byte, so the bytes it returns are the ones the store verified. A
-/// committed blob was verified before it was stored.
+/// committed blob was verified before it was stored. Either read fails once `cancelled` is set.
 fn extract_source(
     source: Source,
     store: &Store,
     layer: &Layer,
     bundle: &Bundle,
     context: &Context,
+    cancelled: Arc<AtomicBool>,
 ) -> UnpackResult<Staged> {
-    let blob: Box<dyn Read + Send> = match source {
+    let inner: Box<dyn Read + Send> = match source {
         Source::Downloading(stream) => Box::new(stream.into_reader()),
         Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
+    };
+    let blob = Cancellable {
+        inner,
+        cancelled,
+        digest: layer.digest.clone(),
     };
     // Keyed by blob digest, so two blobs with one diff_id never share a directory.
     let key = format!("p-{}", layer.digest.hex());
