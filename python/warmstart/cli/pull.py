@@ -70,30 +70,23 @@ def parse_count(text: str, minimum: int = 1, maximum: int | None = None) -> int:
     return value
 
 
-def parse_seconds(text: str) -> float:
-    """Parse a duration in seconds: a finite number, at least 0."""
+def parse_seconds(text: str, positive: bool = False) -> float:
+    """Parse a duration in seconds: a finite number, at least 0, or above 0 when `positive`."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "above 0" if positive else "0 or more"
         raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}; use a finite number of seconds, 0 or more"
+            f"invalid value {text!r}; use a finite number of seconds, {bound}"
         )
     return value
 
 
 def parse_stall_timeout(text: str) -> float:
     """Parse a stall timeout in seconds: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}; use a finite number of seconds above 0"
-        )
-    return value
+    return parse_seconds(text, positive=True)
 
 
 def parse_file(text: str) -> Path:
