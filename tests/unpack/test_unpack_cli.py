@@ -72,3 +72,18 @@ def test_cli_unpack_missing_image_default_store(
     assert "`warmstart pull nosuch:v1`" in error
     assert "--store" not in error
     assert f"--unpack {tmp_path / 'out'} --flatten`" in error
+
+
+def test_cli_unpack_to_file_hints(
+    store: LayerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_image(store, "img", [tar_bytes([Member("hello", data=b"world")])])
+    target = tmp_path / "a-file"
+    target.write_bytes(b"not a directory")
+    status = main(["unpack", "img", "--to", str(target), "--store", str(store.root)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert str(target) in error
+    assert "the path must be a directory or not exist" in error
+    assert "os error" not in error
+    assert target.read_bytes() == b"not a directory"

@@ -114,8 +114,9 @@ def run_pull_and_unpack(
 
     pulled, unpacked = asyncio.run(pull())
     if not arguments.json:
+        tagged = "" if pulled.tag == pulled.reference else f" as {pulled.tag}"
         print(
-            f"pulled {pulled.reference} as {pulled.tag}  {pulled.manifest_digest}"
+            f"pulled {pulled.reference}{tagged}  {pulled.manifest_digest}"
             f"  ({format_bytes(pulled.bytes_fetched)} fetched in {pulled.seconds:.2f} s)"
         )
     print_report(unpacked, arguments.json, pulled=pulled)

@@ -33,11 +33,13 @@ fn io_message(operation: &str, path: &std::path::Path, source: &std::io::Error) 
         None => reason,
     };
     let hint = match source.kind() {
-        std::io::ErrorKind::PermissionDenied => "; check the permissions of the store directory",
+        std::io::ErrorKind::PermissionDenied => {
+            "; check the permissions of this path and of its parent directories"
+        }
         std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
             "; the path must be a directory or not exist"
         }
-        std::io::ErrorKind::StorageFull => "; free disk space or use another store",
+        std::io::ErrorKind::StorageFull => "; free disk space on that file system",
         _ => "",
     };
     format!("{operation} {} failed: {reason}{hint}", path.display())
@@ -267,8 +269,13 @@ fn build_unpack(py: Python<'_>, error: &UnpackError) -> PyResult<PyErr> {
             let exception = class.call1((EEXIST, message, path))?;
             return Ok(PyErr::from_value(exception));
         }
-        UnpackError::Io { path, source, .. } => {
+        UnpackError::Io {
+            operation,
+            path,
+            source,
+        } => {
             let class = py.import("warmstart.errors")?.getattr("UnpackIOError")?;
+            let message = io_message(operation, path, source);
             let exception = class.call1((source.raw_os_error(), message, path))?;
             return Ok(PyErr::from_value(exception));
         }
