@@ -74,6 +74,30 @@ def test_range_at_wrong_offset_is_not_used(
         assert not store.has(layer_digest(image))
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [faults.IgnoreRange(skip=2, times=1), faults.WrongRangeStart(shift=7, skip=2, times=1)],
+    ids=["ignored-range", "wrong-start"],
+)
+def test_range_refused_mid_blob_restarts_as_one_stream(
+    store: LayerStore, fake_registry: FakeRegistry, fault: faults.Fault
+) -> None:
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    fault.digest = digest
+    fake_registry.add_fault(fault)
+
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+
+    (blob,) = [b for b in report.blobs if b.digest == digest]
+    assert fault.fired == 1
+    assert not blob.ranged
+    assert store.read(digest) == fake_registry.blob(digest)
+    whole = [r for r in fake_registry.blob_requests(digest) if r.range is None]
+    assert len(whole) == 1, "the restart is one request from byte 0"
+    assert blob.fetched_bytes >= blob.size
+
+
 def test_truncated_range_fetches_only_missing_bytes(
     store: LayerStore, fake_registry: FakeRegistry
 ) -> None:

@@ -305,8 +305,20 @@ class FakeRegistry:
 
         return record
 
-    def _firing(self, kind: str, target: str, method: str, has_range: bool) -> list[faults.Fault]:
-        return [f for f in self.faults if f.applies(kind, target, method, has_range)]
+    def _firing(
+        self,
+        kind: str,
+        target: str,
+        method: str,
+        has_range: bool,
+        classes: tuple[type[faults.Fault], ...],
+    ) -> list[faults.Fault]:
+        # Only faults of `classes` are asked, so each request counts once toward a fault's skip.
+        return [
+            fault
+            for fault in self.faults
+            if isinstance(fault, classes) and fault.applies(kind, target, method, has_range)
+        ]
 
     # The registry application.
 
@@ -406,7 +418,7 @@ class FakeRegistry:
         self, kind: str, target: str, request: web.Request
     ) -> web.StreamResponse | None:
         has_range = "Range" in request.headers
-        for fault in self._firing(kind, target, request.method, has_range):
+        for fault in self._firing(kind, target, request.method, has_range, faults.STATUS_FAULTS):
             if isinstance(fault, faults.TooManyRequests):
                 fault.fire()
                 return error_response(
@@ -488,11 +500,9 @@ class FakeRegistry:
                 }
             )
 
-        body_faults = [
-            fault
-            for fault in self._firing(faults.BLOB, digest, "GET", "Range" in request.headers)
-            if isinstance(fault, faults.BODY_FAULTS)
-        ]
+        body_faults = self._firing(
+            faults.BLOB, digest, "GET", "Range" in request.headers, faults.BODY_FAULTS
+        )
         return await send_blob(request, data, digest, body_faults)
 
     # The storage application (redirect target).
@@ -517,11 +527,9 @@ class FakeRegistry:
         data = self.blob(digest)
         if data is None:
             return web.Response(status=404, text="NoSuchKey")
-        body_faults = [
-            fault
-            for fault in self._firing(faults.BLOB, digest, "GET", "Range" in request.headers)
-            if isinstance(fault, faults.BODY_FAULTS)
-        ]
+        body_faults = self._firing(
+            faults.BLOB, digest, "GET", "Range" in request.headers, faults.BODY_FAULTS
+        )
         return await send_blob(request, data, digest, body_faults)
 
 

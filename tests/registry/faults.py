@@ -2,8 +2,9 @@
 
 A fault applies to requests of the kinds (``"blob"`` or ``"manifest"``) and methods it covers.
 When ``digest`` is set, it applies only to that blob digest. For manifest faults ``digest`` is
-the manifest reference (a tag or a digest) as the client wrote it in the URL. ``times`` caps how
-many requests it applies to, and ``None`` means every matching request.
+the manifest reference (a tag or a digest) as the client wrote it in the URL. ``skip`` lets that
+many matching requests through first, and ``times`` caps how many requests it applies to after
+them (``None`` means every one).
 
 Status faults answer before any content is read:
 - ``TooManyRequests``: 429, ``Retry-After`` and the ``TOOMANYREQUESTS`` error envelope.
@@ -43,7 +44,10 @@ class Fault:
 
     digest: str | None = None
     times: int | None = None
+    skip: int = 0
     fired: int = field(default=0, init=False)
+    # Matching requests seen so far, the skipped ones included.
+    seen: int = field(default=0, init=False)
 
     kinds: ClassVar[frozenset[str]] = frozenset({BLOB})
     methods: ClassVar[frozenset[str]] = frozenset({"GET"})
@@ -57,6 +61,9 @@ class Fault:
         if self.digest is not None and self.digest != target:
             return False
         if self.needs_range and not has_range:
+            return False
+        self.seen += 1
+        if self.seen <= self.skip:
             return False
         return self.times is None or self.fired < self.times
 

@@ -743,7 +743,7 @@ async fn download_all(
                 missing[1..].iter().copied().collect::<VecDeque<_>>(),
             ));
             let workers = download.options.connections.min(missing.len() - 1);
-            let mut others: JoinSet<Result<(), PullError>> = JoinSet::new();
+            let mut others: JoinSet<Result<(), RangeError>> = JoinSet::new();
             for _ in 0..workers {
                 let (download, queue) = (Arc::clone(download), Arc::clone(&queue));
                 others.spawn(async move {
@@ -761,13 +761,31 @@ async fn download_all(
                     }
                 });
             }
-            let first = fetch_range(download, first_start, first_end, Some(response)).await;
+            let mut result = fetch_range(download, first_start, first_end, Some(response)).await;
             drop(permit);
-            first?;
-            while let Some(joined) = others.join_next().await {
-                joined.expect("range tasks do not panic")?;
+            while result.is_ok() {
+                match others.join_next().await {
+                    Some(joined) => result = joined.expect("range tasks do not panic"),
+                    None => break,
+                }
             }
-            Ok(())
+            // Every range task has ended before a restart, so none writes into the new attempt.
+            others.abort_all();
+            while others.join_next().await.is_some() {}
+            match result {
+                Ok(()) => Ok(()),
+                Err(RangeError::Failed(error)) => Err(error),
+                Err(RangeError::Refused(error)) => {
+                    tracing::warn!(source = %download.describe_source(), %error, "server stopped honouring Range; fetching the blob again as one stream");
+                    let permit = Arc::clone(&download.permits)
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed");
+                    let result = fetch_whole(download, None).await;
+                    drop(permit);
+                    result
+                }
+            }
         }
         Probe::Whole(response) => {
             if !whole {
@@ -805,6 +823,20 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
     }
 }
 
+/// The failure of a range fetch.
+enum RangeError {
+    /// The server returned the whole blob or a range at another offset for a range request,
+    /// after it had honoured ranges. The blob is fetched again as one stream from byte 0.
+    Refused(PullError),
+    Failed(PullError),
+}
+
+impl From<PullError> for RangeError {
+    fn from(error: PullError) -> RangeError {
+        RangeError::Failed(error)
+    }
+}
+
 /// Fetches `start..end` with as many requests as it takes: a truncated or stalled body is
 /// continued from the last byte written, never restarted.
 async fn fetch_range(
@@ -812,7 +844,7 @@ async fn fetch_range(
     start: u64,
     end: u64,
     first: Option<Response>,
-) -> Result<(), PullError> {
+) -> Result<(), RangeError> {
     let max_attempts = download.fetcher.client().options().max_attempts;
     let base_delay = download.fetcher.client().options().retry_base_delay;
     let generation = download.generation();
@@ -838,7 +870,7 @@ async fn fetch_range(
             reason: format!("body ended at byte {position} of range {start}-{end}"),
         });
         if !error.is_retryable() {
-            return Err(error);
+            return Err(error.into());
         }
         // Progress resets the count: a slow server that keeps delivering is not failing.
         failures = if progressed { 1 } else { failures + 1 };
@@ -846,12 +878,16 @@ async fn fetch_range(
             return Err(PullError::RetriesExhausted {
                 attempts: failures,
                 last: Box::new(error),
-            });
+            }
+            .into());
         }
         tracing::warn!(error = %error, position, end, "continuing a range after a failure");
         tokio::time::sleep(backoff(base_delay, failures)).await;
     }
-    download.partial.record_completed(start, end)?;
+    download
+        .partial
+        .record_completed(start, end)
+        .map_err(PullError::from)?;
     start_background_sync(download);
     Ok(())
 }
@@ -886,37 +922,43 @@ fn check_range_response(
     response: &Response,
     position: u64,
     end: u64,
-) -> Result<(), PullError> {
+) -> Result<(), RangeError> {
     let protocol = |reason: String| PullError::Protocol {
         context: Box::new(download.context(&download.describe_source())),
         reason,
     };
     if response.status() != StatusCode::PARTIAL_CONTENT {
-        return Err(protocol(format!(
+        return Err(RangeError::Refused(protocol(format!(
             "HTTP {} to a range request after the server had honoured ranges",
             response.status().as_u16()
-        )));
+        ))));
     }
     match content_range(response) {
         Some((start, last, total)) => {
-            if start != position || last >= end {
+            if start != position {
+                return Err(RangeError::Refused(protocol(format!(
+                    "Content-Range {start}-{last} for a request of {position}-{}",
+                    end - 1
+                ))));
+            }
+            if last >= end {
                 return Err(protocol(format!(
                     "Content-Range {start}-{last} for a request of {position}-{}",
                     end - 1
-                )));
+                ))
+                .into());
             }
             if total.is_some_and(|total| total != download.job.size) {
                 return Err(PullError::Store(StoreError::SizeMismatch {
                     what: format!("blob {}", download.job.digest),
                     expected: download.job.size,
                     actual: total.unwrap_or_default(),
-                }));
+                })
+                .into());
             }
             Ok(())
         }
-        None => Err(protocol(
-            "a 206 response without a valid Content-Range".into(),
-        )),
+        None => Err(protocol("a 206 response without a valid Content-Range".into()).into()),
     }
 }
 
