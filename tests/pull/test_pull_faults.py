@@ -19,7 +19,7 @@ from tests.pull.helpers import fetch, ingest_leftovers, pull
 from tests.registry import faults
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
 from tests.registry.layout import Content
-from warmstart import LayerStore, errors
+from warmstart import LayerStore, PullProgress, errors
 
 CHUNK = 256 << 10
 
@@ -460,3 +460,25 @@ def test_sha512_addressed_blob(store: LayerStore, fake_registry: FakeRegistry) -
     assert digest in {blob.digest for blob in report.blobs}
     assert store.read(digest) == weights
     assert store.path(digest).parent.name == "sha512"
+
+
+def test_progress_callback_ends_with_finished_snapshot(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    big_image(fake_registry)
+    snapshots: list[PullProgress] = []
+
+    report = pull(
+        store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK, progress=snapshots.append
+    )
+
+    last = snapshots[-1]
+    assert last.finished
+    assert [s for s in snapshots if s.finished] == [last]
+    assert last.fetched_bytes == report.bytes_fetched
+    assert last.blobs_done == last.blobs_total == len(report.blobs)
+    assert repr(last) == (
+        f"PullProgress(fetched_bytes={last.fetched_bytes}, reused_bytes={last.reused_bytes}, "
+        f"total_bytes={last.total_bytes}, blobs_done={last.blobs_done}, "
+        f"blobs_total={last.blobs_total}, finished=True)"
+    )

@@ -231,7 +231,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--digest", type=parse_digest, required=True, help="expected digest, sha256:<hex>"
     )
     fetch.add_argument(
-        "--size", type=parse_size, default=None, help="size in bytes (default: from HEAD)"
+        "--size",
+        type=parse_size,
+        default=None,
+        help="size of the artifact, in bytes or with a suffix such as 16G (default: from HEAD)",
     )
     add_common(fetch)
     fetch.set_defaults(run=run_fetch)

@@ -14,7 +14,13 @@ from warmstart.cli.usage import UsageError, parse_path
 from warmstart.replay.fleet import FleetOptions
 from warmstart.replay.image import Puller
 from warmstart.replay.policies import POLICIES
-from warmstart.replay.profile import DEFAULT_PROFILE, CacheMode, ProfileError, load_profile
+from warmstart.replay.profile import (
+    DEFAULT_PROFILE,
+    CacheMode,
+    ProfileError,
+    builtin_profiles,
+    load_profile,
+)
 from warmstart.replay.report import (
     TABLE_HEADERS,
     prepare_report_directory,
@@ -66,7 +72,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
-        help=f"built-in profile name or TOML file (default: {DEFAULT_PROFILE})",
+        help=f"built-in profile ({', '.join(builtin_profiles())}) or a TOML file "
+        f"(default: {DEFAULT_PROFILE})",
     )
     parser.add_argument(
         "--pull",

@@ -221,6 +221,8 @@ class Mirror:
 
     def _start_warm(self, cache: UpstreamCache, name: str, digest: str, body: bytes) -> None:
         if cache.is_index(manifest_media_type(body)):
+            # TODO: nothing tags a multi-platform image, because a tag must name a complete
+            # image and the store holds only the platforms clients asked for, so gc removes it.
             return
         cache.remember_sizes(body)
         if digest in self._warming:

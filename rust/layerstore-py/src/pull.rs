@@ -176,6 +176,22 @@ pub struct PyPullProgress {
     pub finished: bool,
 }
 
+#[pymethods]
+impl PyPullProgress {
+    fn __repr__(&self) -> String {
+        format!(
+            "PullProgress(fetched_bytes={}, reused_bytes={}, total_bytes={}, blobs_done={}, \
+             blobs_total={}, finished={})",
+            self.fetched_bytes,
+            self.reused_bytes,
+            self.total_bytes,
+            self.blobs_done,
+            self.blobs_total,
+            if self.finished { "True" } else { "False" }
+        )
+    }
+}
+
 fn snapshot(progress: &Progress, finished: bool) -> PyPullProgress {
     use std::sync::atomic::Ordering::Relaxed;
     PyPullProgress {
