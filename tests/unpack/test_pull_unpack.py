@@ -358,3 +358,26 @@ def test_layer_in_store_extracts_from_blob(
         digest_of(app).removeprefix("sha256:"),
         digest_of(base).removeprefix("sha256:"),
     ]
+
+
+def test_target_of_other_image_stops_pull(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    fake_registry.add_image("app", "v1", [tar_bytes([Member("one", data=b"1")])], compress=False)
+    image = fake_registry.add_image("app", "v2", [streaming_layer()], compress=False)
+    digest = image.layers[0].digest
+    target = tmp_path / "out"
+    pull_and_unpack(store, f"{fake_registry.host}/app:v1", target)
+    # Held until released or 25 s: a pull that only checked the target at its end would wait.
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=0))
+
+    started = time.monotonic()
+    with pytest.raises(errors.UnpackTargetError) as caught:
+        pull_and_unpack(store, f"{fake_registry.host}/app:v2", target)
+    seconds = time.monotonic() - started
+    pause.release.set()
+
+    assert "holds image" in str(caught.value)
+    assert seconds < 20, "the pull went on after the target was found to hold another image"
+    assert not store.has(digest)
+    assert json.loads((target / "image.json").read_text())["manifest"] != image.digest

@@ -81,7 +81,7 @@ pub async fn pull_and_unpack(
     let store = puller.store().clone();
     let mut overlap = Overlap::new(store.clone(), bundle);
     let pulled = if options.flatten {
-        puller.pull(reference, pull_options, progress).await
+        Some(puller.pull(reference, pull_options, progress).await)
     } else {
         let events = progress.subscribe();
         overlap
@@ -94,8 +94,13 @@ pub async fn pull_and_unpack(
         staged,
         started,
         failure,
+        rejected,
         ..
     } = overlap;
+    if let Some(rejected) = rejected {
+        // Nothing extracted: extraction starts only once the target is claimed.
+        return Err(rejected.into());
+    }
     // A layer staged during the pull read a blob the store committed and matched its diff_id.
     // So it is published even when the pull failed, and the next run keeps it. When a layer
     // does not match the image config, no layer of the image is published.
@@ -116,7 +121,7 @@ pub async fn pull_and_unpack(
     })
     .await
     .expect("publishing layers does not panic")?;
-    let report = pulled?;
+    let report = pulled.expect("the pull ran to its end unless the target was rejected")?;
     if let Some(failure) = failure {
         return Err(failure.into());
     }
@@ -156,8 +161,8 @@ enum ImageState {
     Unknown,
     /// Known, and the target is claimed for it.
     Known(Arc<Image>),
-    /// Not an image this unpack can use during the pull, or the target belongs to another
-    /// image. The unpack after the pull reports why.
+    /// Not an image this unpack can use during the pull, and the unpack after the pull reports
+    /// why. Or the target belongs to another image, which stops the pull.
     Unusable,
 }
 
@@ -206,6 +211,8 @@ struct Overlap {
     flusher: Option<Flusher>,
     /// A layer whose verified blob does not unpack to the config's diff_id.
     failure: Option<UnpackError>,
+    /// The target belongs to another image. The pull is stopped as soon as this is known.
+    rejected: Option<UnpackError>,
     /// When the first extraction started.
     started: Option<Instant>,
     /// Tells the extraction threads to stop once this is dropped.
@@ -275,23 +282,30 @@ impl Overlap {
             staged: Vec::new(),
             flusher: None,
             failure: None,
+            rejected: None,
             started: None,
             cancel: CancelOnDrop(Arc::new(AtomicBool::new(false))),
         }
     }
 
     /// Drives `pull` while extracting layers as its events arrive. Returns once the pull has
-    /// ended and every extraction it started has finished.
+    /// ended and every extraction it started has finished, or `None` when the pull was
+    /// stopped because the target belongs to another image (`rejected`).
     async fn run(
         &mut self,
         pull: impl std::future::Future<Output = Result<PullReport, PullError>>,
         mut events: UnboundedReceiver<PullEvent>,
-    ) -> Result<PullReport, PullError> {
+    ) -> Option<Result<PullReport, PullError>> {
         tokio::pin!(pull);
         let pulled = loop {
             tokio::select! {
-                result = &mut pull => break result,
-                Some(event) = events.recv() => self.handle(event).await,
+                result = &mut pull => break Some(result),
+                Some(event) = events.recv() => {
+                    self.handle(event).await;
+                    if self.rejected.is_some() {
+                        break None;
+                    }
+                }
                 Some(finished) = self.finished.recv() => {
                     self.finish(finished);
                     self.dispatch();
@@ -303,7 +317,7 @@ impl Overlap {
         while let Ok(event) = events.try_recv() {
             self.handle(event).await;
         }
-        if pulled.is_err() {
+        if !matches!(pulled, Some(Ok(_))) {
             // Readers of blobs that did not commit fail on their own; queued ones never start.
             self.queue.clear();
         }
@@ -362,6 +376,12 @@ impl Overlap {
         .expect("reading an image config does not panic");
         self.image = match learned {
             Ok(image) => ImageState::Known(Arc::new(image)),
+            Err(error @ UnpackError::TargetInUse { .. }) => {
+                tracing::error!(%error, "stopping the pull: the unpack target is not this image's");
+                self.queue.clear();
+                self.rejected = Some(error);
+                ImageState::Unusable
+            }
             Err(error) => {
                 tracing::debug!(%error, "not extracting layers during the pull");
                 self.queue.clear();
