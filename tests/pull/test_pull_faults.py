@@ -76,8 +76,12 @@ def test_range_at_wrong_offset_is_not_used(
 
 @pytest.mark.parametrize(
     "fault",
-    [faults.IgnoreRange(skip=2, times=1), faults.WrongRangeStart(shift=7, skip=2, times=1)],
-    ids=["ignored-range", "wrong-start"],
+    [
+        faults.IgnoreRange(skip=2, times=1),
+        faults.WrongRangeStart(shift=7, skip=2, times=1),
+        faults.NoContentRange(skip=2, times=1),
+    ],
+    ids=["ignored-range", "wrong-start", "no-content-range"],
 )
 def test_range_refused_mid_blob_restarts_as_one_stream(
     store: LayerStore, fake_registry: FakeRegistry, fault: faults.Fault

@@ -832,8 +832,9 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
 
 /// The failure of a range fetch.
 enum RangeError {
-    /// The server returned the whole blob or a range at another offset for a range request,
-    /// after it had honoured ranges. The blob is fetched again as one stream from byte 0.
+    /// The server returned the whole blob, a range at another offset or a 206 without a valid
+    /// `Content-Range` for a range request, after it had honoured ranges. The blob is fetched
+    /// again as one stream from byte 0.
     Refused(PullError),
     Failed(PullError),
 }
@@ -965,7 +966,10 @@ fn check_range_response(
             }
             Ok(())
         }
-        None => Err(protocol("a 206 response without a valid Content-Range".into()).into()),
+        // The probe takes such a response as a sign that ranges cannot be trusted, too.
+        None => Err(RangeError::Refused(protocol(
+            "a 206 response without a valid Content-Range".into(),
+        ))),
     }
 }
 
