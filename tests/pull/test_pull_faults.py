@@ -102,9 +102,7 @@ def test_range_refused_mid_blob_restarts_as_one_stream(
     assert blob.fetched_bytes >= blob.size
 
 
-def test_refused_range_stops_other_ranges(
-    store: LayerStore, fake_registry: FakeRegistry
-) -> None:
+def test_refused_range_stops_other_ranges(store: LayerStore, fake_registry: FakeRegistry) -> None:
     image = big_image(fake_registry, size=4 << 20)
     digest = layer_digest(image)
     # The probe delivers a few bytes and then withholds the rest, so the blob's first range is
