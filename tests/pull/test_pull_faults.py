@@ -76,8 +76,12 @@ def test_range_at_wrong_offset_is_not_used(
 
 @pytest.mark.parametrize(
     "fault",
-    [faults.IgnoreRange(skip=2, times=1), faults.WrongRangeStart(shift=7, skip=2, times=1)],
-    ids=["ignored-range", "wrong-start"],
+    [
+        faults.IgnoreRange(skip=2, times=1),
+        faults.WrongRangeStart(shift=7, skip=2, times=1),
+        faults.NoContentRange(skip=2, times=1),
+    ],
+    ids=["ignored-range", "wrong-start", "no-content-range"],
 )
 def test_range_refused_mid_blob_restarts_as_one_stream(
     store: LayerStore, fake_registry: FakeRegistry, fault: faults.Fault
@@ -96,6 +100,38 @@ def test_range_refused_mid_blob_restarts_as_one_stream(
     whole = [r for r in fake_registry.blob_requests(digest) if r.range is None]
     assert len(whole) == 1, "the restart is one request from byte 0"
     assert blob.fetched_bytes >= blob.size
+
+
+def test_refused_range_stops_other_ranges(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    image = big_image(fake_registry, size=4 << 20)
+    digest = layer_digest(image)
+    # The probe delivers a few bytes and then withholds the rest, so the blob's first range is
+    # still running when the next range request is answered with the whole blob.
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=1000))
+    refused = fake_registry.add_fault(faults.IgnoreRange(digest, skip=1, times=1))
+
+    async def run() -> tuple[bool, list[str | None]]:
+        task = asyncio.create_task(
+            store.pull(f"{fake_registry.host}/app:v1", chunk_size=CHUNK, connections=2)
+        )
+        deadline = time.monotonic() + 10
+        restarted = False
+        while time.monotonic() < deadline and not task.done():
+            if any(r.range is None for r in fake_registry.blob_requests(digest)):
+                restarted = True
+                break
+            await asyncio.sleep(0.01)
+        requested = [r.range for r in fake_registry.blob_requests(digest)]
+        pause.release.set()
+        await task
+        return restarted, requested
+
+    restarted, requested = asyncio.run(run())
+
+    assert refused.fired == 1
+    assert restarted, f"no request from byte 0 while the first range was held: {requested}"
+    assert len(requested) <= 4, f"ranges went on after the refusal: {requested}"
+    assert store.read(digest) == fake_registry.blob(digest)
 
 
 def test_truncated_range_fetches_only_missing_bytes(

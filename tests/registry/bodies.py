@@ -111,6 +111,10 @@ async def send_blob(
             status = 206
             body = data[start : end + 1]
             headers["Content-Range"] = f"bytes {stated[0]}-{stated[1]}/{size}"
+            unstated = next((f for f in body_faults if isinstance(f, faults.NoContentRange)), None)
+            if unstated is not None:
+                unstated.fire()
+                del headers["Content-Range"]
 
     declared = len(body)
     sent = len(body)

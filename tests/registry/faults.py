@@ -16,6 +16,7 @@ Status faults answer before any content is read:
 Body faults change what a blob GET sends, on the registry or on the storage server:
 - ``IgnoreRange``: 200 with the whole blob, no ``Content-Range``.
 - ``WrongRangeStart``: 206 whose bytes start ``shift`` bytes after the requested start.
+- ``NoContentRange``: 206 with the requested bytes and no ``Content-Range`` header.
 - ``TruncateBody``: full headers, ``after_bytes`` of body, then the connection is closed.
 - ``EmptyBody``: headers with a non-zero ``Content-Length`` and no body before the close.
 - ``WrongContentLength``: ``Content-Length`` off by ``delta`` from the bytes that belong there.
@@ -132,6 +133,13 @@ class WrongRangeStart(Fault):
 
 
 @dataclass
+class NoContentRange(Fault):
+    """206 with the requested bytes but without the ``Content-Range`` header it requires."""
+
+    needs_range: ClassVar[bool] = True
+
+
+@dataclass
 class TruncateBody(Fault):
     """Send the headers for the whole response, ``after_bytes`` of body, then close."""
 
@@ -203,6 +211,7 @@ STATUS_FAULTS = (TooManyRequests, ServiceUnavailable, ManifestServerError, Redir
 BODY_FAULTS = (
     IgnoreRange,
     WrongRangeStart,
+    NoContentRange,
     TruncateBody,
     EmptyBody,
     WrongContentLength,

@@ -743,10 +743,10 @@ async fn download_all(
                 missing[1..].iter().copied().collect::<VecDeque<_>>(),
             ));
             let workers = download.options.connections.min(missing.len() - 1);
-            let mut others: JoinSet<Result<(), RangeError>> = JoinSet::new();
+            let mut ranges: JoinSet<Result<(), RangeError>> = JoinSet::new();
             for _ in 0..workers {
                 let (download, queue) = (Arc::clone(download), Arc::clone(&queue));
-                others.spawn(async move {
+                ranges.spawn(async move {
                     loop {
                         let permit = Arc::clone(&download.permits)
                             .acquire_owned()
@@ -761,17 +761,24 @@ async fn download_all(
                     }
                 });
             }
-            let mut result = fetch_range(download, first_start, first_end, Some(response)).await;
-            drop(permit);
+            // The first range runs as one of the tasks, so a refusal or failure of any range
+            // stops the others at once, the first range included.
+            let first = Arc::clone(download);
+            ranges.spawn(async move {
+                let result = fetch_range(&first, first_start, first_end, Some(response)).await;
+                drop(permit);
+                result
+            });
+            let mut result = Ok(());
             while result.is_ok() {
-                match others.join_next().await {
+                match ranges.join_next().await {
                     Some(joined) => result = joined.expect("range tasks do not panic"),
                     None => break,
                 }
             }
             // Every range task has ended before a restart, so none writes into the new attempt.
-            others.abort_all();
-            while others.join_next().await.is_some() {}
+            ranges.abort_all();
+            while ranges.join_next().await.is_some() {}
             match result {
                 Ok(()) => Ok(()),
                 Err(RangeError::Failed(error)) => Err(error),
@@ -825,8 +832,9 @@ fn classify(response: Response, requested_start: u64) -> Result<Probe, PullError
 
 /// The failure of a range fetch.
 enum RangeError {
-    /// The server returned the whole blob or a range at another offset for a range request,
-    /// after it had honoured ranges. The blob is fetched again as one stream from byte 0.
+    /// The server returned the whole blob, a range at another offset or a 206 without a valid
+    /// `Content-Range` for a range request, after it had honoured ranges. The blob is fetched
+    /// again as one stream from byte 0.
     Refused(PullError),
     Failed(PullError),
 }
@@ -958,7 +966,10 @@ fn check_range_response(
             }
             Ok(())
         }
-        None => Err(protocol("a 206 response without a valid Content-Range".into()).into()),
+        // The probe takes such a response as a sign that ranges cannot be trusted, too.
+        None => Err(RangeError::Refused(protocol(
+            "a 206 response without a valid Content-Range".into(),
+        ))),
     }
 }
 
