@@ -104,7 +104,7 @@ def load_average() -> str:
 class Runner:
     """Runs each step into fresh directories and measures it.
 
-    The directories are under `work`, or under the directory given to `place`.
+    The directories are under `directory`: `work` unless a loop file system replaces it.
     """
 
     def __init__(
@@ -120,13 +120,15 @@ class Runner:
         self.registry_pid = registry_pid
         self.proxy_pid = proxy_pid
         self.keep = keep
-        self.place(work)
+        self.directory = work
 
-    def place(self, directory: Path) -> None:
-        """Put the stores and targets of the next steps under `directory`."""
-        self.directory = directory
-        self.store_root = directory / "store"
-        self.target = directory / "target"
+    @property
+    def store_root(self) -> Path:
+        return self.directory / "store"
+
+    @property
+    def target(self) -> Path:
+        return self.directory / "target"
 
     def clean(self) -> None:
         """Empty the store and target paths, moving the old ones aside with `keep`."""
@@ -265,7 +267,7 @@ def measure_route(
     for _ in range(repeat):
         if fs_size > 0:
             with loop_filesystem(runner.work / "ext4.img", runner.work / "fs", fs_size) as fs:
-                runner.place(fs)
+                runner.directory = fs
                 repetition = runner.repetition(reference)
         else:
             repetition = runner.repetition(reference)

@@ -762,8 +762,8 @@ def test_token_bucket_paces_to_rate() -> None:
 
 def test_server_thread_stop_closes_late_connections() -> None:
     # Connections that wait in the listen backlog when stop() is called are accepted by the
-    # loop while the server shuts down; each one must be closed, or its transport warns
-    # "unclosed transport" when collected, in whatever test runs then.
+    # loop while the server shuts down. Each one must be closed, because otherwise its
+    # transport warns "unclosed transport" when collected, in whatever test runs then.
     app = web.Application()
     server = ServerThread(app, "late-connections")
     server.start()

@@ -106,7 +106,7 @@ def test_refused_range_stops_other_ranges(store: LayerStore, fake_registry: Fake
     image = big_image(fake_registry, size=4 << 20)
     digest = layer_digest(image)
     # The probe delivers a few bytes and then withholds the rest, so the blob's first range is
-    # still running when the next range request is answered with the whole blob.
+    # still running when the next range request gets the whole blob back.
     pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=1000))
     refused = fake_registry.add_fault(faults.IgnoreRange(digest, skip=1, times=1))
 

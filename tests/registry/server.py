@@ -99,7 +99,7 @@ class ServerThread:
     async def _cleanup(self) -> None:
         # Stop accepting, then let the accept tasks already queued build their transports
         # while the server is open. In CPython 3.11 a transport built after Server.close()
-        # fails in Server._attach once it holds the socket but before the loop tracks it, so
+        # fails in Server._attach once it owns the socket but before the loop tracks it, so
         # nothing closes it and it warns "unclosed transport" when collected.
         self._loop.remove_reader(self._socket.fileno())
         await asyncio.sleep(0)

@@ -8,7 +8,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,7 +15,7 @@ from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store, parse_tag
-from warmstart.cli.usage import parse_path
+from warmstart.cli.usage import check_with, parse_path
 from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
@@ -99,31 +98,22 @@ def parse_file(text: str) -> Path:
 
 def parse_reference(text: str) -> str:
     """Check an image reference such as ``localhost:5000/llm:v1``; returns it unchanged."""
-    return _checked(_native.parse_reference_string, text)
+    return check_with(_native.parse_reference_string, text)
 
 
 def parse_platform(text: str) -> str:
     """Check an ``os/architecture[/variant]`` platform; returns it unchanged."""
-    return _checked(_native.parse_platform_string, text)
+    return check_with(_native.parse_platform_string, text)
 
 
 def parse_url(text: str) -> str:
     """Check an HTTP or HTTPS URL; returns it unchanged."""
-    return _checked(_native.parse_url_string, text)
+    return check_with(_native.parse_url_string, text)
 
 
 def parse_digest(text: str) -> str:
     """Check a digest such as ``sha256:<64 hex digits>``; returns it unchanged."""
-    return _checked(_native.parse_digest_string, text)
-
-
-def _checked(parse: Callable[[str], str], text: str) -> str:
-    # The store's own parsers, so that the command line accepts what a pull accepts.
-    try:
-        parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+    return check_with(_native.parse_digest_string, text)
 
 
 def parse_connections(text: str) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore, _native
 from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json, print_table
-from warmstart.cli.usage import UsageError, parse_path
+from warmstart.cli.usage import UsageError, check_with, parse_path
 from warmstart.errors import StoreError
 
 __all__ = ["add_parser", "default_store_path", "parse_tag"]
@@ -20,11 +20,7 @@ __all__ = ["add_parser", "default_store_path", "parse_tag"]
 
 def parse_tag(text: str) -> str:
     """Check a tag of the store, such as ``llm:v1``; returns it unchanged."""
-    try:
-        _native.parse_tag_string(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+    return check_with(_native.parse_tag_string, text)
 
 
 def default_store_path() -> Path:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["UsageError", "parse_path"]
+__all__ = ["UsageError", "check_with", "parse_path"]
 
 
 class UsageError(Exception):
@@ -23,3 +24,15 @@ def parse_path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("empty path; name a file or directory (. for this one)")
     return Path(text)
+
+
+def check_with(parse: Callable[[str], str], text: str) -> str:
+    """Check `text` with one of the layer store's parsers and return it unchanged.
+
+    The store's own parsers, so that the command line accepts what a pull accepts.
+    """
+    try:
+        parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
