@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import numbers
 import random
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -117,7 +118,18 @@ class MetricStream:
     def add(
         self, endpoint: str, metric: str, instance: str, timestamp_s: float, value: float
     ) -> bool:
-        """Buffer one sample (event time in seconds); return False if it was dropped."""
+        """Buffer one sample (event time in seconds); return False if it was dropped.
+
+        Raise ``TypeError`` for a name that is not a string or a time or value that is not a
+        real number (a ``Decimal``, a string), and ``ValueError`` for an integer beyond the
+        range of a float. NaN and infinity are sent, and the server counts them as rejected.
+        """
+        for key, name in (("endpoint", endpoint), ("metric", metric), ("instance", instance)):
+            if not isinstance(name, str):
+                raise TypeError(f"{key} must be a string, got {name!r}")
+        # Checked here because a value json cannot encode would fail the whole batch later.
+        timestamp_s = _real(timestamp_s, "timestamp_s")
+        value = _real(value, "value")
         if len(self._buffer) >= self._max_buffered:
             self._drop(BUFFER_FULL, 1)
             return False
@@ -320,8 +332,8 @@ class MetricStream:
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         code = frame.get("code", "error")
-        if code == "samples_rejected":
-            logger.debug("server rejected samples: %s", frame.get("message"))
+        if code in ("samples_rejected", "events_rejected"):
+            logger.debug("server rejected part of a batch: %s", frame.get("message"))
             return  # the ack that follows counts them
         logger.warning("server error %s: %s", code, frame.get("message"))
         if code == "shutting_down":
@@ -339,6 +351,17 @@ class MetricStream:
             logger.warning("dropped %d sample(s): %s", count, reason)
         if self._on_drop is not None:
             self._on_drop(reason, count)
+
+
+def _real(number: object, key: str) -> float:
+    """Return ``number`` as a float; raise ``TypeError`` if it is not a real number."""
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"{key} must be a real number, got {number!r}")
+    try:
+        return float(number)
+    except OverflowError:
+        # The number itself may have too many digits to print.
+        raise ValueError(f"{key} is beyond the range of a float (about 1.8e308)") from None
 
 
 def _compact(column: list[str]) -> str | list[str]:

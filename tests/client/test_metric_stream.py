@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from decimal import Decimal
+from typing import Any
 
+import numpy as np
+import pytest
 from aiohttp.test_utils import TestServer
 
 from warmstart.client import BUFFER_FULL, NOT_SENT_BEFORE_CLOSE, MetricStream
@@ -109,6 +113,48 @@ def test_stream_reconnects_and_resends() -> None:
             await engine.stop()
         assert stats.accepted == 300
         assert stats.reconnects >= 1
+        assert not stats.dropped
+
+    asyncio.run(scenario())
+
+
+def test_stream_sends_numpy_numbers() -> None:
+    async def scenario() -> None:
+        async with serving() as client:
+            url = str(client.make_url("/v1/stream"))
+            async with MetricStream(url) as stream:
+                stream.add("llm", "concurrency", "a", np.float64(time.time()), np.int64(7))
+                stream.add("llm", "concurrency", "a", time.time(), np.float32(2.5))
+                assert await stream.flush(timeout_s=10)
+            stats = stream.stats
+        assert stats.accepted == 2
+        assert not stats.dropped
+
+    asyncio.run(scenario())
+
+
+BAD_SAMPLES = [
+    pytest.param(("llm", "concurrency", "a", 1.0, Decimal("1.5")), TypeError, id="decimal"),
+    pytest.param(("llm", "concurrency", "a", 1.0, "7"), TypeError, id="string-value"),
+    pytest.param(("llm", "concurrency", "a", "now", 1.0), TypeError, id="string-time"),
+    pytest.param(("llm", "concurrency", 3, 1.0, 1.0), TypeError, id="number-instance"),
+    pytest.param(("llm", "concurrency", "a", 1.0, 10**400), ValueError, id="huge-integer"),
+]
+
+
+@pytest.mark.parametrize(("sample", "error"), BAD_SAMPLES)
+def test_stream_add_rejects_bad_sample(sample: tuple[Any, ...], error: type[Exception]) -> None:
+    async def scenario() -> None:
+        async with serving() as client:
+            url = str(client.make_url("/v1/stream"))
+            async with MetricStream(url) as stream:
+                with pytest.raises(error):
+                    stream.add(*sample)
+                # The stream still delivers the samples that follow.
+                stream.add("llm", "concurrency", "a", time.time(), 1.0)
+                assert await stream.flush(timeout_s=10)
+            stats = stream.stats
+        assert stats.accepted == 1
         assert not stats.dropped
 
     asyncio.run(scenario())

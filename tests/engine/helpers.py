@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from warmstart.engine import (
     Behavior,
     Decision,
@@ -63,3 +65,16 @@ def feed(
         decisions.extend(engine.tick())
         clock.advance(1.0)
     return decisions
+
+
+class SteppedClock:
+    """A clock that a test sets to any reading, earlier ones included, as a system clock can be."""
+
+    def __init__(self, reading: float) -> None:
+        self.reading = reading
+
+    def now(self) -> float:
+        return self.reading
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(0)

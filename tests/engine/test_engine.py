@@ -25,12 +25,13 @@ from warmstart.engine import (
     MetricSpec,
     RejectReason,
     TargetTracking,
+    TooManySeriesError,
     UnknownEndpointError,
     WallClock,
 )
 from warmstart.testing import settle
 
-from .helpers import DIRECT, START, feed, tracking_spec
+from .helpers import DIRECT, START, SteppedClock, feed, tracking_spec
 
 
 def two_metric_spec(**kwargs) -> EndpointSpec:
@@ -519,19 +520,6 @@ def test_non_numeric_value_raises_at_ingest(clock):
 # -- live clock -----------------------------------------------------------------------------------
 
 
-class SteppedClock:
-    """A clock that a test sets to any reading, earlier ones included, as a system clock can be."""
-
-    def __init__(self, reading: float) -> None:
-        self.reading = reading
-
-    def now(self) -> float:
-        return self.reading
-
-    async def sleep_until(self, deadline: float) -> None:
-        await asyncio.sleep(0)
-
-
 def test_default_clock_is_wall_clock():
     engine = Engine([tracking_spec()])
     assert isinstance(engine.clock, WallClock)
@@ -608,3 +596,25 @@ def test_target_tracking_shortcut_matches_recommend(loads, mean, events):
 
     shortcut, general = decisions
     assert shortcut == general
+
+
+def test_series_limit_rejects_new_series_only(clock):
+    engine = Engine([tracking_spec()], clock=clock, ingest=IngestConfig(max_series_per_endpoint=3))
+    for index in range(3):
+        engine.series_id("llm", "concurrency", f"pod-{index}")
+
+    with pytest.raises(TooManySeriesError, match="'llm' has reached its limit of 3 series"):
+        engine.series_id("llm", "concurrency", "pod-3")
+    engine.ingest("llm", "concurrency", "pod-4", START, 1.0)
+    engine.ingest("llm", "concurrency", "pod-0", START, 1.0)
+    accepted = engine.flush()
+
+    assert engine.series_count == 3
+    assert accepted == 1
+    assert engine.rejects.totals[RejectReason.TOO_MANY_SERIES] == 1
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2.5, True])
+def test_invalid_series_limit_raises(limit):
+    with pytest.raises(ValueError, match="max_series_per_endpoint"):
+        IngestConfig(max_series_per_endpoint=limit)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from warmstart.engine import EndpointSpec, EngineConfigError, MetricSpec, TargetTracking
@@ -23,6 +26,11 @@ POLICIES = (TargetTracking("m", 1.0, window_s=30.0),)
         pytest.param({"metrics": (MetricSpec("m"), MetricSpec("m"))}, id="duplicate-metric"),
         pytest.param({"policies": POLICIES * 2}, id="duplicate-policy"),
         pytest.param({"time_to_ready_s": -5.0}, id="negative-time-to-ready"),
+        pytest.param({"time_to_ready_s": math.inf}, id="infinite-time-to-ready"),
+        pytest.param({"max_capacity": 2.5}, id="fractional-max"),
+        pytest.param({"min_capacity": 1.0}, id="float-min"),
+        pytest.param({"max_capacity": True}, id="boolean-max"),
+        pytest.param({"initial_capacity": 1.5}, id="fractional-initial"),
     ],
 )
 def test_invalid_endpoint_spec_raises(kwargs):
@@ -34,6 +42,12 @@ def test_invalid_endpoint_spec_raises(kwargs):
 def test_invalid_metric_spec_raises():
     with pytest.raises(EngineConfigError, match="stale_after_s"):
         MetricSpec("m", stale_after_s=0.0)
+
+
+def test_numpy_integer_capacity_becomes_int():
+    spec = EndpointSpec("e", METRICS, POLICIES, max_capacity=np.int64(7))
+    assert type(spec.max_capacity) is int
+    assert spec.max_capacity == 7
 
 
 def test_longest_window_and_start_capacity():

@@ -238,6 +238,28 @@ def test_invalid_utf8_is_reported(tmp_path: Path) -> None:
         load_trace(path)
 
 
+def test_corrupt_gzip_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "".join(f"2023-11-16 18:00:{i % 60:02d},{i},10\n" for i in range(20_000))
+    data = bytearray(gzip.compress((AZURE_HEADER + rows).encode()))
+    # Flipping bits inside the deflate stream makes zlib fail, not the length or CRC check.
+    for index in range(40, 80):
+        data[index] ^= 0x55
+    path = tmp_path / "azure.csv.gz"
+    path.write_bytes(bytes(data))
+
+    status = main(["replay", str(path), "--jobs", "1"])
+
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "azure.csv.gz" in error
+    assert "corrupt" in error
+
+
+def test_device_is_not_a_trace() -> None:
+    with pytest.raises(WorkloadError, match="/dev/null is not a regular file"):
+        load_trace("/dev/null")
+
+
 def test_overlong_field_names_line(tmp_path: Path) -> None:
     path = write(tmp_path / "azure.csv", AZURE_HEADER + "x" * 200_000 + ",1,1\n")
 

@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from warmstart.engine import Decision, InstanceEvent
+from warmstart.engine import Decision, IngestConfig, InstanceEvent
 from warmstart.server import ServerSettings
 from warmstart.server.app import HUB
+from warmstart.server.hub import MAX_SUBSCRIPTION_NAMES
 
 from .helpers import columns, make_engine, receive_json, reply_to, serving
 
@@ -122,6 +123,104 @@ def test_nan_and_infinity_rejected_by_reason() -> None:
     run(scenario())
 
 
+def test_engine_rejects_name_row_and_value() -> None:
+    async def scenario() -> None:
+        async with serving() as client, client.ws_connect("/v1/stream") as ws:
+            now = time.time()
+            far = now + 86_400.0
+            values = [4.0, float("nan"), -3.5, 1.0]
+            await ws.send_str(columns(values, timestamp_s=[now, now, now, far]))
+            error, ack = await reply_to(ws)
+        assert ack["accepted"] == 1
+        assert error is not None
+        message = error["message"]
+        assert "nan_value: 1 (first row 1: value nan)" in message
+        assert "negative_count: 1 (first row 2: value -3.5)" in message
+        assert f"too_far_in_future: 1 (first row 3: timestamp_s {far!r}" in message
+
+    run(scenario())
+
+
+def test_series_limit_keeps_known_series() -> None:
+    async def scenario() -> None:
+        engine = make_engine(ingest=IngestConfig(max_series_per_endpoint=3))
+        async with serving(engine) as client, client.ws_connect("/v1/stream") as ws:
+            instances = [f"pod-{index}" for index in range(5)] + ["pod-0"]
+            await ws.send_str(columns([1.0] * 6, instance=instances))
+            error, ack = await reply_to(ws)
+        assert ack["accepted"] == 4
+        assert ack["rejected"] == {"too_many_series": 2}
+        assert error is not None
+        assert 'first row 3: endpoint "llm" has reached its limit of 3 series' in error["message"]
+        assert engine.series_count == 3
+
+    run(scenario())
+
+
+def test_subscription_size_is_bounded() -> None:
+    async def scenario() -> None:
+        async with serving() as client, client.ws_connect("/v1/stream") as ws:
+            hub = client.app[HUB]  # type: ignore[index]
+            names = [f"endpoint-{index}" for index in range(MAX_SUBSCRIPTION_NAMES)]
+            await ws.send_str(json.dumps({"type": "subscribe", "id": 1, "endpoints": names}))
+            first = await receive_json(ws)
+            await ws.send_str(json.dumps({"type": "subscribe", "id": 2, "endpoints": ["one"]}))
+            error = await receive_json(ws)
+            (connection,) = hub.connections.values()
+            size = len(connection.included)
+        assert first["type"] == "subscribed"
+        assert error["code"] == "invalid_frame"
+        assert error["id"] == 2
+        assert str(MAX_SUBSCRIPTION_NAMES) in error["message"]
+        assert size == MAX_SUBSCRIPTION_NAMES
+
+    run(scenario())
+
+
+def test_non_ascii_frame_limit_counts_bytes() -> None:
+    async def scenario() -> None:
+        settings = ServerSettings(max_frame_bytes=10_000)
+        async with serving(settings=settings) as client, client.ws_connect("/v1/stream") as ws:
+            # 6,000 more characters, 12,000 more bytes in UTF-8.
+            text = columns([1.0]).removesuffix("}") + ', "note": "' + "\u00e9" * 6000 + '"}'
+
+            await ws.send_str(text)
+            error = await receive_json(ws)
+        assert len(text) < 10_000
+        assert error["code"] == "frame_too_large"
+        assert "bytes" in error["message"]
+
+    run(scenario())
+
+
+def test_huge_integer_literal_is_invalid_json() -> None:
+    async def scenario() -> None:
+        async with serving() as client, client.ws_connect("/v1/stream") as ws:
+            # CPython refuses to convert integer literals of more than 4,300 digits.
+            text = columns([1.0], frame_id=4).replace("[1.0]", "[1" + "0" * 5000 + "]")
+            await ws.send_str(text)
+            error = await receive_json(ws)
+            await ws.send_str(columns([1.0], frame_id=5))
+            _, ack = await reply_to(ws)
+        assert error["code"] == "invalid_json"
+        assert error["id"] is None
+        assert "4300" in error["message"]
+        assert ack["accepted"] == 1
+
+    run(scenario())
+
+
+def test_unknown_type_message_is_short() -> None:
+    async def scenario() -> None:
+        async with serving() as client, client.ws_connect("/v1/stream") as ws:
+            await ws.send_str(json.dumps({"type": "x" * 50_000, "id": 3}))
+            error = await receive_json(ws)
+        assert error["code"] == "unknown_type"
+        assert len(error["message"]) < 200
+
+    run(scenario())
+
+
 FRAME_ERRORS = [
     pytest.param("{not json", "invalid_json", id="malformed-json"),
     pytest.param("[1, 2]", "invalid_frame", id="array-frame"),
@@ -210,7 +309,10 @@ def test_instance_events_change_capacity() -> None:
         ] + [{"endpoint": "gone", "instance": "x", "event": "ready"}]
         async with serving(engine) as client, client.ws_connect("/v1/stream") as ws:
             await ws.send_str(json.dumps({"type": "instance_events", "id": 2, "events": events}))
+            error = await receive_json(ws)
             ack = await receive_json(ws)
+        assert error["code"] == "events_rejected"
+        assert 'unknown_endpoint: 1 (first endpoint "gone" is not configured)' in error["message"]
         assert ack["accepted"] == 3
         assert ack["rejected"] == {"unknown_endpoint": 1}
         assert engine.state("llm").ready == 3
@@ -218,15 +320,33 @@ def test_instance_events_change_capacity() -> None:
     run(scenario())
 
 
-def test_invalid_instance_event_names_it() -> None:
+def test_invalid_instance_events_rejected_one_by_one() -> None:
     async def scenario() -> None:
-        async with serving() as client, client.ws_connect("/v1/stream") as ws:
-            events = [{"endpoint": "llm", "instance": "a", "event": "exploded"}]
+        engine = make_engine()
+        async with serving(engine) as client, client.ws_connect("/v1/stream") as ws:
+            events = [
+                {"endpoint": "llm", "instance": "a", "event": "exploded"},
+                {"endpoint": "llm", "instance": "b", "event": "ready"},
+                {"endpoint": 5, "instance": "c", "event": "ready"},
+                7,
+                {"endpoint": "nope", "instance": "d", "event": "ready"},
+            ]
             await ws.send_str(json.dumps({"type": "instance_events", "id": 2, "events": events}))
             error = await receive_json(ws)
-        assert error["code"] == "invalid_frame"
-        assert "exploded" in error["message"]
-        assert InstanceEvent.READY.value in error["message"]
+            ack = await receive_json(ws)
+        assert error["code"] == "events_rejected"
+        assert error["id"] == 2
+        message = error["message"]
+        assert "rejected 4 of 5 events" in message
+        assert "events[0].event must be one of" in message
+        assert '"exploded"' in message
+        assert InstanceEvent.READY.value in message
+        assert "events[2].endpoint must be a non-empty string, got 5" in message
+        assert 'endpoint "nope" is not configured' in message
+        assert ack["type"] == "ack"
+        assert ack["accepted"] == 1
+        assert ack["rejected"] == {"invalid_event": 2, "invalid_name": 1, "unknown_endpoint": 1}
+        assert engine.state("llm").ready == 1
 
     run(scenario())
 

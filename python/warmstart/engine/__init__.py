@@ -18,6 +18,7 @@ from warmstart.engine.errors import (
     EngineClosedError,
     EngineConfigError,
     EngineError,
+    TooManySeriesError,
     UnknownEndpointError,
 )
 from warmstart.engine.instances import InstanceEvent
@@ -77,6 +78,7 @@ __all__ = [
     "Step",
     "StepScaling",
     "TargetTracking",
+    "TooManySeriesError",
     "UnknownEndpointError",
     "WallClock",
     "WindowQuery",

@@ -31,7 +31,12 @@ from warmstart.engine.batch import QueryKey, WindowResults, observe
 from warmstart.engine.behavior import longest_rate_period_s, run_stages
 from warmstart.engine.clock import Clock, WallClock
 from warmstart.engine.decision import Decision
-from warmstart.engine.errors import EngineClosedError, EngineConfigError, UnknownEndpointError
+from warmstart.engine.errors import (
+    EngineClosedError,
+    EngineConfigError,
+    TooManySeriesError,
+    UnknownEndpointError,
+)
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
 from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Capacity, PolicyInputs
@@ -275,9 +280,18 @@ class Engine:
     def series_id(self, endpoint: str, metric: str, instance: str) -> int:
         """Return the integer id of a series for ``ingest_batch``, creating it if needed.
 
-        Raise ``UnknownEndpointError`` if the endpoint or metric is not declared.
+        Raise ``UnknownEndpointError`` if the endpoint or metric is not declared, and
+        ``TooManySeriesError`` if the endpoint already has
+        ``IngestConfig.max_series_per_endpoint`` series.
         """
         found = self._lookup_series(endpoint, metric, instance)
+        if found is RejectReason.TOO_MANY_SERIES:
+            limit = self.ingest_config.max_series_per_endpoint
+            raise TooManySeriesError(
+                f"endpoint {endpoint!r} has reached its limit of {limit} series, so series "
+                f"({metric!r}, {instance!r}) was not created. Raise "
+                "IngestConfig.max_series_per_endpoint if the instances are real"
+            )
         if isinstance(found, RejectReason):
             raise UnknownEndpointError(
                 f"{found.value.replace('_', ' ')}: endpoint {endpoint!r}, metric {metric!r}"
@@ -295,6 +309,10 @@ class Engine:
         metric_index = runtime.metric_index.get(metric)
         if metric_index is None:
             return RejectReason.UNKNOWN_METRIC
+        if self._store.endpoint_series[runtime.index] >= self.ingest_config.max_series_per_endpoint:
+            # TODO: series of gone instances are never reused, so instance churn also counts
+            # toward this limit.
+            return RejectReason.TOO_MANY_SERIES
         metric_spec = runtime.spec.metrics[metric_index]
         phase = runtime.instances.phase.get(instance)
         return self._store.add_series(
@@ -347,12 +365,13 @@ class Engine:
         if not sids:
             return 0
         self._buffer = ([], [], [], [])
-        return self._ingest_arrays(
+        codes = self._ingest_codes(
             np.asarray(sids, dtype=np.int64),
             np.asarray(timestamps, dtype=np.float64),
             np.asarray(values, dtype=np.float64),
             np.asarray(received, dtype=np.float64),
         )
+        return int(np.count_nonzero(codes < 0))
 
     def ingest_batch(
         self,
@@ -365,6 +384,20 @@ class Engine:
         Return how many samples were accepted; each rejected sample is counted by reason, and
         never stops the good samples of the batch.
         """
+        codes = self.ingest_batch_reasons(series_ids, timestamps_s, values)
+        return int(np.count_nonzero(codes < 0))
+
+    def ingest_batch_reasons(
+        self,
+        series_ids: npt.ArrayLike,
+        timestamps_s: npt.ArrayLike,
+        values: npt.ArrayLike,
+    ) -> npt.NDArray[np.int8]:
+        """Ingest like ``ingest_batch``; return each sample's reject reason code.
+
+        A code is -1 for an accepted sample, else the index of its reason in
+        ``warmstart.engine.samples.REASON_CODES``, so a caller can name the rejected rows.
+        """
         self._check_open()
         sids = np.asarray(series_ids, dtype=np.int64)
         timestamps = np.asarray(timestamps_s, dtype=np.float64)
@@ -375,7 +408,7 @@ class Engine:
                 f"got shapes {sids.shape}, {timestamps.shape} and {data.shape}"
             )
         self.flush()
-        return self._ingest_arrays(sids, timestamps, data, self.clock.now())
+        return self._ingest_codes(sids, timestamps, data, self.clock.now())
 
     def ingest_columns(
         self,
@@ -422,17 +455,18 @@ class Engine:
         sids = lookup[inverse]
         known = sids >= 0
         self.flush()
-        return self._ingest_arrays(
+        reasons = self._ingest_codes(
             sids[known], timestamps[known], np.asarray(values, dtype=np.float64)[known], now
         )
+        return int(np.count_nonzero(reasons < 0))
 
-    def _ingest_arrays(
+    def _ingest_codes(
         self,
         sids: npt.NDArray[np.int64],
         timestamps: npt.NDArray[np.float64],
         values: npt.NDArray[np.float64],
         received: float | npt.NDArray[np.float64],
-    ) -> int:
+    ) -> npt.NDArray[np.int8]:
         now = self.clock.now()
         codes = self._store.ingest(sids, timestamps, values, received, now)
         self.rejects.add_codes(codes, now)
@@ -440,7 +474,7 @@ class Engine:
             self._store.woken = False
             if self._wake is not None:
                 self._wake.set()
-        return int(np.count_nonzero(codes < 0))
+        return codes
 
     # -- instances ---------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class RejectReason(enum.Enum):
     UNKNOWN_SERIES = "unknown_series"
     TOO_OLD = "too_old"
     TOO_FAR_IN_FUTURE = "too_far_in_future"
+    TOO_MANY_SERIES = "too_many_series"
 
 
 # Largest accepted absolute value. Sums over a window stay finite far beyond any real metric,

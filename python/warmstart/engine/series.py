@@ -41,18 +41,28 @@ _CODE = {reason: np.int8(index) for index, reason in enumerate(REASON_CODES)}
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    """Validation limits for samples; every duration is in seconds."""
+    """Validation limits for samples; every duration is in seconds.
+
+    ``max_series_per_endpoint`` bounds the series (metric and instance pairs) one endpoint
+    keeps, and so the memory that producers sending new instance names can take. A series of
+    a 64-bucket table takes about 3 kB. Samples that would create a series beyond it are
+    rejected as ``too_many_series``.
+    """
 
     skew_correction: bool = True
     max_skew_s: float = 900.0
     resync_after_s: float = 30.0
     max_future_s: float = 2.0
+    max_series_per_endpoint: int = 50_000
 
     def __post_init__(self) -> None:
         for name in ("max_skew_s", "resync_after_s", "max_future_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        limit = self.max_series_per_endpoint
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_series_per_endpoint must be a positive integer, got {limit!r}")
 
     @property
     def future_margin_s(self) -> float:
@@ -95,6 +105,8 @@ class SeriesStore:
         self.size = 0
         self._capacity = 0
         self._allocate(64)
+        # Series created per endpoint, including those of gone instances.
+        self.endpoint_series = np.zeros(n_endpoints, dtype=np.int64)
         # Event time of the newest sample with a value above zero, per endpoint.
         self.last_active = np.full(n_endpoints, -np.inf)
         # Endpoints whose capacity is zero: a positive sample for one of them sets `woken`.
@@ -130,6 +142,7 @@ class SeriesStore:
 
     def add_endpoint_slot(self) -> None:
         """Grow the per-endpoint arrays by one endpoint."""
+        self.endpoint_series = np.append(self.endpoint_series, 0)
         self.last_active = np.append(self.last_active, -np.inf)
         self.watch = np.append(self.watch, False)
 
@@ -192,6 +205,7 @@ class SeriesStore:
         self.ready[sid] = ready
         self.keys[key] = sid
         self.instance_series.setdefault((endpoint, key[2]), []).append(sid)
+        self.endpoint_series[endpoint] += 1
         return sid
 
     @property

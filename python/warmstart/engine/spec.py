@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from warmstart.engine.aggregate import Aggregation
@@ -70,6 +71,16 @@ class EndpointSpec:
     def __post_init__(self) -> None:
         if not self.name:
             raise EngineConfigError("endpoint name must not be empty")
+        for attribute in ("min_capacity", "max_capacity", "initial_capacity"):
+            value = getattr(self, attribute)
+            if value is None and attribute == "initial_capacity":
+                continue
+            # A float bound would make decisions floats; numpy integers are converted.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise EngineConfigError(
+                    f"endpoint {self.name!r}: {attribute} must be an integer, got {value!r}"
+                )
+            object.__setattr__(self, attribute, int(value))
         if not 0 <= self.min_capacity <= self.max_capacity:
             raise EngineConfigError(
                 f"endpoint {self.name!r}: need 0 <= min_capacity <= max_capacity, "
@@ -88,9 +99,12 @@ class EndpointSpec:
                 f"endpoint {self.name!r}: initial_capacity {self.initial_capacity} is outside "
                 f"[{self.min_capacity}, {self.max_capacity}]"
             )
-        if self.time_to_ready_s is not None and not self.time_to_ready_s >= 0:
+        if self.time_to_ready_s is not None and not (
+            math.isfinite(self.time_to_ready_s) and self.time_to_ready_s >= 0
+        ):
             raise EngineConfigError(
-                f"endpoint {self.name!r}: time_to_ready_s must be non-negative seconds"
+                f"endpoint {self.name!r}: time_to_ready_s must be finite non-negative seconds, "
+                f"got {self.time_to_ready_s!r}"
             )
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):

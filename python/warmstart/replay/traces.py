@@ -35,6 +35,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -122,8 +123,10 @@ def load_trace(
     source = Path(path)
     if source.is_dir():
         raise WorkloadError(f"trace {source} is a directory; pass a trace file")
-    if not source.is_file():
+    if not source.exists():
         raise WorkloadError(f"trace file {source} not found")
+    if not source.is_file():
+        raise WorkloadError(f"trace {source} is not a regular file; pass a trace file")
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
         raise WorkloadError(f"invalid duration {duration_s!r}; give a positive number of seconds")
     chosen = trace_format or detect_format(source)
@@ -172,6 +175,11 @@ def _reading(path: Path) -> Iterator[TextIO]:
         ) from None
     except (OSError, EOFError) as error:
         raise WorkloadError(f"{path}: cannot read the trace: {error}") from None
+    except zlib.error as error:
+        # A damaged gzip stream; a truncated one raises EOFError above.
+        raise WorkloadError(
+            f"{path}: the gzip data is corrupt ({error}); download or compress the trace again"
+        ) from None
 
 
 def _read_header(path: Path) -> list[str]:

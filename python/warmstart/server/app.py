@@ -114,11 +114,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         max_msg_size=4 * settings.max_frame_bytes, heartbeat=settings.heartbeat_s
     )
-    await ws.prepare(request)
-    connection = hub.connect(ws, request.remote or "-")
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        # Without this, aiohttp logs a traceback at error level for every such client.
+        logger.info("client at %s closed the connection during the handshake", request.remote)
+        # aiohttp tries to send this one too, and ignores the ConnectionError that follows.
+        return web.Response()
+    connection = hub.connect(ws, request.remote or "-", request.transport)
     try:
         while True:
-            await connection.credits.acquire()
+            if not await connection.take_credit():
+                break
             message = await ws.receive()
             if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
@@ -149,13 +156,15 @@ async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) 
         return
     text: str = data
     limit = hub.settings.max_frame_bytes
-    if len(text) > limit:
+    # str.isascii() is O(1) in CPython, so only frames with other characters are encoded.
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > limit:
         _reject_frame(
             hub,
             connection,
             None,
             "frame_too_large",
-            f"frame of {len(text)} characters is over the limit of {limit} bytes; split the batch",
+            f"frame of {size} bytes is over the limit of {limit} bytes; split the batch",
         )
         return
     try:
@@ -175,10 +184,14 @@ async def _handle(hub: Hub, connection: Connection, kind: WSMsgType, data: Any) 
             return
         await hub.submit(connection, message)
         return
-    if isinstance(message, Subscribe):
-        connection.subscribe(message.endpoints)
-    else:
-        connection.unsubscribe(message.endpoints)
+    try:
+        if isinstance(message, Subscribe):
+            connection.subscribe(message.endpoints)
+        else:
+            connection.unsubscribe(message.endpoints)
+    except FrameError as error:
+        _reject_frame(hub, connection, message.frame_id, error.code, str(error))
+        return
     connection.reply(subscribed(message.frame_id, connection))
 
 

@@ -65,6 +65,8 @@ class ServerSettings:
     one connection whose reply is not yet sent; at this limit that connection stops being read.
     ``subscriber_queue``: decisions queued per subscribed socket before the oldest is dropped.
     ``decision_history``: decisions kept per endpoint for ``GET .../decisions``.
+    ``send_timeout_s``: how long one frame to a client may wait for the client to read it
+    before the connection is aborted.
     """
 
     max_frame_bytes: int = 1 << 20
@@ -74,6 +76,7 @@ class ServerSettings:
     decision_history: int = 1000
     shutdown_timeout_s: float = 10.0
     heartbeat_s: float | None = 30.0
+    send_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -86,11 +89,10 @@ class ServerSettings:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"server.{name}: must be a positive integer, got {value!r}")
-        if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
-            raise ConfigError(
-                f"server.shutdown_timeout_s: must be positive seconds, "
-                f"got {self.shutdown_timeout_s!r}"
-            )
+        for name in ("shutdown_timeout_s", "send_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"server.{name}: must be positive seconds, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,7 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> ServeConfi
     listen = _optional(server, "server.listen", str)
     token_file = _optional(server, "server.token_file", str)
     settings_args = {k: v for k, v in server.items() if k not in ("listen", "token_file")}
-    for key in ("shutdown_timeout_s", "heartbeat_s"):
+    for key in ("shutdown_timeout_s", "heartbeat_s", "send_timeout_s"):
         if key in settings_args:
             settings_args[key] = _number(settings_args, key, f"server.{key}")
     settings = ServerSettings(**settings_args)

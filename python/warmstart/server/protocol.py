@@ -9,6 +9,7 @@ reject reason and the other rows go on to the engine. A frame that cannot be rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -27,10 +28,12 @@ INVALID_NAME = "invalid_name"
 INVALID_VALUE = "invalid_value"
 INVALID_TIMESTAMP = "invalid_timestamp"
 INVALID_SAMPLE = "invalid_sample"
+INVALID_EVENT = "invalid_event"
 VALUE_OUT_OF_RANGE = "value_out_of_range"
 
 _NUMBER_TYPES = frozenset((int, float))
 _SAMPLE_KEYS = ("endpoint", "metric", "instance", "timestamp_s", "value")
+_EVENT_CHOICES = ", ".join(e.value for e in InstanceEvent)
 
 FrameId = int | str | None
 
@@ -66,10 +69,17 @@ class SampleBatch:
 
 @dataclass(frozen=True, slots=True)
 class InstanceEvents:
-    """Lifecycle events of one frame: ``(endpoint, instance, event)`` per entry."""
+    """Lifecycle events of one frame: ``(endpoint, instance, event)`` per valid entry.
+
+    ``rejected`` counts the entries that were not valid by reason, and ``details`` keeps the
+    first of them per reason, for the error frame. ``size`` is the number of entries.
+    """
 
     frame_id: FrameId
     events: tuple[tuple[str, str, InstanceEvent], ...]
+    rejected: Counter[str] = field(default_factory=Counter)
+    details: dict[str, str] = field(default_factory=dict)
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +105,9 @@ def parse_frame(text: str) -> Message:
     """Parse one text frame; raise ``FrameError`` if the frame as a whole is unusable."""
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers JSONDecodeError and also an integer literal of more than 4300
+        # digits, which CPython refuses to convert (``sys.get_int_max_str_digits``).
         raise FrameError("invalid_json", f"frame is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise FrameError("invalid_frame", f"frame must be a JSON object, got {_kind(document)}")
@@ -116,7 +128,7 @@ def parse_frame(text: str) -> Message:
         return Unsubscribe(frame_id, endpoints)
     raise FrameError(
         "unknown_type",
-        f"unknown frame type {kind!r}; expected columns, samples, instance_events, "
+        f"unknown frame type {short_json(kind)}; expected columns, samples, instance_events, "
         f"subscribe or unsubscribe",
     )
 
@@ -181,7 +193,9 @@ def _parse_columns(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
             for row, name in enumerate(column):
                 if type(name) is not str or not name:
                     batch.reject(
-                        row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}"
+                        row,
+                        INVALID_NAME,
+                        f"{key} must be a non-empty string, got {short_json(name)}",
                     )
     return batch
 
@@ -198,13 +212,13 @@ def _numbers(
     result = np.empty(len(column), dtype=np.float64)
     for row, item in enumerate(column):
         if type(item) not in _NUMBER_TYPES:
-            batch.reject(row, reason, f"{key} must be a number, got {_short(item)}")
+            batch.reject(row, reason, f"{key} must be a number, got {short_json(item)}")
             result[row] = math.nan
             continue
         try:
             result[row] = float(item)
         except OverflowError:
-            batch.reject(row, VALUE_OUT_OF_RANGE, f"{key} {_short(item)} is out of range")
+            batch.reject(row, VALUE_OUT_OF_RANGE, f"{key} {short_json(item)} is out of range")
             result[row] = math.nan
     return result
 
@@ -232,7 +246,7 @@ def _parse_samples(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
             name = sample[key]
             if type(name) is not str or not name:
                 batch.reject(
-                    row, INVALID_NAME, f"{key} must be a non-empty string, got {_short(name)}"
+                    row, INVALID_NAME, f"{key} must be a non-empty string, got {short_json(name)}"
                 )
             else:
                 column[row] = name
@@ -242,12 +256,12 @@ def _parse_samples(document: dict[str, Any], frame_id: FrameId) -> SampleBatch:
         ):
             item = sample[key]
             if type(item) not in _NUMBER_TYPES:
-                batch.reject(row, reason, f"{key} must be a number, got {_short(item)}")
+                batch.reject(row, reason, f"{key} must be a number, got {short_json(item)}")
                 continue
             try:
                 target[row] = float(item)
             except OverflowError:
-                batch.reject(row, VALUE_OUT_OF_RANGE, f"{key} {_short(item)} is out of range")
+                batch.reject(row, VALUE_OUT_OF_RANGE, f"{key} {short_json(item)} is out of range")
     return batch
 
 
@@ -256,23 +270,37 @@ def _parse_instance_events(document: dict[str, Any], frame_id: FrameId) -> Insta
     if not isinstance(raw, list):
         raise FrameError("invalid_frame", f"events must be an array, got {_kind(raw)}")
     events = []
-    choices = ", ".join(e.value for e in InstanceEvent)
+    result = InstanceEvents(frame_id, (), size=len(raw))
+
+    def reject(reason: str, detail: str) -> None:
+        result.rejected[reason] += 1
+        result.details.setdefault(reason, detail)
+
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise FrameError("invalid_frame", f"events[{index}] must be an object")
+            reject(INVALID_EVENT, f"events[{index}] must be an object, got {_kind(item)}")
+            continue
         endpoint, instance, event = item.get("endpoint"), item.get("instance"), item.get("event")
-        if type(endpoint) is not str or type(instance) is not str or not endpoint or not instance:
-            raise FrameError(
-                "invalid_frame", f"events[{index}]: endpoint and instance must be non-empty strings"
+        if not isinstance(endpoint, str) or not endpoint:
+            detail = (
+                f"events[{index}].endpoint must be a non-empty string, got {short_json(endpoint)}"
             )
+            reject(INVALID_NAME, detail)
+            continue
+        if not isinstance(instance, str) or not instance:
+            detail = (
+                f"events[{index}].instance must be a non-empty string, got {short_json(instance)}"
+            )
+            reject(INVALID_NAME, detail)
+            continue
         try:
             events.append((endpoint, instance, InstanceEvent(event)))
         except ValueError:
-            raise FrameError(
-                "invalid_frame",
-                f"events[{index}].event must be one of {choices}, got {_short(event)}",
-            ) from None
-    return InstanceEvents(frame_id, tuple(events))
+            reject(
+                INVALID_EVENT,
+                f"events[{index}].event must be one of {_EVENT_CHOICES}, got {short_json(event)}",
+            )
+    return dataclasses.replace(result, events=tuple(events))
 
 
 def _endpoint_set(raw: Any) -> frozenset[str] | None:
@@ -326,7 +354,7 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _short(value: Any) -> str:
+def short_json(value: Any) -> str:
     """Return a JSON rendering of ``value`` cut to 40 characters, for error messages."""
     try:
         text = json.dumps(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from warmstart.engine import Burst, EngineConfigError
@@ -96,6 +98,7 @@ def test_no_data_is_invalid():
     "kwargs",
     [
         pytest.param({"target": 0.0}, id="zero-target"),
+        pytest.param({"target": math.inf}, id="infinite-target"),
         pytest.param({"target": 1.0, "panic_window_s": 120.0}, id="panic-longer-than-stable"),
         pytest.param({"target": 1.0, "panic_threshold": 1.0}, id="threshold-one"),
         pytest.param({"target": 1.0, "max_scale_down_rate": 1.0}, id="down-rate-one"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from warmstart.engine import EngineConfigError, Predictive
@@ -80,6 +82,8 @@ def test_horizon_is_capped_and_defaults():
     "kwargs",
     [
         pytest.param({"target": 0.0}, id="zero-target"),
+        pytest.param({"target": math.inf}, id="infinite-target"),
+        pytest.param({"target": 1.0, "season_s": math.inf}, id="infinite-season"),
         pytest.param({"target": 1.0, "step_s": 0.0}, id="zero-step"),
         pytest.param({"target": 1.0, "season_s": -1.0}, id="negative-season"),
         pytest.param({"target": 1.0, "min_points": 1}, id="one-point"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -105,6 +107,8 @@ def test_desired_serves_load_at_target(current, total):
     [
         pytest.param({"target": 0.0}, id="zero-target"),
         pytest.param({"target": -1.0}, id="negative-target"),
+        pytest.param({"target": math.inf}, id="infinite-target"),
+        pytest.param({"target": math.nan}, id="nan-target"),
         pytest.param({"target": 1.0, "window_s": 0.0}, id="zero-window"),
         pytest.param({"target": 1.0, "statistic": Statistic.EWMA}, id="ewma-without-half-life"),
     ],

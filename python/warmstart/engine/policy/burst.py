@@ -63,8 +63,8 @@ class Burst(Policy):
     name: str = field(default="")
 
     def __post_init__(self) -> None:
-        if not self.target > 0:
-            raise EngineConfigError(f"target must be positive, got {self.target!r}")
+        if not (math.isfinite(self.target) and self.target > 0):
+            raise EngineConfigError(f"target must be a positive finite number, got {self.target!r}")
         if not 0 < self.panic_window_s <= self.stable_window_s:
             raise EngineConfigError(
                 f"panic_window_s must be in (0, stable_window_s], got {self.panic_window_s!r}"

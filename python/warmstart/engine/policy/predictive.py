@@ -96,13 +96,13 @@ class Predictive(Policy):
     name: str = field(default="")
 
     def __post_init__(self) -> None:
-        if not self.target > 0:
-            raise EngineConfigError(f"target must be positive, got {self.target!r}")
+        if not (math.isfinite(self.target) and self.target > 0):
+            raise EngineConfigError(f"target must be a positive finite number, got {self.target!r}")
         for attribute in ("window_s", "step_s", "trend_window_s", "max_horizon_s"):
             value = getattr(self, attribute)
             if not (math.isfinite(value) and value > 0):
                 raise EngineConfigError(f"{attribute} must be positive seconds, got {value!r}")
-        if self.season_s is not None and not self.season_s > 0:
+        if self.season_s is not None and not (math.isfinite(self.season_s) and self.season_s > 0):
             raise EngineConfigError(f"season_s must be positive seconds, got {self.season_s!r}")
         if self.min_points < 2:
             raise EngineConfigError(f"min_points must be at least 2, got {self.min_points!r}")

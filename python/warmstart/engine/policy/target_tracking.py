@@ -12,6 +12,7 @@ scale-down, so partial data can only make the policy more careful.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,8 @@ class TargetTracking(Policy):
     name: str = field(default="")
 
     def __post_init__(self) -> None:
-        if not self.target > 0:
-            raise EngineConfigError(f"target must be positive, got {self.target!r}")
+        if not (math.isfinite(self.target) and self.target > 0):
+            raise EngineConfigError(f"target must be a positive finite number, got {self.target!r}")
         try:
             query = WindowQuery(self.metric, self.statistic, self.window_s, self.half_life_s)
         except ValueError as error:
