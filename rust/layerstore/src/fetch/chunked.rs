@@ -99,10 +99,20 @@ pub struct BlobReport {
 }
 
 /// Live counters of a pull, read by progress displays while the pull runs.
+///
+/// `fetched_bytes + reused_bytes` never exceeds `total_bytes` for a reader that loads
+/// `fetched_bytes`, then `reused_bytes`, both with [`Ordering::Acquire`], and `total_bytes`
+/// last.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Sizes of every blob of the pull.
     pub total_bytes: AtomicU64,
+    /// Bytes downloaded and written into their blob's partial file. A restart from byte 0
+    /// subtracts the bytes it discards, so a byte fetched twice counts once; the per-blob
+    /// [`BlobReport::fetched_bytes`] counts every byte received.
     pub fetched_bytes: AtomicU64,
+    /// Bytes found in the store: committed blobs, and the chunks that an earlier, interrupted
+    /// pull left in a partial file (subtracted again when a restart from byte 0 discards them).
     pub reused_bytes: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_done: AtomicU64,
@@ -331,7 +341,7 @@ impl Fetcher {
         // Bytes already on disk from an earlier run count as reused.
         progress
             .reused_bytes
-            .fetch_add(done.covered(), Ordering::Relaxed);
+            .fetch_add(done.covered(), Ordering::Release);
         // Marks the stream failed if the blob's download ends without a commit, even by being
         // dropped.
         let guard = PrefixGuard(announce_stream(&job, &partial, &done, progress)?);
@@ -340,6 +350,8 @@ impl Fetcher {
             job,
             partial,
             state: Mutex::new(State {
+                resumed: done.covered(),
+                written: 0,
                 done,
                 generation: 0,
                 hashed: 0,
@@ -360,7 +372,7 @@ impl Fetcher {
 
 /// Reports a blob found in the store, and records it as committed.
 fn reused_report(job: BlobJob, started: Instant, progress: &Progress) -> BlobReport {
-    progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
+    progress.reused_bytes.fetch_add(job.size, Ordering::Release);
     progress.blobs_done.fetch_add(1, Ordering::Relaxed);
     progress.record_committed(&job.digest, &job.media_type);
     BlobReport {
@@ -468,6 +480,10 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Written ranges, and a generation that changes when a restart from byte 0 discards them.
 struct State {
     done: RangeSet,
+    /// Bytes of `done` that an earlier run wrote, counted in `Progress::reused_bytes`.
+    resumed: u64,
+    /// Bytes of `done` that this run wrote, counted in `Progress::fetched_bytes`.
+    written: u64,
     generation: u64,
     /// End of the prefix the hashing task has taken on.
     hashed: u64,
@@ -553,14 +569,21 @@ impl Download {
         }
     }
 
-    /// Records `start..end` as written, and keeps its `buffers` for hashing when the budget
-    /// allows. Returns false when a restart discarded this writer's generation.
+    /// Records `start..end` as written, counts its new bytes as fetched, and keeps its `buffers`
+    /// for hashing when the budget allows. Returns false when a restart discarded this writer's
+    /// generation.
     fn mark_written(&self, start: u64, end: u64, generation: u64, buffers: Vec<Bytes>) -> bool {
         let mut state = self.state.lock().expect("not poisoned");
         if state.generation != generation {
             return false;
         }
+        let covered = state.done.covered();
         state.done.insert(start, end);
+        let added = state.done.covered() - covered;
+        state.written += added;
+        self.progress
+            .fetched_bytes
+            .fetch_add(added, Ordering::Release);
         let hashed = state.hashed;
         let budget = &self.fetcher.retain_budget;
         state.retained.offer(budget, hashed, start, end, buffers);
@@ -575,6 +598,16 @@ impl Download {
     /// Discards everything written, for a restart from byte 0; returns the new generation.
     fn restart(&self) -> u64 {
         let mut state = self.state.lock().expect("not poisoned");
+        // The discarded bytes leave the progress, so the bytes fetched again count once. Writes
+        // of the new generation take this lock, so they count only after these subtractions.
+        let resumed = std::mem::take(&mut state.resumed);
+        let written = std::mem::take(&mut state.written);
+        self.progress
+            .reused_bytes
+            .fetch_sub(resumed, Ordering::AcqRel);
+        self.progress
+            .fetched_bytes
+            .fetch_sub(written, Ordering::AcqRel);
         state.done.clear();
         state.retained.clear();
         state.hashed = 0;
@@ -649,9 +682,6 @@ impl Download {
                 return (buffer_start, Some(PullError::Protocol { context, reason }));
             }
             self.fetched
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.progress
-                .fetched_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             position += chunk.len() as u64;
             buffer.push(chunk);
