@@ -432,6 +432,27 @@ def test_killed_pull_resumes_from_finished_ranges(
     (blob,) = [b for b in report.blobs if b.digest == digest]
     assert 0 not in range_starts(fake_registry, digest), "range 0 was fetched again"
     assert blob.fetched_bytes <= size - CHUNK
+    assert blob.ranged
+    assert store.read(digest) == fake_registry.blob(digest)
+
+
+def test_resume_with_one_range_request_is_ranged(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    size = 2 << 20
+    image = big_image(fake_registry, size=size)
+    digest = layer_digest(image)
+    kill_pull_after_first_range(store, fake_registry, digest)
+
+    # Ranges larger than the missing bytes make the resume a single range request.
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=4 << 20)
+
+    (blob,) = [b for b in report.blobs if b.digest == digest]
+    assert range_starts(fake_registry, digest) == [CHUNK]
+    assert blob.requests == 1
+    assert blob.fetched_bytes == size - CHUNK
+    assert not blob.reused
+    assert blob.ranged
     assert store.read(digest) == fake_registry.blob(digest)
 
 

@@ -90,7 +90,11 @@ pub struct BlobReport {
     pub fetched_bytes: u64,
     /// True when the blob was already in the store and nothing was fetched.
     pub reused: bool,
-    /// True when the server honoured range requests (false also for single-chunk blobs).
+    /// True when the blob's bytes came from range requests: this pull's, or those of an
+    /// earlier, interrupted pull whose finished chunks this pull resumed from. So a resumed
+    /// blob finished with one range request is ranged. False when the blob came as one stream
+    /// from byte 0 (the server ignored or stopped honouring Range, or the blob fits in one
+    /// chunk), and for a blob found in the store.
     pub ranged: bool,
     /// HTTP requests made for this blob's bytes.
     pub requests: u32,
@@ -363,6 +367,7 @@ impl Fetcher {
             progress: Arc::clone(progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
+            range_responses: AtomicU32::new(0),
             syncing: Arc::new(AtomicBool::new(false)),
             prefix: guard.0.clone(),
         });
@@ -419,8 +424,15 @@ async fn finish_blob(
     let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
     drop(hashing);
 
-    let ranged = download.state.lock().expect("not poisoned").generation == 0
-        && download.requests.load(Ordering::Relaxed) > 1;
+    let ranged = {
+        let state = download.state.lock().expect("not poisoned");
+        // Generation 0 holds only bytes from range responses and resumed chunks, because a
+        // stream from byte 0 restarts into generation 1.
+        // NOTE: a resumed partial file that was complete takes no request, and counts as
+        // ranged even when the interrupted pull had fetched it as one stream.
+        state.generation == 0
+            && (state.resumed > 0 || download.range_responses.load(Ordering::Relaxed) > 0)
+    };
     let fetched_bytes = download.fetched.load(Ordering::Relaxed);
     let requests = download.requests.load(Ordering::Relaxed);
     // The range tasks and the hashing task have ended, and background flushes own their
@@ -504,6 +516,8 @@ struct Download {
     progress: Arc<Progress>,
     fetched: AtomicU64,
     requests: AtomicU32,
+    /// Range responses accepted: a 206 whose `Content-Range` starts where asked.
+    range_responses: AtomicU32,
     /// True while a background flush of the partial file runs.
     syncing: Arc<AtomicBool>,
     /// The contiguous written prefix announced to a subscriber, if the pull has one.
@@ -895,6 +909,7 @@ async fn fetch_range(
             None => download.request(Some((position, end))).await?,
         };
         check_range_response(download, &current, position, end)?;
+        download.range_responses.fetch_add(1, Ordering::Relaxed);
         let (reached, error) = download
             .stream_body(current, position, end, generation)
             .await;
