@@ -523,9 +523,10 @@ def test_concurrent_pulls_download_each_blob_once(
     assert store.verify().ok
 
 
-def test_blobs_start_largest_first(store: LayerStore, fake_registry: FakeRegistry) -> None:
-    # Manifest order is not size order. One connection and ranges larger than any blob make
-    # the request order the order in which blobs got their first connection.
+def test_blobs_start_config_then_largest(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    # Manifest order is not size order, and the config is smaller than every layer. One
+    # connection and ranges larger than any blob make the request order the order in which
+    # blobs got their first connection.
     sizes = [30_000, 200_000, 10_000, 120_000, 60_000, 90_000, 150_000, 20_000]
     image = fake_registry.add_image(
         "app", "v1", [os.urandom(size) for size in sizes], compress=False
@@ -541,7 +542,10 @@ def test_blobs_start_largest_first(store: LayerStore, fake_registry: FakeRegistr
         for request in fake_registry.requests
         if "/blobs/" in request.path and request.method == "GET"
     ]
-    assert [size_of[digest] for digest in requested] == sorted(size_of.values(), reverse=True)
+    assert image.config.size < min(sizes)
+    assert requested[0] == image.config.digest
+    layer_sizes = [size_of[digest] for digest in requested[1:]]
+    assert layer_sizes == sorted(sizes, reverse=True)
 
 
 def test_fetch_url_into_store(store: LayerStore, fake_registry: FakeRegistry) -> None:

@@ -78,6 +78,8 @@ pub struct BlobJob {
     pub size: u64,
     pub media_type: String,
     pub source: BlobSource,
+    /// True for the config blob of the manifest being pulled, which starts before the others.
+    pub config: bool,
 }
 
 /// The outcome of fetching one blob.
@@ -208,9 +210,11 @@ impl Fetcher {
     /// failure aborts the other downloads (their partial files stay for a resume) and is
     /// returned. Dropping the returned future cancels everything it started.
     ///
-    /// Blobs get their first connection largest first, since the biggest blob is the critical
-    /// path. Blobs that another writer is downloading into the same store wait for it outside
-    /// that order, so they never hold up the others.
+    /// The config blob gets the first connection, so that a consumer of the pull (unpack)
+    /// learns the image before any layer arrives. The other blobs get their first connection
+    /// largest first, since the biggest blob is the critical path. Blobs that another writer is
+    /// downloading into the same store wait for it outside that order, so they never hold up
+    /// the others.
     pub async fn fetch_all(
         self: &Arc<Self>,
         jobs: Vec<BlobJob>,
@@ -230,7 +234,7 @@ impl Fetcher {
         progress
             .total_bytes
             .fetch_add(unique.iter().map(|job| job.size).sum(), Ordering::Relaxed);
-        unique.sort_by_key(|job| std::cmp::Reverse(job.size));
+        unique.sort_by_key(|job| (!job.config, std::cmp::Reverse(job.size)));
 
         // Open every partial file at once, without waiting for another writer's lock.
         let mut opening = Vec::new();
@@ -260,7 +264,7 @@ impl Fetcher {
             }
         }
 
-        // Queue every blob's first request for a connection now, largest blob first. The
+        // Queue every blob's first request for a connection now, in the order above. The
         // semaphore is first in, first out, so these go out in this order, ahead of the other
         // ranges of any blob, which queue once their blob's first response arrives. Polling an
         // acquire once puts it in the queue, and the blob's task goes on waiting on it.
