@@ -156,7 +156,10 @@ class BlobReport:
 
     @property
     def ranged(self) -> bool:
-        """True when the server honoured range requests for this blob."""
+        """True when the blob's bytes came from range requests, a resumed pull's included.
+
+        False when the blob came as one stream from byte 0 and for a reused blob.
+        """
 
     @property
     def requests(self) -> int: ...
