@@ -94,7 +94,8 @@ pub enum StoreError {
 
     #[error(
         "platform {platform} of {reference} is not in the store: {}; pull that platform first, \
-         for example with `warmstart pull --platform {platform}` or through the mirror",
+         through the mirror or with `warmstart pull --platform {platform} --tag <another tag> \
+         <image>`",
         absence(.manifest, .missing)
     )]
     PlatformNotInStore {
@@ -125,7 +126,7 @@ pub enum StoreError {
     },
 }
 
-/// Says what of a platform is missing, for [`StoreError::PlatformNotInStore`].
+/// Describes what of a platform is missing, for [`StoreError::PlatformNotInStore`].
 fn absence(manifest: &Digest, missing: &Digest) -> String {
     if manifest == missing {
         format!("the index lists manifest {manifest}, which was never pulled")
