@@ -603,7 +603,7 @@ def test_series_limit_rejects_new_series_only(clock):
     for index in range(3):
         engine.series_id("llm", "concurrency", f"pod-{index}")
 
-    with pytest.raises(TooManySeriesError, match="'llm' has reached its limit of 3 series"):
+    with pytest.raises(TooManySeriesError, match="'llm' has reached its limit of 3 live series"):
         engine.series_id("llm", "concurrency", "pod-3")
     engine.ingest("llm", "concurrency", "pod-4", START, 1.0)
     engine.ingest("llm", "concurrency", "pod-0", START, 1.0)
@@ -618,3 +618,38 @@ def test_series_limit_rejects_new_series_only(clock):
 def test_invalid_series_limit_raises(limit):
     with pytest.raises(ValueError, match="max_series_per_endpoint"):
         IngestConfig(max_series_per_endpoint=limit)
+
+
+def test_series_limit_frees_gone_instances(clock):
+    engine = Engine([tracking_spec()], clock=clock, ingest=IngestConfig(max_series_per_endpoint=3))
+    for index in range(3):
+        engine.ingest("llm", "concurrency", f"pod-{index}", START, 1.0)
+    engine.flush()
+    with pytest.raises(TooManySeriesError):
+        engine.series_id("llm", "concurrency", "pod-3")
+
+    engine.instance_event("llm", "pod-0", InstanceEvent.GONE)
+
+    assert engine.series_id("llm", "concurrency", "pod-3") == 3
+    with pytest.raises(TooManySeriesError):
+        engine.series_id("llm", "concurrency", "pod-4")
+
+
+def test_series_limit_frees_silent_instances(clock):
+    engine = Engine([tracking_spec()], clock=clock, ingest=IngestConfig(max_series_per_endpoint=2))
+    stale_after_s = tracking_spec().metrics[0].stale_after_s
+    for index in range(2):
+        engine.ingest("llm", "concurrency", f"pod-{index}", START, 1.0)
+    engine.flush()
+    with pytest.raises(TooManySeriesError):
+        engine.series_id("llm", "concurrency", "pod-2")
+
+    clock.advance(stale_after_s + 1.0)
+    engine.ingest("llm", "concurrency", "pod-2", clock.now(), 1.0)
+    engine.ingest("llm", "concurrency", "pod-3", clock.now(), 1.0)
+    engine.ingest("llm", "concurrency", "pod-4", clock.now(), 1.0)
+    accepted = engine.flush()
+
+    assert accepted == 2
+    assert engine.series_count == 4
+    assert engine.rejects.totals[RejectReason.TOO_MANY_SERIES] == 1

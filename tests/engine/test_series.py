@@ -30,6 +30,7 @@ def store_with(
             nonnegative=nonnegative,
             stale_after_s=10.0,
             ready=False,
+            created_s=NOW,
         )
     return store
 

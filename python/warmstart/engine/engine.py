@@ -137,6 +137,8 @@ class Engine:
         self.ingest_config = ingest if ingest is not None else IngestConfig()
         self.rejects = RejectCounter()
         self._store = SeriesStore(self.ingest_config, len(specs))
+        # Per endpoint index: when its live series were last counted, and the count since.
+        self._live_series: dict[int, tuple[float, int]] = {}
         self._callbacks: list[DecisionCallback] = [on_decision] if on_decision else []
         self._prefetch = prefetch
         self._prefetch_interval_s = prefetch_interval_s
@@ -259,6 +261,7 @@ class Engine:
         del self._endpoints[name]
         self._ordered.remove(runtime)
         self._store.forget_endpoint(runtime.index)
+        self._live_series.pop(runtime.index, None)
         self._tracking_groups.release(runtime)
         logger.info("endpoint %s removed", name)
 
@@ -288,7 +291,7 @@ class Engine:
         if found is RejectReason.TOO_MANY_SERIES:
             limit = self.ingest_config.max_series_per_endpoint
             raise TooManySeriesError(
-                f"endpoint {endpoint!r} has reached its limit of {limit} series, so series "
+                f"endpoint {endpoint!r} has reached its limit of {limit} live series, so series "
                 f"({metric!r}, {instance!r}) was not created. Raise "
                 "IngestConfig.max_series_per_endpoint if the instances are real"
             )
@@ -309,13 +312,12 @@ class Engine:
         metric_index = runtime.metric_index.get(metric)
         if metric_index is None:
             return RejectReason.UNKNOWN_METRIC
-        if self._store.endpoint_series[runtime.index] >= self.ingest_config.max_series_per_endpoint:
-            # TODO: series of gone instances are never reused, so instance churn also counts
-            # toward this limit.
+        now = self.clock.now()
+        if self._series_limit_reached(runtime.index, now):
             return RejectReason.TOO_MANY_SERIES
         metric_spec = runtime.spec.metrics[metric_index]
         phase = runtime.instances.phase.get(instance)
-        return self._store.add_series(
+        sid = self._store.add_series(
             key,
             table_id=runtime.table_id,
             group=runtime.group_base + metric_index,
@@ -323,7 +325,28 @@ class Engine:
             nonnegative=metric_spec.kind is MetricKind.COUNT,
             stale_after_s=metric_spec.stale_after_s,
             ready=phase is InstanceEvent.READY,
+            created_s=now,
         )
+        counted = self._live_series.get(runtime.index)
+        if counted is not None:
+            self._live_series[runtime.index] = (counted[0], counted[1] + 1)
+        return sid
+
+    def _series_limit_reached(self, endpoint: int, now: float) -> bool:
+        """Return whether ``endpoint`` has ``max_series_per_endpoint`` live series.
+
+        Counting live series scans every series. So once the endpoint has created as many
+        series as the limit, the count is reused for a second, or until one of its instances
+        goes.
+        """
+        limit = self.ingest_config.max_series_per_endpoint
+        if self._store.endpoint_series[endpoint] < limit:
+            return False
+        counted = self._live_series.get(endpoint)
+        if counted is None or not 0 <= now - counted[0] < 1.0:
+            counted = (now, self._store.live_series(endpoint, now))
+            self._live_series[endpoint] = counted
+        return counted[1] >= limit
 
     def ingest(
         self, endpoint: str, metric: str, instance: str, timestamp_s: float, value: float
@@ -494,6 +517,8 @@ class Engine:
         for sid in store.instance_series.get((runtime.index, instance), ()):
             store.ready[sid] = event is InstanceEvent.READY
             store.active[sid] = event is not InstanceEvent.GONE
+        if event is InstanceEvent.GONE:
+            self._live_series.pop(runtime.index, None)
         logger.debug("endpoint %s instance %s %s at %.3f", endpoint, instance, event.value, when)
 
     # -- evaluation --------------------------------------------------------------------------

@@ -43,10 +43,12 @@ _CODE = {reason: np.int8(index) for index, reason in enumerate(REASON_CODES)}
 class IngestConfig:
     """Validation limits for samples; every duration is in seconds.
 
-    ``max_series_per_endpoint`` bounds the series (metric and instance pairs) one endpoint
-    keeps, and so the memory that producers sending new instance names can take. A series of
-    a 64-bucket table takes about 3 kB. Samples that would create a series beyond it are
-    rejected as ``too_many_series``.
+    ``max_series_per_endpoint`` bounds the live series (metric and instance pairs) of one
+    endpoint: those whose instance is not gone and that had a sample, or were created, within
+    their metric's ``stale_after_s``. Samples that would create a series beyond it are rejected
+    as ``too_many_series``. Series of gone or silent instances do not count, so pods that come
+    and go never fill it, but their memory (about 3 kB each with a 64-bucket table) is freed
+    only when their endpoint is removed.
     """
 
     skew_correction: bool = True
@@ -91,6 +93,8 @@ class SeriesStore:
     endpoint: npt.NDArray[np.int32]
     nonnegative: npt.NDArray[np.bool_]
     stale_after_s: FloatArray
+    # Clock time at which each series was created.
+    created_s: FloatArray
     last_ts: FloatArray
     lead: FloatArray
     active: npt.NDArray[np.bool_]
@@ -122,6 +126,7 @@ class SeriesStore:
             self.endpoint = np.zeros(capacity, dtype=np.int32)
             self.nonnegative = np.zeros(capacity, dtype=np.bool_)
             self.stale_after_s = np.full(capacity, np.inf)
+            self.created_s = np.full(capacity, -np.inf)
             self.last_ts = np.full(capacity, -np.inf)
             self.lead = np.full(capacity, np.nan)
             self.active = np.ones(capacity, dtype=np.bool_)
@@ -134,6 +139,7 @@ class SeriesStore:
             self.endpoint = _grown(self.endpoint, size, capacity, 0)
             self.nonnegative = _grown(self.nonnegative, size, capacity, False)
             self.stale_after_s = _grown(self.stale_after_s, size, capacity, np.inf)
+            self.created_s = _grown(self.created_s, size, capacity, -np.inf)
             self.last_ts = _grown(self.last_ts, size, capacity, -np.inf)
             self.lead = _grown(self.lead, size, capacity, np.nan)
             self.active = _grown(self.active, size, capacity, True)
@@ -183,6 +189,7 @@ class SeriesStore:
         nonnegative: bool,
         stale_after_s: float,
         ready: bool,
+        created_s: float,
     ) -> int:
         """Intern ``key`` and return its new series id."""
         if self.size == self._capacity:
@@ -202,11 +209,24 @@ class SeriesStore:
         self.endpoint[sid] = endpoint
         self.nonnegative[sid] = nonnegative
         self.stale_after_s[sid] = stale_after_s
+        self.created_s[sid] = created_s
         self.ready[sid] = ready
         self.keys[key] = sid
         self.instance_series.setdefault((endpoint, key[2]), []).append(sid)
         self.endpoint_series[endpoint] += 1
         return sid
+
+    def live_series(self, endpoint: int, now: float) -> int:
+        """Count the series of ``endpoint`` whose instance is not gone and that had a sample,
+        or were created, within their ``stale_after_s`` before clock time ``now``."""
+        size = self.size
+        newest = np.maximum(self.last_ts[:size], self.created_s[:size])
+        live = (
+            (self.endpoint[:size] == endpoint)
+            & self.active[:size]
+            & (newest >= now - self.stale_after_s[:size])
+        )
+        return int(np.count_nonzero(live))
 
     @property
     def nbytes(self) -> int:

@@ -494,7 +494,7 @@ class Hub:
             limit = self.engine.ingest_config.max_series_per_endpoint
             return (
                 "too_many_series",
-                f"endpoint {short_json(endpoint)} has reached its limit of {limit} series "
+                f"endpoint {short_json(endpoint)} has reached its limit of {limit} live series "
                 "(ingest.max_series_per_endpoint)",
             )
 
