@@ -19,8 +19,9 @@ against the real registry on loopback, and through a proxy that caps each TCP co
 50 MB/s with 20 ms to the first byte. Every tool runs ``--repeat`` times in rotating order and
 the median is reported; each run starts after ``prime_free_memory`` (see
 ``benchmarks/memory_priming.py``: on this VM, writing into memory the host has taken back costs
-seconds, and it must not fall on whichever tool runs first). It also times a warm pull (every
-blob present) of the 20-layer image and reads the peak memory of a large pull.
+seconds, and it must not fall on whichever tool runs first). ``--pause-page-reporting`` (needs
+root) stops that reporting for the whole run instead. It also times a warm pull (every blob
+present) of the 20-layer image and reads the peak memory of a large pull.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from benchmarks.containerd import Containerd
 from benchmarks.images import DEFAULT_CACHE, build_images
-from benchmarks.memory_priming import prime_free_memory
+from benchmarks.memory_priming import (
+    page_reporting_paused,
+    page_reporting_state,
+    prime_free_memory,
+)
 from benchmarks.throttle_proxy import ProxyProcess
 from tests.registry.real import RealRegistry
 
@@ -244,15 +250,38 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs of each tool; the median is reported"
     )
+    parser.add_argument(
+        "--pause-page-reporting",
+        action="store_true",
+        help="stop the kernel's free page reporting during the run (needs root; see "
+        "benchmarks/memory_priming.py)",
+    )
     arguments = parser.parse_args()
     names = arguments.only.split(",")
     layouts = build_images([*names, "small"], arguments.cache)
-    work = Path(tempfile.mkdtemp(prefix="warmstart-pull-bench-"))
-    registry = RealRegistry.start(work / "registry")
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "command": " ".join(["python -m benchmarks.pull_bench", *sys.argv[1:]]),
     }
+    pausing: AbstractContextManager[None] = (
+        page_reporting_paused() if arguments.pause_page_reporting else nullcontext()
+    )
+    with pausing:
+        results["free page reporting"] = page_reporting_state()
+        print(results, flush=True)
+        measure_all(arguments, names, layouts, results)
+    print(json.dumps(results, indent=2))
+
+
+def measure_all(
+    arguments: argparse.Namespace,
+    names: list[str],
+    layouts: dict[str, Path],
+    results: dict[str, object],
+) -> None:
+    """Serves the images and measures every tool on every image and route into `results`."""
+    work = Path(tempfile.mkdtemp(prefix="warmstart-pull-bench-"))
+    registry = RealRegistry.start(work / "registry")
     try:
         for name in [*names, "small"]:
             registry.push_layout(layouts[name], TAG, f"bench/{name}", TAG)
@@ -287,7 +316,6 @@ def main() -> None:
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ where another deleted them. ``large`` needs about 24 GiB.
 
 Each measured run holds the shared CPU lock ``/tmp/warmstart-cpu.lock`` and starts after
 ``prime_free_memory`` (see ``benchmarks/memory_priming.py``) of three times the image's
-compressed size.
+compressed size. On a VM whose balloon device reports free pages to the host, that priming
+covers only the first seconds of a run, because pages primed but not yet used are reported
+again soon after. ``--pause-page-reporting`` (needs root) stops the reporting for the whole run
+and backs every free page first. Each step then writes into memory as on a machine without
+reporting. The header says whether reporting was on.
 
 Each line shows the wall time, the CPU time of this process (warmstart's threads), of the
 registry and of the proxy, and the load average. The summary gives medians and the overlapped
@@ -47,11 +51,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.images import DEFAULT_CACHE, build_images
-from benchmarks.memory_priming import prime_free_memory
+from benchmarks.memory_priming import (
+    page_reporting_paused,
+    page_reporting_state,
+    prime_free_memory,
+)
 from benchmarks.throttle_proxy import ProxyProcess
 from benchmarks.unpack_bench import loop_filesystem
 from tests.registry.real import RealRegistry
@@ -256,6 +265,12 @@ def parse_arguments() -> argparse.Namespace:
         help="run each repetition on a fresh loop-mounted ext4 of this many GiB (needs root; "
         "default: 0, run in --work)",
     )
+    parser.add_argument(
+        "--pause-page-reporting",
+        action="store_true",
+        help="stop the kernel's free page reporting during the run (needs root; see "
+        "benchmarks/memory_priming.py)",
+    )
     return parser.parse_args()
 
 
@@ -282,7 +297,6 @@ def measure_route(
 def main() -> None:
     arguments = parse_arguments()
     names = arguments.only.split(",")
-    routes = arguments.routes.split(",")
     layouts = build_images(names, arguments.cache)
     if arguments.work is not None:
         arguments.work.mkdir(parents=True, exist_ok=True)
@@ -295,8 +309,26 @@ def main() -> None:
         if arguments.fs_size > 0
         else str(work),
     }
-    print(results, flush=True)
+    pausing: AbstractContextManager[None] = (
+        page_reporting_paused() if arguments.pause_page_reporting else nullcontext()
+    )
+    with pausing:
+        results["free page reporting"] = page_reporting_state()
+        print(results, flush=True)
+        measure_all(arguments, names, layouts, work, results)
+    results["load_at_end"] = load_average()
+    print(json.dumps(results, indent=2))
 
+
+def measure_all(
+    arguments: argparse.Namespace,
+    names: list[str],
+    layouts: dict[str, Path],
+    work: Path,
+    results: dict[str, object],
+) -> None:
+    """Serves the images and measures every image and route into `results`."""
+    routes = arguments.routes.split(",")
     registry = RealRegistry.start(work / "registry")
     proxy: ProxyProcess | None = None
     try:
@@ -323,9 +355,6 @@ def main() -> None:
             proxy.stop()
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-    results["load_at_end"] = load_average()
-    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

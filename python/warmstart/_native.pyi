@@ -156,7 +156,10 @@ class BlobReport:
 
     @property
     def ranged(self) -> bool:
-        """True when the server honoured range requests for this blob."""
+        """True when the blob's bytes came from range requests, a resumed pull's included.
+
+        False when the blob came as one stream from byte 0 and for a reused blob.
+        """
 
     @property
     def requests(self) -> int: ...
@@ -301,9 +304,24 @@ class LayerStore:
     def list(self) -> builtins.list[BlobInfo]: ...
     def delete(self, digest: str, *, force: bool = False) -> bool: ...
     def verify(self, *, quarantine: bool = False) -> VerifyReport: ...
-    def tag(self, tag: str, digest: str) -> Descriptor: ...
+    def tag(self, tag: str, digest: str) -> Descriptor:
+        """Point ``tag`` at the manifest or index ``digest``; returns the descriptor written.
+
+        The image must be complete. An index may lack some platforms, but every platform
+        manifest of it in the store must have its config and layers, else ``MissingBlobError``.
+        """
+
     def untag(self, tag: str) -> bool: ...
     def resolve(self, tag: str) -> Descriptor: ...
+    def resolve_platform(self, reference: str, platform: str | None = None) -> Descriptor:
+        """Resolve a tag or manifest digest to the image manifest for ``platform``.
+
+        ``platform`` is ``os/architecture[/variant]``, the host's when None. An image manifest is
+        returned as is. For an index, the platform must be in the store whole, else
+        ``PlatformNotInStoreError``; an index without that platform raises
+        ``PlatformNotFoundError``.
+        """
+
     def tags(self) -> builtins.list[Descriptor]: ...
     def gc(
         self,

@@ -14,8 +14,9 @@ Each class also inherits the standard library category it belongs to, so callers
     │   ├── BlobInUseError          (ValueError)   a delete would break a tagged image
     │   ├── BlobNotFoundError       (LookupError)  a digest is not in the store
     │   ├── TagNotFoundError        (LookupError)  a tag is not in index.json
-    │   ├── MissingBlobError        (LookupError)  an import source lacks a referenced blob
+    │   ├── MissingBlobError        (LookupError)  an import source or an image to tag lacks a blob
     │   │   └── ForeignLayerError                  ... and that blob is a foreign layer
+    │   ├── PlatformNotInStoreError (LookupError)  a platform of a stored index was not pulled
     │   └── StoreIOError            (OSError)      a file system operation failed
     ├── RegistryError                              a registry request failed
     │   ├── InvalidReferenceError   (ValueError)   an image reference, URL or platform is invalid
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidTagError",
     "MissingBlobError",
     "PlatformNotFoundError",
+    "PlatformNotInStoreError",
     "RegistryAuthError",
     "RegistryConnectionError",
     "RegistryError",
@@ -145,8 +147,26 @@ class TagNotFoundError(StoreError, LookupError):
 
 
 class MissingBlobError(StoreError, LookupError):
-    """An import source refers to a blob it does not contain."""
+    """An import source refers to a blob it does not contain, or an image to tag is incomplete.
 
+    ``digest`` is the missing blob. When tagging fails, ``referenced_by`` names the manifest that
+    refers to it, with its platform for an entry of an index.
+    """
+
+    digest: str
+
+
+class PlatformNotInStoreError(StoreError, LookupError):
+    """A tagged index lists the platform, but the store does not hold that platform whole.
+
+    ``reference`` and ``platform`` are what was asked for, ``manifest`` is the platform's manifest
+    digest as the index lists it, and ``digest`` is the first blob missing (the manifest itself
+    when the platform was never pulled). Pull that platform to fix it.
+    """
+
+    reference: str
+    platform: str
+    manifest: str
     digest: str
 
 
@@ -189,7 +209,10 @@ class RegistryNotFoundError(RegistryError, LookupError):
 
 
 class PlatformNotFoundError(RegistryError, LookupError):
-    """An image index has no manifest for the requested platform."""
+    """An image index has no manifest for the requested platform.
+
+    ``LayerStore.resolve_platform`` raises it too, for an index in the store, with ``status`` None.
+    """
 
 
 class RegistryTimeoutError(RegistryError, TimeoutError):

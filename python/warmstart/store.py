@@ -54,6 +54,10 @@ class LayerStore(_native.LayerStore):
     use one store at once. Every blocking method releases the GIL while it hashes or does I/O;
     the transfer methods (``pull``, ``fetch`` and friends) are coroutines.
 
+    A tag names a complete image, or an index whose platforms may be partly absent (each one in
+    the store is complete). ``resolve_platform`` selects one platform of a tag and raises
+    ``PlatformNotInStoreError`` for a platform that was not pulled; see ``docs/store.md``.
+
     Raises ``StoreError`` and ``RegistryError`` subclasses from :mod:`warmstart.errors`.
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def _exit_status(arguments: list[str]) -> int:
             id="pull-tag",
         ),
         pytest.param(
-            ["store", "import", "absent.tar", "--tag", ""],
+            ["store", "import", ".", "--tag", ""],
             'argument --tag: invalid tag ""',
             id="store-import-tag",
         ),
@@ -140,6 +141,60 @@ def test_missing_input_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert last_line.startswith("warmstart "), (name, error)
         assert "error: " in last_line, (name, error)
         assert str(missing) in last_line, (name, error)
+        assert "Traceback" not in error, name
+
+
+def test_unreadable_input_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The tests run as root, which reads a file whatever its mode, so the unreadable inputs are
+    # a directory where a file belongs, a FIFO and a path through a regular file.
+    directory = tmp_path / "directory"
+    directory.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    through_file = tmp_path / "file" / "child"
+    through_file.parent.write_bytes(b"")
+    store = ["--store", str(tmp_path / "store")]
+    cases = [
+        ("store import", ["store", "import", str(fifo), *store], fifo, "is not a regular file"),
+        (
+            "store import",
+            ["store", "import", str(through_file), *store],
+            through_file,
+            "cannot read",
+        ),
+        (
+            "pull --ca-cert",
+            ["pull", UNREACHABLE, "--ca-cert", str(directory), *store],
+            directory,
+            "is a directory",
+        ),
+        (
+            "pull --ca-cert",
+            ["pull", UNREACHABLE, "--ca-cert", str(fifo), *store],
+            fifo,
+            "is not a regular file",
+        ),
+        (
+            "pull --ca-cert",
+            ["pull", UNREACHABLE, "--ca-cert", str(through_file), *store],
+            through_file,
+            "cannot read",
+        ),
+        ("mirror --token-file", ["mirror", "--token-file", str(directory), *store], directory, ""),
+        ("serve --token-file", ["serve", "--token-file", str(directory)], directory, ""),
+        ("serve --config", ["serve", "--config", str(directory)], directory, ""),
+        ("replay TRACE", ["replay", str(directory)], directory, ""),
+    ]
+    for name, arguments, path, reason in cases:
+        status = _exit_status(arguments)
+
+        error = capsys.readouterr().err
+        assert status == 2, (name, error)
+        last_line = error.splitlines()[-1]
+        assert last_line.startswith(f"warmstart {name.split()[0]}"), (name, error)
+        assert "error: " in last_line, (name, error)
+        assert str(path) in last_line, (name, error)
+        assert reason in last_line, (name, error)
         assert "Traceback" not in error, name
 
 

@@ -138,7 +138,7 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path, images: Path) -> None:
 def test_missing_source_is_reported(tmp_path: Path) -> None:
     result = run("store", "import", str(tmp_path / "absent"), "--store", str(tmp_path / "s"))
     assert result.returncode == 2
-    assert "warmstart store: error: " in result.stderr
+    assert "warmstart store import: error: argument source: " in result.stderr
     assert "absent does not exist; name an OCI layout directory" in result.stderr
 
 

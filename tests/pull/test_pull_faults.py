@@ -9,10 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPOSITORY
 from tests.pull.helpers import fetch, ingest_leftovers, pull
@@ -100,6 +103,56 @@ def test_range_refused_mid_blob_restarts_as_one_stream(
     whole = [r for r in fake_registry.blob_requests(digest) if r.range is None]
     assert len(whole) == 1, "the restart is one request from byte 0"
     assert blob.fetched_bytes >= blob.size
+
+
+REFUSALS = {
+    "ignored-range": faults.IgnoreRange,
+    "wrong-start": lambda **options: faults.WrongRangeStart(shift=7, **options),
+    "no-content-range": faults.NoContentRange,
+}
+
+
+def assert_progress_within_total(snapshots: list[PullProgress]) -> None:
+    """Check that every snapshot stays within the total and the last one reaches it."""
+    for snapshot in snapshots:
+        counted = snapshot.fetched_bytes + snapshot.reused_bytes
+        assert counted <= snapshot.total_bytes, snapshot
+    last = snapshots[-1]
+    assert last.finished
+    assert last.fetched_bytes + last.reused_bytes == last.total_bytes, last
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(refusal=st.sampled_from(sorted(REFUSALS)), skip=st.integers(min_value=1, max_value=7))
+def test_progress_after_restart_stays_within_total(
+    fake_registry: FakeRegistry, refusal: str, skip: int
+) -> None:
+    # One connection makes the ranges before the refusal finish first, so their bytes are
+    # written and then discarded by the restart.
+    fake_registry.clear_faults()
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    fault = fake_registry.add_fault(REFUSALS[refusal](digest=digest, skip=skip, times=1))
+    snapshots: list[PullProgress] = []
+
+    with tempfile.TemporaryDirectory() as root:
+        store = LayerStore(Path(root) / "store")
+        pull(
+            store,
+            f"{fake_registry.host}/app:v1",
+            chunk_size=CHUNK,
+            connections=1,
+            progress=snapshots.append,
+        )
+        assert store.read(digest) == fake_registry.blob(digest)
+
+    assert fault.fired == 1
+    assert snapshots[-1].reused_bytes == 0
+    assert_progress_within_total(snapshots)
 
 
 def test_refused_range_stops_other_ranges(store: LayerStore, fake_registry: FakeRegistry) -> None:
@@ -330,12 +383,14 @@ class StallAfterFirst(faults.Stall):
         return len(self.registry.blob_requests(target)) > 1
 
 
-def test_killed_pull_resumes_from_finished_ranges(
-    store: LayerStore, fake_registry: FakeRegistry
+def kill_pull_after_first_range(
+    store: LayerStore, fake_registry: FakeRegistry, digest: str
 ) -> None:
-    size = 2 << 20
-    image = big_image(fake_registry, size=size)
-    digest = layer_digest(image)
+    """Pull in a child process that is killed with SIGKILL once the blob's first range is written.
+
+    The partial file of ``digest`` is left in ``ingest/`` with its first ``CHUNK`` bytes
+    recorded as finished. Faults and the request log are cleared afterwards.
+    """
     # Every range but the first stalls, so the child finishes range 0 and then hangs.
     stall = fake_registry.add_fault(StallAfterFirst(digest, seconds=60, after_bytes=0))
     stall.registry = fake_registry
@@ -362,11 +417,67 @@ def test_killed_pull_resumes_from_finished_ranges(
     assert any(name.endswith(".chunks") for name in ingest_leftovers(store))
     fake_registry.clear_faults()
     fake_registry.clear_requests()
+
+
+def test_killed_pull_resumes_from_finished_ranges(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    size = 2 << 20
+    image = big_image(fake_registry, size=size)
+    digest = layer_digest(image)
+    kill_pull_after_first_range(store, fake_registry, digest)
+
     report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK)
+
     (blob,) = [b for b in report.blobs if b.digest == digest]
     assert 0 not in range_starts(fake_registry, digest), "range 0 was fetched again"
     assert blob.fetched_bytes <= size - CHUNK
+    assert blob.ranged
     assert store.read(digest) == fake_registry.blob(digest)
+
+
+def test_resume_with_one_range_request_is_ranged(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    size = 2 << 20
+    image = big_image(fake_registry, size=size)
+    digest = layer_digest(image)
+    kill_pull_after_first_range(store, fake_registry, digest)
+
+    # Ranges larger than the missing bytes make the resume a single range request.
+    report = pull(store, f"{fake_registry.host}/app:v1", chunk_size=4 << 20)
+
+    (blob,) = [b for b in report.blobs if b.digest == digest]
+    assert range_starts(fake_registry, digest) == [CHUNK]
+    assert blob.requests == 1
+    assert blob.fetched_bytes == size - CHUNK
+    assert not blob.reused
+    assert blob.ranged
+    assert store.read(digest) == fake_registry.blob(digest)
+
+
+def test_resumed_blob_restart_takes_back_reused_bytes(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    image = big_image(fake_registry)
+    digest = layer_digest(image)
+    kill_pull_after_first_range(store, fake_registry, digest)
+    # The resume's first range request gets the whole blob, so the chunk on disk is discarded
+    # and fetched again as part of one stream.
+    fault = fake_registry.add_fault(faults.IgnoreRange(digest, times=1))
+    snapshots: list[PullProgress] = []
+
+    report = pull(
+        store, f"{fake_registry.host}/app:v1", chunk_size=CHUNK, progress=snapshots.append
+    )
+
+    (blob,) = [b for b in report.blobs if b.digest == digest]
+    assert fault.fired == 1
+    assert not blob.ranged
+    assert blob.fetched_bytes == blob.size
+    assert store.read(digest) == fake_registry.blob(digest)
+    assert_progress_within_total(snapshots)
+    assert snapshots[-1].reused_bytes == sum(b.size for b in report.blobs if b.reused)
 
 
 def pull_in_process(root: str, reference: str) -> None:
@@ -412,9 +523,10 @@ def test_concurrent_pulls_download_each_blob_once(
     assert store.verify().ok
 
 
-def test_blobs_start_largest_first(store: LayerStore, fake_registry: FakeRegistry) -> None:
-    # Manifest order is not size order. One connection and ranges larger than any blob make
-    # the request order the order in which blobs got their first connection.
+def test_blobs_start_config_then_largest(store: LayerStore, fake_registry: FakeRegistry) -> None:
+    # Manifest order is not size order, and the config is smaller than every layer. One
+    # connection and ranges larger than any blob make the request order the order in which
+    # blobs got their first connection.
     sizes = [30_000, 200_000, 10_000, 120_000, 60_000, 90_000, 150_000, 20_000]
     image = fake_registry.add_image(
         "app", "v1", [os.urandom(size) for size in sizes], compress=False
@@ -430,7 +542,10 @@ def test_blobs_start_largest_first(store: LayerStore, fake_registry: FakeRegistr
         for request in fake_registry.requests
         if "/blobs/" in request.path and request.method == "GET"
     ]
-    assert [size_of[digest] for digest in requested] == sorted(size_of.values(), reverse=True)
+    assert image.config.size < min(sizes)
+    assert requested[0] == image.config.digest
+    layer_sizes = [size_of[digest] for digest in requested[1:]]
+    assert layer_sizes == sorted(sizes, reverse=True)
 
 
 def test_fetch_url_into_store(store: LayerStore, fake_registry: FakeRegistry) -> None:

@@ -99,9 +99,11 @@ def test_calibrate_writes_profile_with_pulled_sizes(
     profile = load_profile(output)
     assert status == 0
     assert "containerd" in printed
-    # The pulled blobs are the three layers and the config.
+    # The pulled blobs are the three layers and the config, which the store reports first.
     assert sorted(profile.layers)[-3:] == sorted(sizes)
     assert len(profile.layers) == 4
+    assert profile.config == 0
+    assert profile.layers[0] not in sizes
     assert profile.registry.connection_bytes_per_s > 0
 
 
@@ -164,12 +166,13 @@ def test_model_predicts_other_image_within_15_percent(
 
     assert calibration.warnings == ()
     network = dataclasses.replace(calibration.network, unpack_bytes_per_s=math.inf)
-    # The layer store starts blobs largest first, so the model gets them in that order.
-    layers = sorted([*check_sizes, checked.config.size], reverse=True)
+    # The layer store starts the config blob first and the others largest first, so the
+    # model gets them in that order.
+    layers = [checked.config.size, *sorted(check_sizes, reverse=True)]
     assert calibration.network.connection_bytes_per_s == pytest.approx(rate, rel=0.15)
     for (puller, lanes, chunk), seconds in measured.items():
         modeled = pull_times(
-            layers, network, puller, connections=lanes, chunk_size=chunk
+            layers, network, puller, connections=lanes, chunk_size=chunk, config=0
         ).download_s
         assert modeled == pytest.approx(seconds, rel=0.15), (puller, lanes, chunk)
 

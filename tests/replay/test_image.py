@@ -65,6 +65,29 @@ def test_chunked_pull_requests_every_blob_before_more_ranges() -> None:
     assert done == pytest.approx([7.0, 1.0, 2.0])
 
 
+def test_chunked_pull_starts_config_blob_first() -> None:
+    network = Network(connection_bytes_per_s=10.0)
+    layers = [100, 10, 50]
+
+    with_config = download_times(
+        layers, [False] * 3, Puller.CHUNKED, network, connections=1, chunk_size=1000, config=1
+    )
+    without_config = download_times(
+        layers, [False] * 3, Puller.CHUNKED, network, connections=1, chunk_size=1000
+    )
+
+    # One connection: the 10-byte config (0-1 s), then largest first: 100 bytes (1-11 s) and
+    # 50 bytes (11-16 s). Without a config every blob goes by size, so the 10 bytes go last.
+    assert with_config == pytest.approx([11.0, 1.0, 16.0])
+    assert without_config == pytest.approx([10.0, 16.0, 15.0])
+
+
+@pytest.mark.parametrize("config", [-1, 3], ids=["negative", "past-end"])
+def test_config_index_outside_layers_is_rejected(config: int) -> None:
+    with pytest.raises(ValueError, match=f"config index {config} is outside the 3 layers"):
+        download_times([1, 2, 3], [False] * 3, Puller.CHUNKED, Network(1.0), config=config)
+
+
 def test_warm_pull_costs_one_manifest_request() -> None:
     network = Network(connection_bytes_per_s=10.0, first_byte_s=0.25, unpack_bytes_per_s=100.0)
 

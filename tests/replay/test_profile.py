@@ -46,6 +46,56 @@ def test_shared_layer_digest_counts_once() -> None:
     assert profile.layers == (100, 50)
 
 
+def test_marked_config_blob_is_indexed() -> None:
+    layers = [
+        {"size": 100, "digest": "sha256:aa"},
+        {"size": 100, "digest": "sha256:aa"},
+        {"size": 5, "digest": "sha256:cc", "config": True},
+        50,
+    ]
+
+    profile = small_profile(image__layers=layers, pull__puller="chunked")
+
+    assert profile.layers == (100, 5, 50)
+    assert profile.config == 1
+    assert small_profile(image__layers=[100, 50]).config is None
+
+
+def test_marked_config_blob_starts_first() -> None:
+    options = {"pull__puller": "chunked", "pull__connections": 1}
+    options["registry__unpack_bytes_per_s"] = 1000.0
+    marked = small_profile(image__layers=[1000, {"size": 10, "config": True}], **options)
+    unmarked = small_profile(image__layers=[1000, 10], **options)
+
+    # One connection at 100 B/s. Marked: the config takes 0-0.1 s and the big blob 0.1-10.1 s.
+    # Unmarked: the big blob takes 0-10 s and the 10 bytes 10-10.1 s. Unpacking follows the
+    # list, 1 s for the big blob and 0.01 s for the config.
+    assert marked.image_times().download_s == pytest.approx(10.1)
+    assert marked.image_times().total_s == pytest.approx(11.11)
+    assert unmarked.image_times().download_s == pytest.approx(10.1)
+    assert unmarked.image_times().total_s == pytest.approx(11.01)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        pytest.param(
+            [{"size": 1, "config": True}, {"size": 2, "config": True}],
+            r"image.layers\[1\] is a second config blob",
+            id="two-configs",
+        ),
+        pytest.param(
+            [{"size": 1, "config": "yes"}],
+            r"image.layers\[0\].config must be true or false, got 'yes'",
+            id="not-bool",
+        ),
+    ],
+)
+def test_invalid_config_mark_is_named(layers: list[object], message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        small_profile(image__layers=layers)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -15,7 +15,7 @@ from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, print_json
 from warmstart.cli.store import open_store, parse_tag
-from warmstart.cli.usage import check_with, parse_path
+from warmstart.cli.usage import check_with, parse_input_file, parse_path
 from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "parse_connections",
     "parse_count",
     "parse_digest",
-    "parse_file",
     "parse_platform",
     "parse_reference",
     "parse_seconds",
@@ -86,14 +85,6 @@ def parse_seconds(text: str, positive: bool = False) -> float:
 def parse_stall_timeout(text: str) -> float:
     """Parse a stall timeout in seconds: a finite number above 0."""
     return parse_seconds(text, positive=True)
-
-
-def parse_file(text: str) -> Path:
-    """Parse the path of an input file that must exist, such as a certificate."""
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file {text!r} not found")
-    return path
 
 
 def parse_reference(text: str) -> str:
@@ -200,7 +191,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--ca-cert",
         action="append",
         default=[],
-        type=parse_file,
+        type=parse_input_file,
         metavar="PEM",
         help="trust this certificate authority too (repeatable)",
     )

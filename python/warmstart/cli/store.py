@@ -12,7 +12,7 @@ from typing import Any
 from warmstart import BlobInfo, Descriptor, ImportReport, LayerStore, _native
 from warmstart.cli.interrupt import interruptible
 from warmstart.cli.output import format_bytes, print_json, print_table
-from warmstart.cli.usage import UsageError, check_with, parse_path
+from warmstart.cli.usage import UsageError, check_with, input_problem, parse_path
 from warmstart.errors import StoreError
 
 __all__ = ["add_parser", "default_store_path", "parse_tag"]
@@ -51,7 +51,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return sub
 
     sub = action("import", "import images from an OCI layout directory or a `docker save` archive")
-    sub.add_argument("source", type=parse_path, help="OCI layout directory or .tar archive")
+    sub.add_argument(
+        "source", type=parse_import_source, help="OCI layout directory or .tar archive"
+    )
     sub.add_argument(
         "--tag",
         action="append",
@@ -155,21 +157,28 @@ def print_import_report(arguments: argparse.Namespace, verb: str, report: Import
     )
 
 
+def parse_import_source(text: str) -> Path:
+    """Parse the source of ``store import``: a readable directory or regular file."""
+    path = parse_path(text)
+    expected = "an OCI layout directory or a `docker save` archive"
+    problem = input_problem(path, expected=expected, directory_allowed=True)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return path
+
+
 def run_import(arguments: argparse.Namespace) -> int:
     store = open_store(arguments)
     source: Path = arguments.source
     tags: list[str] | None = arguments.tag
+    # The parser checked that the source is a readable directory or regular file.
     if source.is_dir():
         report = interruptible(lambda: store.import_layout(source, tags=tags))
-    elif source.is_file():
+    else:
         if tags is not None and len(tags) > 1:
             raise UsageError("an archive import takes at most one --tag")
         tag = tags[0] if tags else None
         report = interruptible(lambda: store.import_archive(source, tag=tag))
-    else:
-        raise UsageError(
-            f"{source} does not exist; name an OCI layout directory or a `docker save` archive"
-        )
     print_import_report(arguments, "imported", report)
     return 0
 

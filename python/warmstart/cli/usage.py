@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["UsageError", "check_with", "parse_path"]
+__all__ = [
+    "UsageError",
+    "check_with",
+    "input_problem",
+    "parse_input_file",
+    "parse_path",
+]
 
 
 class UsageError(Exception):
@@ -24,6 +32,56 @@ def parse_path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("empty path; name a file or directory (. for this one)")
     return Path(text)
+
+
+def parse_input_file(text: str) -> Path:
+    """Parse the path of an input file that must exist and be readable, such as a certificate."""
+    path = parse_path(text)
+    problem = input_problem(path, expected="a file", directory_allowed=False)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return path
+
+
+def input_problem(path: Path, *, expected: str, directory_allowed: bool) -> str | None:
+    """Return why `path` cannot be read as an input, or ``None`` when it can.
+
+    `path` must be a regular file, or a directory when `directory_allowed`, and this process
+    must be able to open it. The message names the path, the reason and, with `expected`
+    (such as ``"a file"``), what to name instead.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path} does not exist; name {expected}"
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror}"
+    if stat.S_ISDIR(mode) and not directory_allowed:
+        return f"{path} is a directory; name {expected}"
+    if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
+        # Opening a FIFO for reading blocks until a writer opens it, so special files are
+        # rejected without opening them.
+        return f"{path} is not a regular file ({_file_kind(mode)}); name {expected}"
+    try:
+        if stat.S_ISDIR(mode):
+            with os.scandir(path):
+                pass
+        else:
+            with path.open("rb"):
+                pass
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror}"
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 def check_with(parse: Callable[[str], str], text: str) -> str:

@@ -23,7 +23,8 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -36,11 +37,13 @@ from warmstart.errors import (
     RegistryError,
     RegistryNotFoundError,
     SizeMismatchError,
+    StoreError,
     TagNotFoundError,
 )
 from warmstart.mirror.protocol import (
     API_VERSION_HEADER,
     error_response,
+    index_entries,
     manifest_media_type,
     valid_repository,
     valid_tag,
@@ -56,13 +59,23 @@ logger = logging.getLogger("warmstart.mirror")
 MAX_MANIFEST_BYTES = 4 << 20
 
 
+@dataclass(frozen=True)
+class _IndexTag:
+    """An index served for ``repository:tag``, recorded for each of its platform manifests."""
+
+    repository: str
+    digest: str
+    tag: str
+
+
 class Mirror:
     """A read-only OCI registry over ``store`` that pulls through to ``upstreams`` on a miss.
 
     The first upstream is used for requests without ``?ns=``. With no upstream, the mirror
     serves only what is in the store. ``warm`` starts fetching every blob of an image manifest
     as soon as a client reads that manifest, so layers are already on their way when the client
-    requests them. Once all its blobs are in, the image is tagged in the store. ``tag_ttl_s``
+    requests them. Once all its blobs are in, the image is tagged in the store. An index read
+    through a tag is tagged at once, with the platforms that clients pulled. ``tag_ttl_s``
     is how long, in seconds, a tag resolved upstream is served without asking again, measured
     by ``clock``. Without upstreams, a tag ``T`` of repository ``N`` is looked up in the store as
     ``N:T``, then as the bare tag ``T`` (how ``warmstart store import`` names images).
@@ -104,6 +117,7 @@ class Mirror:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warming: set[str] = set()
         self._tag_of: dict[tuple[str, str], str] = {}
+        self._index_of: dict[tuple[str, str], _IndexTag] = {}
         self.app = web.Application(middlewares=[self._check_token])
         self.app.router.add_get("/v2/", self.version)
         self.app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", self.manifest)
@@ -220,24 +234,54 @@ class Mirror:
             return None
 
     def _start_warm(self, cache: UpstreamCache, name: str, digest: str, body: bytes) -> None:
+        registry = cache.upstream.registry
         if cache.is_index(manifest_media_type(body)):
-            # TODO: nothing tags a multi-platform image, because a tag must name a complete
-            # image and the store holds only the platforms clients asked for, so gc removes it.
+            tag = self._tag_of.get((registry, digest))
+            if tag is not None:
+                # The store keeps an index whose platforms are absent, so it is tagged now and
+                # again when a platform that a client pulls is complete.
+                for entry in index_entries(body):
+                    self._index_of[(registry, entry)] = _IndexTag(name, digest, tag)
+                self._spawn(self._tag_index(cache, _IndexTag(name, digest, tag)))
             return
         cache.remember_sizes(body)
         if digest in self._warming:
             return
         self._warming.add(digest)
-        tag = self._tag_of.get((cache.upstream.registry, digest))
-        task = asyncio.create_task(self._warm(cache, name, digest, body, tag))
+        tag = self._tag_of.get((registry, digest))
+        index = self._index_of.get((registry, digest))
+        self._spawn(self._warm(cache, name, digest, body, tag, index))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _tag_index(self, cache: UpstreamCache, index: _IndexTag) -> None:
+        try:
+            await cache.tag_index(index.repository, index.digest, index.tag)
+        except (StoreError, OSError) as error:
+            logger.warning(
+                "tagging index %s/%s:%s failed: %s",
+                cache.upstream.registry,
+                index.repository,
+                index.tag,
+                error,
+            )
+
     async def _warm(
-        self, cache: UpstreamCache, name: str, digest: str, body: bytes, tag: str | None
+        self,
+        cache: UpstreamCache,
+        name: str,
+        digest: str,
+        body: bytes,
+        tag: str | None,
+        index: _IndexTag | None,
     ) -> None:
         try:
             await cache.warm_image(name, digest, body, tag)
+            if index is not None:
+                await self._tag_index(cache, index)
         except (RegistryError, DigestMismatchError, SizeMismatchError, OSError) as error:
             # The client's own blob requests retry each missing blob; this was only a head start.
             logger.warning(

@@ -12,6 +12,7 @@ __all__ = [
     "API_VERSION_HEADER",
     "MANIFEST_MEDIA_TYPES",
     "error_response",
+    "index_entries",
     "manifest_blobs",
     "manifest_media_type",
     "valid_repository",
@@ -107,3 +108,16 @@ def manifest_blobs(body: bytes) -> list[tuple[str, int]]:
         if isinstance(digest, str) and isinstance(size, int) and size >= 0:
             blobs.append((digest, size))
     return blobs
+
+
+def index_entries(body: bytes) -> list[str]:
+    """List the manifest digests an index lists in ``manifests``; empty for anything else."""
+    value = _parse(body)
+    items = value.get("manifests") if value is not None else None
+    if not isinstance(items, list):
+        return []
+    return [
+        item["digest"]
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("digest"), str)
+    ]

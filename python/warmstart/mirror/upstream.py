@@ -18,6 +18,7 @@ from pathlib import Path
 
 from warmstart import BlobReport, ManifestReport
 from warmstart.errors import (
+    MissingBlobError,
     RegistryConnectionError,
     RegistryError,
     RegistryTimeoutError,
@@ -232,8 +233,9 @@ class UpstreamCache:
     ) -> None:
         """Fetch every blob an image manifest lists, then tag it in the store when ``tag`` is set.
 
-        An index is not warmed because the platform the client wants is not known yet. The
-        client's next request, for the platform's manifest by digest, warms that manifest.
+        An index is not warmed because the platform the client wants is not known yet; it is
+        tagged with ``tag_index``. The client's next request, for the platform's manifest by
+        digest, warms that manifest.
         """
         blobs = self.remember_sizes(manifest)
         if not blobs:
@@ -242,6 +244,30 @@ class UpstreamCache:
         if tag is not None:
             await asyncio.to_thread(self.store.tag, self.store_tag(repository, tag), digest)
             logger.info("cached %s as %s", self.store_tag(repository, tag), digest)
+
+    async def tag_index(self, repository: str, digest: str, tag: str) -> bool:
+        """Tag the index ``digest`` in the store as the image of ``repository:tag``.
+
+        The platforms that no client pulled may be absent. A platform manifest that is in the
+        store while its blobs are still arriving makes the store reject the tag
+        (``MissingBlobError``). Then this logs and returns False, and the warm-up of that
+        platform calls it again once the platform is complete. Returns whether the tag was
+        written or already pointed at ``digest``.
+        """
+        store_tag = self.store_tag(repository, tag)
+        try:
+            current = await asyncio.to_thread(self.store.resolve, store_tag)
+        except TagNotFoundError:
+            current = None
+        if current is not None and current.digest == digest:
+            return True
+        try:
+            await asyncio.to_thread(self.store.tag, store_tag, digest)
+        except MissingBlobError as error:
+            logger.info("not tagging %s as %s yet: %s", store_tag, digest, error)
+            return False
+        logger.info("cached index %s as %s", store_tag, digest)
+        return True
 
     def is_index(self, media_type: str | None) -> bool:
         return media_type in INDEX_MEDIA_TYPES

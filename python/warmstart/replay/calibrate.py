@@ -88,6 +88,8 @@ class Calibration:
     fit_blob_seconds: tuple[float, ...] = ()
     # Reasons to distrust the fit, such as an image too small for it, one line each.
     warnings: tuple[str, ...] = ()
+    # The index in ``layers`` of the image config blob, or None when the manifest has none.
+    config: int | None = None
 
 
 def fit_size_warning(fitted_bytes: int, blobs: int, network: Network, base: Network) -> str | None:
@@ -222,6 +224,16 @@ def _relative_error(
     )
 
 
+def _config_index(store: LayerStore, report: PullReport) -> int | None:
+    """Return the index in ``report.blobs`` of the config blob of the manifest pulled into
+    ``store``, or ``None`` when the manifest lists no config."""
+    manifest = json.loads(store.read(report.manifest_digest))
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    digest = config.get("digest") if isinstance(config, dict) else None
+    digests = [blob.digest for blob in report.blobs]
+    return digests.index(digest) if digest in digests else None
+
+
 async def _pull(
     reference: str,
     store_path: Path,
@@ -279,16 +291,28 @@ async def _unpack_seconds(store_path: Path, tag: str, target: Path) -> float | N
 
 
 def fit_node_cap(
-    layers: Sequence[int], network: Network, connections: int, chunk_size: int, measured_s: float
+    layers: Sequence[int],
+    network: Network,
+    connections: int,
+    chunk_size: int,
+    measured_s: float,
+    *,
+    config: int | None = None,
 ) -> float:
     """Return the node rate cap (bytes per second) at which the chunked model's download
     takes ``measured_s`` seconds, or ``inf`` when the model is not faster than that uncapped.
+    ``config`` is the index of the config blob in ``layers``, as ``pull_times`` takes it.
     """
 
     def modeled(cap: float) -> float:
         trial = dataclasses.replace(network, node_bytes_per_s=cap, unpack_bytes_per_s=math.inf)
         return pull_times(
-            layers, trial, Puller.CHUNKED, connections=connections, chunk_size=chunk_size
+            layers,
+            trial,
+            Puller.CHUNKED,
+            connections=connections,
+            chunk_size=chunk_size,
+            config=config,
         ).download_s
 
     if modeled(math.inf) >= measured_s:
@@ -340,6 +364,7 @@ async def calibrate(
         containerd = await _fastest_pull(
             reference, root / "one", 3, _WHOLE_BLOB_CHUNK, hosts, repeat, before_pull
         )
+        config = _config_index(LayerStore(root / "one"), containerd)
         chunked = await _fastest_pull(
             reference, root / "two", connections, chunk_size, hosts, repeat, before_pull
         )
@@ -352,9 +377,9 @@ async def calibrate(
     # time is the first-byte time. The faster of the two fit pulls is kept, since a stall on
     # a loaded machine only ever adds time.
     first_byte_s = min(containerd.manifest_seconds, chunked.manifest_seconds)
-    # The layer store starts blobs largest first and reports them in that order, so with 3
-    # connections and whole-blob ranges the containerd pull's blobs got connections in the
-    # order listed.
+    # The layer store starts the config blob first and the others largest first, and reports
+    # them in that order. So with 3 connections and whole-blob ranges, the containerd pull's
+    # blobs got connections in the order listed.
     blobs = [b for b in containerd.blobs if not b.reused]
     sizes, seconds = [b.size for b in blobs], [b.seconds for b in blobs]
     try:
@@ -363,7 +388,7 @@ async def calibrate(
         logger.warning("%s; fitting the rate of %s without a first-byte time", error, reference)
         network = fit_network(sizes, seconds, base.registry, first_byte_s=0.0)
     layers = tuple(b.size for b in containerd.blobs)
-    cap = fit_node_cap(layers, network, connections, chunk_size, chunked.seconds)
+    cap = fit_node_cap(layers, network, connections, chunk_size, chunked.seconds, config=config)
     network = dataclasses.replace(network, node_bytes_per_s=cap)
     # Unpacking is measured on its own (a flatten applies layers one at a time, as the model
     # does), and the download comparisons below leave it out.
@@ -380,6 +405,7 @@ async def calibrate(
             present=[present] * len(layers),
             connections=lanes,
             chunk_size=chunk,
+            config=config,
         ).download_s
 
     measurements = (
@@ -429,6 +455,7 @@ async def calibrate(
         measurements,
         fit_blob_seconds,
         warnings=() if warning is None else (warning,),
+        config=config,
     )
 
 
@@ -458,7 +485,10 @@ def calibrated_description(base: Profile, calibration: Calibration) -> str:
 def profile_toml(base: Profile, calibration: Calibration, base_source: str) -> str:
     """Return a profile TOML: ``base`` with the measured image and ``[registry]`` numbers."""
     service, startup, network = base.service, base.startup, calibration.network
-    layers = ",\n".join(f"    {size}" for size in calibration.layers)
+    layers = ",\n".join(
+        f"    {{ size = {size}, config = true }}" if index == calibration.config else f"    {size}"
+        for index, size in enumerate(calibration.layers)
+    )
     mirror = base.mirror
     warnings = "".join(
         f"# WARNING: {line}\n" for warning in calibration.warnings for line in _wrap(warning)
@@ -487,7 +517,8 @@ health_s = {_number(startup.health_s)}
 jitter = {_number(startup.jitter)}
 
 [image]
-# Blob sizes in bytes of {calibration.reference}, in the order the store reported them.
+# Blob sizes in bytes of {calibration.reference}, in the order the store reported them. The
+# chunked model starts the blob marked config = true first, as the layer store does.
 layers = [
 {layers},
 ]

@@ -11,10 +11,11 @@ are modeled:
   per layer and no byte ranges, in the order the layers are given;
 - ``chunked``: the layer store's puller, ``connections`` byte-range requests of ``chunk_size``
   bytes in flight across all blobs. As in the layer store, every blob's first range goes
-  first, largest blob first (that request also tells whether the server honours ranges),
-  then the other ranges, largest blob first. The layer store hands those out as connections
-  free up, round robin between blobs; on the benchmark images the two orders differ by under
-  1 % in modeled time.
+  first (that request also tells whether the server honours ranges): the config blob's, when
+  the caller says which blob it is, then the others largest blob first. The other ranges
+  follow, largest blob first. The layer store hands those out as connections free up, round
+  robin between blobs; on the benchmark images the two orders differ by under 1 % in modeled
+  time.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
 one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
@@ -144,9 +145,16 @@ def download_times(
     *,
     connections: int = DEFAULT_CONNECTIONS,
     chunk_size: int = 16 << 20,
+    config: int | None = None,
 ) -> list[float]:
     """Return the second at which each layer's download ends, counted from the first blob
-    request (0 for layers already present)."""
+    request (0 for layers already present).
+
+    ``config`` is the index in ``layers`` of the image's config blob, when it is listed. The
+    chunked puller starts its first range before every other blob's, as the layer store does.
+    """
+    if config is not None and not 0 <= config < len(layers):
+        raise ValueError(f"config index {config!r} is outside the {len(layers)} layers")
     missing = [i for i, size in enumerate(layers) if not present[i] and size > 0]
     done = [0.0] * len(layers)
     if puller is Puller.CONTAINERD:
@@ -158,10 +166,11 @@ def download_times(
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
     if connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections!r}")
-    # (bytes, layer) of each blob's first range, then of the other ranges, largest blob first.
+    # (bytes, layer) of each blob's first range, then of the other ranges: the config blob
+    # first, then largest blob first.
     first_ranges: list[tuple[float, int]] = []
     other_ranges: list[tuple[float, int]] = []
-    for layer in sorted(missing, key=lambda i: -layers[i]):
+    for layer in sorted(missing, key=lambda i: (i != config, -layers[i])):
         size = layers[layer]
         for offset in range(0, size, chunk_size):
             ranges = other_ranges if offset else first_ranges
@@ -183,12 +192,14 @@ def pull_times(
     present: Sequence[bool] | None = None,
     connections: int = DEFAULT_CONNECTIONS,
     chunk_size: int = 16 << 20,
+    config: int | None = None,
 ) -> PullTimes:
     """Model the pull of an image with layer sizes ``layers`` (bytes, manifest order).
 
     The manifest request comes first and takes ``first_byte_s``, even when every layer is
     present. ``present[i]`` marks layers already in the node's store: they are unpacked but
-    not downloaded. ``connections`` and ``chunk_size`` (bytes) apply to the chunked puller.
+    not downloaded. ``connections``, ``chunk_size`` (bytes) and ``config`` (the index of the
+    config blob in ``layers``, see ``download_times``) apply to the chunked puller.
     """
     if any(size < 0 for size in layers):
         raise ValueError("layer sizes must be non-negative bytes")
@@ -197,7 +208,13 @@ def pull_times(
         raise ValueError(f"present has {len(have)} entries for {len(layers)} layers")
     manifest_s = network.first_byte_s
     done = download_times(
-        layers, have, puller, network, connections=connections, chunk_size=chunk_size
+        layers,
+        have,
+        puller,
+        network,
+        connections=connections,
+        chunk_size=chunk_size,
+        config=config,
     )
     unpacked = manifest_s
     for size, downloaded in zip(layers, done, strict=True):

@@ -92,7 +92,9 @@ class StartupModel:
 class Profile:
     """A served model on one instance type: service, start-up stages, image and networks.
 
-    ``layers`` are compressed layer sizes in bytes, each distinct blob once.
+    ``layers`` are compressed layer sizes in bytes, each distinct blob once. ``config`` is
+    the index in ``layers`` of the image config blob, which the chunked puller starts first,
+    or ``None`` when the profile does not list or mark it.
     """
 
     name: str
@@ -105,6 +107,7 @@ class Profile:
     puller: Puller = Puller.CHUNKED
     connections: int = DEFAULT_CONNECTIONS
     chunk_size: int = 16 << 20
+    config: int | None = None
 
     def image_times(self, *, mirror: bool = False, in_store: bool = False) -> PullTimes:
         """Return the modeled image stage: from the mirror or the registry, with every blob
@@ -116,6 +119,7 @@ class Profile:
             present=[in_store] * len(self.layers),
             connections=self.connections,
             chunk_size=self.chunk_size,
+            config=self.config,
         )
 
     def stage_times(
@@ -217,7 +221,7 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
         raise ProfileError(
             f"{source}: pull.puller must be one of {choices}, got {puller_name!r}"
         ) from None
-    layers = reader.layers()
+    layers, config = reader.layers()
     chunk_size = reader.count(
         "pull", "chunk_size", minimum=MIN_CHUNK_SIZE, maximum=1 << 40, default=16 << 20
     )
@@ -240,4 +244,5 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
             "pull", "connections", minimum=1, maximum=MAX_CONNECTIONS, default=DEFAULT_CONNECTIONS
         ),
         chunk_size=chunk_size,
+        config=config,
     )

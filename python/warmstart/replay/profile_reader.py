@@ -157,20 +157,32 @@ class ProfileReader:
             ),
         )
 
-    def layers(self) -> tuple[int, ...]:
-        """Read ``image.layers``: byte counts, or ``{size, digest}`` tables. A digest listed
-        twice (a layer shared between image versions) is counted once."""
+    def layers(self) -> tuple[tuple[int, ...], int | None]:
+        """Read ``image.layers``: byte counts, or ``{size, digest, config}`` tables. A digest
+        listed twice (a layer shared between image versions) is counted once. Returns the
+        sizes and the index among them of the entry marked ``config = true`` (the image config
+        blob), or ``None`` when no entry is marked."""
         entries = self.table("image").get("layers")
         if not isinstance(entries, list) or not entries:
             raise self.error("image.layers must be a non-empty list")
         sizes: list[int] = []
+        config: int | None = None
         seen: set[str] = set()
         for position, entry in enumerate(entries):
-            size, digest = (
-                (entry, None)
+            size, digest, is_config = (
+                (entry, None, False)
                 if not isinstance(entry, dict)
-                else (entry.get("size"), entry.get("digest"))
+                else (entry.get("size"), entry.get("digest"), entry.get("config", False))
             )
+            if not isinstance(is_config, bool):
+                raise self.error(
+                    f"image.layers[{position}].config must be true or false, got {is_config!r}"
+                )
+            if is_config and config is not None:
+                raise self.error(
+                    f"image.layers[{position}] is a second config blob; mark one entry "
+                    "config = true"
+                )
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise self.error(f"image.layers[{position}] needs a byte count, got {entry!r}")
             if size > MAX_LAYER_BYTES:
@@ -182,5 +194,7 @@ class ProfileReader:
                 if digest in seen:
                     continue
                 seen.add(str(digest))
+            if is_config:
+                config = len(sizes)
             sizes.append(size)
-        return tuple(sizes)
+        return tuple(sizes), config

@@ -115,6 +115,32 @@ fn build(py: Python<'_>, error: &StoreError) -> PyResult<PyErr> {
             attributes.set_item("digest", digest.to_string())?;
             "MissingBlobError"
         }
+        StoreError::IncompleteImage {
+            digest,
+            referenced_by,
+            ..
+        } => {
+            attributes.set_item("digest", digest.to_string())?;
+            attributes.set_item("referenced_by", referenced_by)?;
+            "MissingBlobError"
+        }
+        StoreError::PlatformNotFound { .. } => {
+            // The class a pull raises for the same failure. No request was made, so no status.
+            attributes.set_item("status", py.None())?;
+            "PlatformNotFoundError"
+        }
+        StoreError::PlatformNotInStore {
+            reference,
+            platform,
+            manifest,
+            missing,
+        } => {
+            attributes.set_item("reference", reference)?;
+            attributes.set_item("platform", platform)?;
+            attributes.set_item("manifest", manifest.to_string())?;
+            attributes.set_item("digest", missing.to_string())?;
+            "PlatformNotInStoreError"
+        }
         StoreError::ForeignLayerMissing { digest, .. } => {
             attributes.set_item("digest", digest.to_string())?;
             "ForeignLayerError"

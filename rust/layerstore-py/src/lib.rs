@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layerstore::fetch::Progress;
+use layerstore::registry::platform::Platform;
 use layerstore::store::GcOptions;
 use layerstore::unpack::UnpackOptions;
 use layerstore::{Digest, Expected, Store};
@@ -188,6 +189,25 @@ impl PyLayerStore {
 
     fn resolve(&self, tag: &str) -> PyResult<PyDescriptor> {
         Ok(self.store.resolve(tag).map_err(to_py_err)?.into())
+    }
+
+    /// Resolves a tag or manifest digest to the image manifest for `platform` (`os/arch[/variant]`,
+    /// the host's when `None`); see `Store::resolve_platform`.
+    #[pyo3(signature = (reference, platform=None))]
+    fn resolve_platform(
+        &self,
+        py: Python<'_>,
+        reference: &str,
+        platform: Option<&str>,
+    ) -> PyResult<PyDescriptor> {
+        let platform = match platform {
+            Some(text) => Platform::parse(text).map_err(errors::pull_to_py_err)?,
+            None => Platform::host(),
+        };
+        let descriptor = py
+            .detach(|| self.store.resolve_platform(reference, &platform))
+            .map_err(to_py_err)?;
+        Ok(descriptor.into())
     }
 
     fn tags(&self) -> PyResult<Vec<PyDescriptor>> {

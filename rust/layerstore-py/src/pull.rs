@@ -193,11 +193,16 @@ impl PyPullProgress {
 }
 
 fn snapshot(progress: &Progress, finished: bool) -> PyPullProgress {
-    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    // In the order `Progress` documents, so that the sum of the first two stays within the
+    // total.
+    let fetched_bytes = progress.fetched_bytes.load(Acquire);
+    let reused_bytes = progress.reused_bytes.load(Acquire);
+    let total_bytes = progress.total_bytes.load(Relaxed);
     PyPullProgress {
-        total_bytes: progress.total_bytes.load(Relaxed),
-        fetched_bytes: progress.fetched_bytes.load(Relaxed),
-        reused_bytes: progress.reused_bytes.load(Relaxed),
+        total_bytes,
+        fetched_bytes,
+        reused_bytes,
         blobs_total: progress.blobs_total.load(Relaxed),
         blobs_done: progress.blobs_done.load(Relaxed),
         finished,

@@ -75,6 +75,39 @@ pub enum StoreError {
     },
 
     #[error(
+        "image {image} is incomplete: blob {digest} referenced by {referenced_by} is not in the \
+         store; pull the image again (for an index, the platform of that manifest) before tagging it"
+    )]
+    IncompleteImage {
+        /// The tag being written, or the root digest for an untagged entry.
+        image: String,
+        digest: Digest,
+        referenced_by: String,
+    },
+
+    #[error("{reference} has no manifest for platform {platform}; it lists {available}")]
+    PlatformNotFound {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+
+    #[error(
+        "platform {platform} of {reference} is not in the store: {}; pull that platform first, \
+         through the mirror or with `warmstart pull --platform {platform} --tag <another tag> \
+         <image>`",
+        absence(.manifest, .missing)
+    )]
+    PlatformNotInStore {
+        reference: String,
+        platform: String,
+        /// The platform's manifest, as the index lists it.
+        manifest: Digest,
+        /// The first blob of that platform missing: the manifest itself, or one of its blobs.
+        missing: Digest,
+    },
+
+    #[error(
         "foreign layer {digest} (urls: {urls}) is not included in archive {archive}; \
          warmstart imports foreign layers only when their bytes are in the archive"
     )]
@@ -91,6 +124,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Describes what of a platform is missing, for [`StoreError::PlatformNotInStore`].
+fn absence(manifest: &Digest, missing: &Digest) -> String {
+    if manifest == missing {
+        format!("the index lists manifest {manifest}, which was never pulled")
+    } else {
+        format!("its manifest {manifest} is there, but blob {missing} is missing")
+    }
 }
 
 impl StoreError {

@@ -28,7 +28,8 @@ impl Store {
     /// With `tags`, only the entries of `source/index.json` carrying one of those tags are
     /// imported; otherwise all entries are. Every blob reachable from an imported entry is
     /// copied and verified against its descriptor; a reachable blob missing from `source` is an
-    /// error, unless it is a foreign layer (a descriptor with `urls`), which is skipped.
+    /// error, unless it is a foreign layer (a descriptor with `urls`), a referrer's subject or an
+    /// entry of an index (a platform that was not pulled), which are skipped.
     pub fn import_layout(&self, source: &Path, tags: Option<&[String]>) -> Result<ImportReport> {
         let roots = select_roots(source, tags)?;
         let mut report = ImportReport::default();
@@ -41,7 +42,8 @@ impl Store {
     }
 
     /// Writes the images carrying `tags` (all tagged images when `None`) to a new or existing
-    /// OCI layout at `target`, with every blob they reach.
+    /// OCI layout at `target`, with every blob they reach. An index is written with the
+    /// platforms in the store; its other entries stay listed, without their blobs.
     pub fn export_layout(&self, target: &Path, tags: Option<&[String]>) -> Result<ImportReport> {
         let fresh = !target.exists();
         let target_store = Store::open(target)?;
@@ -64,7 +66,7 @@ impl Store {
         report: &mut ImportReport,
     ) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<(Reference, String)> = roots
+        let mut queue: VecDeque<(Reference, String, bool)> = roots
             .iter()
             .map(|root| {
                 let reference = Reference {
@@ -72,10 +74,10 @@ impl Store {
                     is_manifest: true,
                     is_subject: false,
                 };
-                (reference, "index.json".to_owned())
+                (reference, "index.json".to_owned(), false)
             })
             .collect();
-        while let Some((reference, referenced_by)) = queue.pop_front() {
+        while let Some((reference, referenced_by, is_index_entry)) = queue.pop_front() {
             let Reference {
                 descriptor,
                 is_manifest,
@@ -92,6 +94,12 @@ impl Store {
                 }
                 if is_subject {
                     tracing::info!(digest = %descriptor.digest, %referenced_by, "skipping subject manifest absent from the source");
+                    continue;
+                }
+                if is_index_entry {
+                    // A platform that was not pulled: the index may still be tagged (see
+                    // `Store::first_missing`), and a reader that selects it gets an error.
+                    tracing::info!(digest = %descriptor.digest, %referenced_by, "skipping index entry absent from the source");
                     continue;
                 }
                 return Err(StoreError::MissingBlob {
@@ -130,7 +138,8 @@ impl Store {
             }
             let name = format!("manifest {}", descriptor.digest);
             for child in manifest::referenced_descriptors(&bytes, &name)? {
-                queue.push_back((child, descriptor.digest.to_string()));
+                let is_index_entry = child.is_index_entry();
+                queue.push_back((child, descriptor.digest.to_string(), is_index_entry));
             }
         }
         Ok(())

@@ -127,6 +127,20 @@ pub struct Reference {
     pub is_subject: bool,
 }
 
+impl Reference {
+    /// True for an entry of an index's `manifests` (for a child that [`referenced_descriptors`]
+    /// returned): one platform, or one image, of a multi-platform image. A store may hold an
+    /// index without some of its entries, because a pull fetches only the platform it selects.
+    pub fn is_index_entry(&self) -> bool {
+        self.is_manifest && !self.is_subject
+    }
+}
+
+/// True for the media types of an OCI image index and a Docker manifest list.
+pub fn is_index_media_type(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+}
+
 /// Returns the descriptors a manifest, index or artifact manifest refers to: `config`, `layers`,
 /// `blobs` (content), and `manifests`, `subject` (manifests). Content that is not a JSON object
 /// yields no children. A `subject` is marked [`Reference::is_subject`]: callers that check an

@@ -78,6 +78,8 @@ pub struct BlobJob {
     pub size: u64,
     pub media_type: String,
     pub source: BlobSource,
+    /// True for the config blob of the manifest being pulled, which starts before the others.
+    pub config: bool,
 }
 
 /// The outcome of fetching one blob.
@@ -90,7 +92,11 @@ pub struct BlobReport {
     pub fetched_bytes: u64,
     /// True when the blob was already in the store and nothing was fetched.
     pub reused: bool,
-    /// True when the server honoured range requests (false also for single-chunk blobs).
+    /// True when the blob's bytes came from range requests: this pull's, or those of an
+    /// earlier, interrupted pull whose finished chunks this pull resumed from. So a resumed
+    /// blob finished with one range request is ranged. False when the blob came as one stream
+    /// from byte 0 (the server ignored or stopped honouring Range, or the blob fits in one
+    /// chunk), and for a blob found in the store.
     pub ranged: bool,
     /// HTTP requests made for this blob's bytes.
     pub requests: u32,
@@ -99,10 +105,20 @@ pub struct BlobReport {
 }
 
 /// Live counters of a pull, read by progress displays while the pull runs.
+///
+/// `fetched_bytes + reused_bytes` never exceeds `total_bytes` for a reader that loads
+/// `fetched_bytes`, then `reused_bytes`, both with [`Ordering::Acquire`], and `total_bytes`
+/// last.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Sizes of every blob of the pull.
     pub total_bytes: AtomicU64,
+    /// Bytes downloaded and written into their blob's partial file. A restart from byte 0
+    /// subtracts the bytes it discards, so a byte fetched twice counts once; the per-blob
+    /// [`BlobReport::fetched_bytes`] counts every byte received.
     pub fetched_bytes: AtomicU64,
+    /// Bytes found in the store: committed blobs, and the chunks that an earlier, interrupted
+    /// pull left in a partial file (subtracted again when a restart from byte 0 discards them).
     pub reused_bytes: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_done: AtomicU64,
@@ -194,9 +210,11 @@ impl Fetcher {
     /// failure aborts the other downloads (their partial files stay for a resume) and is
     /// returned. Dropping the returned future cancels everything it started.
     ///
-    /// Blobs get their first connection largest first, since the biggest blob is the critical
-    /// path. Blobs that another writer is downloading into the same store wait for it outside
-    /// that order, so they never hold up the others.
+    /// The config blob gets the first connection, so that a consumer of the pull (unpack)
+    /// learns the image before any layer arrives. The other blobs get their first connection
+    /// largest first, since the biggest blob is the critical path. Blobs that another writer is
+    /// downloading into the same store wait for it outside that order, so they never hold up
+    /// the others.
     pub async fn fetch_all(
         self: &Arc<Self>,
         jobs: Vec<BlobJob>,
@@ -216,7 +234,7 @@ impl Fetcher {
         progress
             .total_bytes
             .fetch_add(unique.iter().map(|job| job.size).sum(), Ordering::Relaxed);
-        unique.sort_by_key(|job| std::cmp::Reverse(job.size));
+        unique.sort_by_key(|job| (!job.config, std::cmp::Reverse(job.size)));
 
         // Open every partial file at once, without waiting for another writer's lock.
         let mut opening = Vec::new();
@@ -246,7 +264,7 @@ impl Fetcher {
             }
         }
 
-        // Queue every blob's first request for a connection now, largest blob first. The
+        // Queue every blob's first request for a connection now, in the order above. The
         // semaphore is first in, first out, so these go out in this order, ahead of the other
         // ranges of any blob, which queue once their blob's first response arrives. Polling an
         // acquire once puts it in the queue, and the blob's task goes on waiting on it.
@@ -331,7 +349,7 @@ impl Fetcher {
         // Bytes already on disk from an earlier run count as reused.
         progress
             .reused_bytes
-            .fetch_add(done.covered(), Ordering::Relaxed);
+            .fetch_add(done.covered(), Ordering::Release);
         // Marks the stream failed if the blob's download ends without a commit, even by being
         // dropped.
         let guard = PrefixGuard(announce_stream(&job, &partial, &done, progress)?);
@@ -340,6 +358,8 @@ impl Fetcher {
             job,
             partial,
             state: Mutex::new(State {
+                resumed: done.covered(),
+                written: 0,
                 done,
                 generation: 0,
                 hashed: 0,
@@ -351,6 +371,7 @@ impl Fetcher {
             progress: Arc::clone(progress),
             fetched: AtomicU64::new(0),
             requests: AtomicU32::new(0),
+            range_responses: AtomicU32::new(0),
             syncing: Arc::new(AtomicBool::new(false)),
             prefix: guard.0.clone(),
         });
@@ -360,7 +381,7 @@ impl Fetcher {
 
 /// Reports a blob found in the store, and records it as committed.
 fn reused_report(job: BlobJob, started: Instant, progress: &Progress) -> BlobReport {
-    progress.reused_bytes.fetch_add(job.size, Ordering::Relaxed);
+    progress.reused_bytes.fetch_add(job.size, Ordering::Release);
     progress.blobs_done.fetch_add(1, Ordering::Relaxed);
     progress.record_committed(&job.digest, &job.media_type);
     BlobReport {
@@ -407,8 +428,15 @@ async fn finish_blob(
     let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
     drop(hashing);
 
-    let ranged = download.state.lock().expect("not poisoned").generation == 0
-        && download.requests.load(Ordering::Relaxed) > 1;
+    let ranged = {
+        let state = download.state.lock().expect("not poisoned");
+        // Generation 0 holds only bytes from range responses and resumed chunks, because a
+        // stream from byte 0 restarts into generation 1.
+        // NOTE: a resumed partial file that was complete takes no request, and counts as
+        // ranged even when the interrupted pull had fetched it as one stream.
+        state.generation == 0
+            && (state.resumed > 0 || download.range_responses.load(Ordering::Relaxed) > 0)
+    };
     let fetched_bytes = download.fetched.load(Ordering::Relaxed);
     let requests = download.requests.load(Ordering::Relaxed);
     // The range tasks and the hashing task have ended, and background flushes own their
@@ -468,6 +496,10 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Written ranges, and a generation that changes when a restart from byte 0 discards them.
 struct State {
     done: RangeSet,
+    /// Bytes of `done` that an earlier run wrote, counted in `Progress::reused_bytes`.
+    resumed: u64,
+    /// Bytes of `done` that this run wrote, counted in `Progress::fetched_bytes`.
+    written: u64,
     generation: u64,
     /// End of the prefix the hashing task has taken on.
     hashed: u64,
@@ -488,6 +520,8 @@ struct Download {
     progress: Arc<Progress>,
     fetched: AtomicU64,
     requests: AtomicU32,
+    /// Range responses accepted: a 206 whose `Content-Range` starts where asked.
+    range_responses: AtomicU32,
     /// True while a background flush of the partial file runs.
     syncing: Arc<AtomicBool>,
     /// The contiguous written prefix announced to a subscriber, if the pull has one.
@@ -553,14 +587,21 @@ impl Download {
         }
     }
 
-    /// Records `start..end` as written, and keeps its `buffers` for hashing when the budget
-    /// allows. Returns false when a restart discarded this writer's generation.
+    /// Records `start..end` as written, counts its new bytes as fetched, and keeps its `buffers`
+    /// for hashing when the budget allows. Returns false when a restart discarded this writer's
+    /// generation.
     fn mark_written(&self, start: u64, end: u64, generation: u64, buffers: Vec<Bytes>) -> bool {
         let mut state = self.state.lock().expect("not poisoned");
         if state.generation != generation {
             return false;
         }
+        let covered = state.done.covered();
         state.done.insert(start, end);
+        let added = state.done.covered() - covered;
+        state.written += added;
+        self.progress
+            .fetched_bytes
+            .fetch_add(added, Ordering::Release);
         let hashed = state.hashed;
         let budget = &self.fetcher.retain_budget;
         state.retained.offer(budget, hashed, start, end, buffers);
@@ -575,6 +616,16 @@ impl Download {
     /// Discards everything written, for a restart from byte 0; returns the new generation.
     fn restart(&self) -> u64 {
         let mut state = self.state.lock().expect("not poisoned");
+        // The discarded bytes leave the progress, so the bytes fetched again count once. Writes
+        // of the new generation take this lock, so they count only after these subtractions.
+        let resumed = std::mem::take(&mut state.resumed);
+        let written = std::mem::take(&mut state.written);
+        self.progress
+            .reused_bytes
+            .fetch_sub(resumed, Ordering::AcqRel);
+        self.progress
+            .fetched_bytes
+            .fetch_sub(written, Ordering::AcqRel);
         state.done.clear();
         state.retained.clear();
         state.hashed = 0;
@@ -649,9 +700,6 @@ impl Download {
                 return (buffer_start, Some(PullError::Protocol { context, reason }));
             }
             self.fetched
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.progress
-                .fetched_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             position += chunk.len() as u64;
             buffer.push(chunk);
@@ -865,6 +913,7 @@ async fn fetch_range(
             None => download.request(Some((position, end))).await?,
         };
         check_range_response(download, &current, position, end)?;
+        download.range_responses.fetch_add(1, Ordering::Relaxed);
         let (reached, error) = download
             .stream_body(current, position, end, generation)
             .await;

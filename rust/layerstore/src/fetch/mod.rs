@@ -178,6 +178,7 @@ impl Puller {
             size,
             media_type: "application/octet-stream".into(),
             source: BlobSource::Url(url.clone()),
+            config: false,
         };
         self.fetch_one(job, options, progress).await
     }
@@ -236,34 +237,36 @@ fn blob_jobs(
     reference: &Reference,
 ) -> Result<Vec<BlobJob>, PullError> {
     let value: Value = parse_json(bytes, digest)?;
-    let mut descriptors: Vec<Descriptor> = Vec::new();
+    // Each descriptor with whether it is the config.
+    let mut descriptors: Vec<(Descriptor, bool)> = Vec::new();
     let parse = |value: &Value| -> Result<Descriptor, PullError> {
         parse_json(value.to_string().as_bytes(), digest)
     };
     if let Some(config) = value.get("config") {
-        descriptors.push(parse(config)?);
+        descriptors.push((parse(config)?, true));
     }
     for key in ["layers", "blobs"] {
         if let Some(Value::Array(items)) = value.get(key) {
             for item in items {
-                descriptors.push(parse(item)?);
+                descriptors.push((parse(item)?, false));
             }
         }
     }
     Ok(descriptors
         .into_iter()
-        .filter(|descriptor| {
+        .filter(|(descriptor, _)| {
             let foreign = !descriptor.urls().is_empty();
             if foreign {
                 tracing::info!(digest = %descriptor.digest, "skipping foreign layer");
             }
             !foreign
         })
-        .map(|descriptor| BlobJob {
+        .map(|(descriptor, config)| BlobJob {
             digest: descriptor.digest,
             size: descriptor.size,
             media_type: descriptor.media_type,
             source: BlobSource::Registry(reference.clone()),
+            config,
         })
         .collect())
 }

@@ -54,6 +54,7 @@ impl Puller {
             size,
             media_type: "application/octet-stream".into(),
             source: BlobSource::Registry(reference.clone()),
+            config: false,
         };
         self.fetch_one(job, options, progress).await
     }

@@ -92,6 +92,17 @@ fn is_attestation(descriptor: &Descriptor) -> bool {
             .contains_key("vnd.docker.reference.type")
 }
 
+/// Formats the `platform` of an index entry as `os/architecture[/variant]`, with `?` for a
+/// missing field. Returns `None` when the entry has no platform.
+pub fn platform_of(descriptor: &Descriptor) -> Option<String> {
+    let platform = descriptor.extra.get("platform")?;
+    let field = |name: &str| platform.get(name).and_then(Value::as_str).unwrap_or("?");
+    Some(match platform.get("variant").and_then(Value::as_str) {
+        Some(variant) => format!("{}/{}/{variant}", field("os"), field("architecture")),
+        None => format!("{}/{}", field("os"), field("architecture")),
+    })
+}
+
 /// Picks the manifest for `platform` from the entries of an index. Attestation entries are never
 /// picked. When several entries match, the first wins, as in Docker.
 pub fn select(
@@ -99,35 +110,36 @@ pub fn select(
     platform: &Platform,
     reference: &str,
 ) -> Result<Descriptor, PullError> {
-    let candidates: Vec<&Descriptor> = manifests.iter().filter(|d| !is_attestation(d)).collect();
-    if let Some(found) = candidates.iter().find(|d| platform.matches(d)) {
-        return Ok((*found).clone());
-    }
-    let available: Vec<String> = candidates
-        .iter()
-        .filter_map(|d| d.extra.get("platform"))
-        .map(|p| {
-            let field = |name: &str| {
-                p.get(name)
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned()
-            };
-            match p.get("variant").and_then(Value::as_str) {
-                Some(variant) => format!("{}/{}/{variant}", field("os"), field("architecture")),
-                None => format!("{}/{}", field("os"), field("architecture")),
-            }
+    find(manifests, platform)
+        .cloned()
+        .ok_or_else(|| PullError::PlatformNotFound {
+            platform: platform.to_string(),
+            reference: reference.to_owned(),
+            available: available(manifests),
         })
+}
+
+/// Returns the entry [`select`] picks for `platform`, or `None`.
+pub fn find<'a>(manifests: &'a [Descriptor], platform: &Platform) -> Option<&'a Descriptor> {
+    manifests
+        .iter()
+        .filter(|d| !is_attestation(d))
+        .find(|d| platform.matches(d))
+}
+
+/// Lists the platforms of an index's runnable entries, for messages: `linux/amd64, linux/arm64`,
+/// or `none`.
+pub fn available(manifests: &[Descriptor]) -> String {
+    let platforms: Vec<String> = manifests
+        .iter()
+        .filter(|d| !is_attestation(d))
+        .filter_map(platform_of)
         .collect();
-    Err(PullError::PlatformNotFound {
-        platform: platform.to_string(),
-        reference: reference.to_owned(),
-        available: if available.is_empty() {
-            "none".into()
-        } else {
-            available.join(", ")
-        },
-    })
+    if platforms.is_empty() {
+        "none".into()
+    } else {
+        platforms.join(", ")
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ pub(crate) struct Reference {
     pub size: u64,
     pub referenced_by: String,
     /// The blob may be absent from the store without the image being broken: a foreign layer
-    /// (with `urls`) or the `subject` of a referrer.
+    /// (with `urls`), the `subject` of a referrer, or an entry of an index (a platform that
+    /// was not pulled). A blob that one referrer needs and another does not is not optional.
     pub optional: bool,
 }
 
@@ -68,6 +69,10 @@ impl Store {
     /// Walks `index.json` → manifests and indexes → configs, layers, nested manifests, artifact
     /// blobs and subjects, returning every reachable digest.
     ///
+    /// An index entry that is absent is reachable but optional, and has no children: what a
+    /// platform that was never pulled refers to is unknown, so gc keeps what is reachable from
+    /// the entries that are present.
+    ///
     /// Only blobs in a manifest position (`index.json` entries, `manifests`, `subject`) are
     /// opened and parsed; configs, layers and artifact blobs are content. A manifest that is not
     /// a JSON object has no children.
@@ -75,7 +80,7 @@ impl Store {
     /// are invalid is listed in [`Walk::invalid`].
     pub(crate) fn walk(&self, untrusted: &BTreeSet<Digest>) -> Result<Walk> {
         let mut walk = Walk::default();
-        let mut queue: VecDeque<(manifest::Reference, String)> = self
+        let mut queue: VecDeque<(manifest::Reference, String, bool)> = self
             .read_index()?
             .manifests
             .into_iter()
@@ -85,16 +90,18 @@ impl Store {
                     is_manifest: true,
                     is_subject: false,
                 };
-                (reference, "index.json".to_owned())
+                (reference, "index.json".to_owned(), false)
             })
             .collect();
-        while let Some((reference, referenced_by)) = queue.pop_front() {
+        while let Some((reference, referenced_by, may_be_absent)) = queue.pop_front() {
             let manifest::Reference {
                 descriptor,
                 is_manifest,
-                is_subject,
+                ..
             } = reference;
-            if walk.reachable.contains_key(&descriptor.digest) {
+            let optional = may_be_absent || !descriptor.urls().is_empty();
+            if let Some(known) = walk.reachable.get_mut(&descriptor.digest) {
+                known.optional &= optional;
                 continue;
             }
             walk.reachable.insert(
@@ -102,7 +109,7 @@ impl Store {
                 Reference {
                     size: descriptor.size,
                     referenced_by,
-                    optional: is_subject || !descriptor.urls().is_empty(),
+                    optional,
                 },
             );
             if !is_manifest || untrusted.contains(&descriptor.digest) {
@@ -124,7 +131,8 @@ impl Store {
             match manifest::referenced_descriptors(&bytes, &name) {
                 Ok(children) => {
                     for child in children {
-                        queue.push_back((child, descriptor.digest.to_string()));
+                        let may_be_absent = child.is_subject || child.is_index_entry();
+                        queue.push_back((child, descriptor.digest.to_string(), may_be_absent));
                     }
                 }
                 Err(error) => walk

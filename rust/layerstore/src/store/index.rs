@@ -14,8 +14,17 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::manifest::{self, Descriptor, ImageIndex, REF_NAME};
+use crate::registry::platform;
 use crate::store::ingest::{lock_file, sync_directory};
 use crate::store::Store;
+
+/// A blob an image needs that the store lacks, found by [`Store::first_missing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Missing {
+    pub digest: Digest,
+    /// The manifest that refers to it (with its platform, for an index entry), or `index.json`.
+    pub referenced_by: String,
+}
 
 /// Longest tag accepted; OCI's reference grammar allows 128 characters for a tag and 255 for a
 /// whole reference, and a layout tag may hold a whole reference.
@@ -51,17 +60,7 @@ impl Store {
     /// Returns the descriptor written.
     pub fn tag(&self, tag: &str, digest: &Digest) -> Result<Descriptor> {
         validate_tag(tag)?;
-        let size = self.stat(digest)?.size;
-        let not_a_manifest = || StoreError::InvalidLayout {
-            path: self.blob_path(digest),
-            reason: format!("blob {digest} is not a manifest or index; tag an image manifest"),
-        };
-        if size > manifest::MAX_MANIFEST_SIZE {
-            return Err(not_a_manifest());
-        }
-        let media_type = manifest::media_type_of(&self.read_range(digest, 0, None)?)
-            .ok_or_else(not_a_manifest)?;
-        let mut descriptor = Descriptor::new(&media_type, digest.clone(), size);
+        let (mut descriptor, _) = self.read_manifest(digest)?;
         descriptor
             .annotations
             .insert(REF_NAME.into(), Value::String(tag.to_owned()));
@@ -69,14 +68,43 @@ impl Store {
         Ok(descriptor)
     }
 
-    /// Adds `descriptor` to `index.json`, replacing any entry with the same tag. The manifest
-    /// and every blob it reaches must be in the store (foreign layers excepted), so a tag never
-    /// names an incomplete image.
+    /// Reads the manifest or index `digest` and returns its descriptor (with the media type it
+    /// declares, or one inferred from its fields) and its bytes. A blob that is not a manifest
+    /// raises [`StoreError::InvalidLayout`].
+    pub(crate) fn read_manifest(&self, digest: &Digest) -> Result<(Descriptor, Vec<u8>)> {
+        let size = self.stat(digest)?.size;
+        let not_a_manifest = || StoreError::InvalidLayout {
+            path: self.blob_path(digest),
+            reason: format!("blob {digest} is not a manifest or index"),
+        };
+        if size > manifest::MAX_MANIFEST_SIZE {
+            return Err(not_a_manifest());
+        }
+        let bytes = self.read_range(digest, 0, None)?;
+        let media_type = manifest::media_type_of(&bytes).ok_or_else(not_a_manifest)?;
+        Ok((Descriptor::new(&media_type, digest.clone(), size), bytes))
+    }
+
+    /// Adds `descriptor` to `index.json`, replacing any entry with the same tag.
+    ///
+    /// The descriptor must name a complete image (see [`Store::first_missing`]): an image
+    /// manifest and every blob it reaches, or an index whose entries that are in the store are
+    /// complete. Entries of an index may be absent, because a store often holds only the
+    /// platforms that were pulled. Raises [`StoreError::IncompleteImage`] otherwise.
     pub fn tag_descriptor(&self, descriptor: Descriptor) -> Result<()> {
         if let Some(tag) = descriptor.ref_name() {
             validate_tag(tag)?;
         }
-        self.check_complete(&descriptor)?;
+        if let Some(missing) = self.first_missing(&descriptor)? {
+            let image = descriptor
+                .ref_name()
+                .map_or_else(|| descriptor.digest.to_string(), str::to_owned);
+            return Err(StoreError::IncompleteImage {
+                image,
+                digest: missing.digest,
+                referenced_by: missing.referenced_by,
+            });
+        }
         self.update_index(|index| {
             if let Some(tag) = descriptor.ref_name() {
                 index
@@ -90,41 +118,56 @@ impl Store {
         })
     }
 
-    /// Checks that `root` and every blob it reaches are present; returns the first missing one.
-    fn check_complete(&self, root: &Descriptor) -> Result<()> {
-        let mut queue = vec![(root.clone(), true, "index.json".to_owned())];
+    /// Returns the first blob that `root` needs and the store lacks, or `None` when the image
+    /// is complete.
+    ///
+    /// The root is needed, and so is every blob that a needed manifest refers to. Three kinds
+    /// of blob may be absent: an entry of an index's `manifests` (a platform that was not
+    /// pulled), a foreign layer (a descriptor with `urls`, which may live at its URL only) and
+    /// a referrer's `subject` (another image). An index entry that is present is needed whole,
+    /// so a platform in the store is never half an image.
+    pub(crate) fn first_missing(&self, root: &Descriptor) -> Result<Option<Missing>> {
+        let mut queue = vec![(root.clone(), true, false, "index.json".to_owned())];
         let mut seen = std::collections::BTreeSet::new();
-        while let Some((descriptor, is_manifest, referenced_by)) = queue.pop() {
-            if !seen.insert(descriptor.digest.clone()) {
-                continue;
-            }
+        while let Some((descriptor, is_manifest, optional, referenced_by)) = queue.pop() {
+            // Presence first: a blob optional in one place may be needed in another.
             if !self.has(&descriptor.digest) {
-                if !descriptor.urls().is_empty() {
-                    continue; // a foreign layer may live at its URL only
+                if optional || !descriptor.urls().is_empty() {
+                    continue;
                 }
-                return Err(StoreError::MissingBlob {
+                return Ok(Some(Missing {
                     digest: descriptor.digest,
                     referenced_by,
-                    source_path: self.root().to_owned(),
-                });
+                }));
+            }
+            if !seen.insert(descriptor.digest.clone()) {
+                continue;
             }
             if !is_manifest || descriptor.size > manifest::MAX_MANIFEST_SIZE {
                 continue;
             }
             let bytes = self.read_range(&descriptor.digest, 0, None)?;
             let name = format!("manifest {}", descriptor.digest);
+            let is_index = manifest::media_type_of(&bytes)
+                .is_some_and(|media_type| manifest::is_index_media_type(&media_type));
+            let kind = if is_index { "index" } else { "manifest" };
+            let referrer = match platform::platform_of(&descriptor) {
+                Some(platform) => format!(
+                    "{kind} {} (platform {platform} in {referenced_by})",
+                    descriptor.digest
+                ),
+                None => format!("{kind} {}", descriptor.digest),
+            };
             for child in manifest::referenced_descriptors(&bytes, &name)? {
                 if child.is_subject {
                     continue; // a referrer's subject is another image, not part of this one
                 }
-                queue.push((
-                    child.descriptor,
-                    child.is_manifest,
-                    descriptor.digest.to_string(),
-                ));
+                let optional = child.is_index_entry();
+                let is_manifest = child.is_manifest;
+                queue.push((child.descriptor, is_manifest, optional, referrer.clone()));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Removes `tag` from `index.json`; the blobs stay until `gc`. Returns whether it existed.

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod index;
 pub mod ingest;
 pub mod partial;
+pub mod platform;
 pub mod verify;
 
 use std::fs::{self, File};

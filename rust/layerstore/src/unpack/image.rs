@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, MAX_MANIFEST_SIZE};
-use crate::registry::platform::{self, Platform};
+use crate::registry::platform::Platform;
 use crate::store::Store;
 use crate::unpack::error::{UnpackError, UnpackResult};
 
@@ -26,25 +26,11 @@ pub struct Image {
 }
 
 /// Resolves a tag or a manifest digest to an image. An index is resolved to the host
-/// platform's manifest.
+/// platform's manifest, which must be in the store whole (see [`Store::resolve_platform`]).
 pub fn resolve(store: &Store, reference: &str) -> UnpackResult<Image> {
-    let mut digest = match Digest::parse(reference) {
-        Ok(digest) => digest,
-        Err(_) => store.resolve(reference)?.digest,
-    };
-    let mut document = read_json(store, &digest, reference)?;
-    if document.get("manifests").is_some() {
-        let entries: Vec<Descriptor> = field(&document, "manifests", reference)?;
-        let chosen = platform::select(&entries, &Platform::host(), reference).map_err(|error| {
-            UnpackError::InvalidImage {
-                image: reference.to_owned(),
-                reason: error.to_string(),
-            }
-        })?;
-        digest = chosen.digest;
-        document = read_json(store, &digest, reference)?;
-    }
-    from_document(store, digest, &document, reference)
+    let chosen = store.resolve_platform(reference, &Platform::host())?;
+    let document = read_json(store, &chosen.digest, reference)?;
+    from_document(store, chosen.digest, &document, reference)
 }
 
 /// Builds the image of the manifest `bytes` (digest `digest`, not necessarily in the store yet),
