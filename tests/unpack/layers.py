@@ -147,3 +147,22 @@ def scan(root: Path) -> dict[str, tuple[object, ...]]:
             else:
                 entries[key] = ("file", path.read_bytes(), stat.S_IMODE(info.st_mode))
     return entries
+
+
+def leave_interrupted_run(target: Path) -> None:
+    """Add to an unpacked `target` the staging directories an interrupted run leaves."""
+    for partial in (target / "layers" / ".partial-p-0123", target / ".partial-rootfs"):
+        (partial / "usr").mkdir(parents=True)
+        (partial / "usr" / "half-written").write_bytes(b"staged by another run")
+
+
+def target_state(target: Path) -> dict[str, tuple[object, ...]]:
+    """Map every path below `target`, except the lock, to its inode, mtime and content."""
+    state: dict[str, tuple[object, ...]] = {}
+    for path in sorted(target.rglob("*")):
+        if path.name == ".lock":
+            continue
+        info = path.lstat()
+        content = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
+        state[str(path.relative_to(target))] = (info.st_ino, info.st_mtime_ns, content)
+    return state

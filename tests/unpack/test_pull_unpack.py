@@ -17,7 +17,15 @@ from tests.pull.helpers import ingest_leftovers, pull
 from tests.registry import faults
 from tests.registry.fake import FakeRegistry
 from tests.registry.layout import OCI_MANIFEST, build_image, canonical_json, digest_of
-from tests.unpack.layers import Member, Model, scan, tar_bytes
+from tests.registry.real import RegistryRepository
+from tests.unpack.layers import (
+    Member,
+    Model,
+    leave_interrupted_run,
+    scan,
+    tar_bytes,
+    target_state,
+)
 from warmstart import LayerStore, PullReport, UnpackReport, errors
 
 MIB = 1 << 20
@@ -380,4 +388,22 @@ def test_target_of_other_image_stops_pull(
     assert "holds image" in str(caught.value)
     assert seconds < 20, "the pull went on after the target was found to hold another image"
     assert not store.has(digest)
+    assert json.loads((target / "image.json").read_text())["manifest"] != image.digest
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["overlay", "flatten"])
+def test_rejected_target_keeps_other_image(
+    store: LayerStore, registry_repo: RegistryRepository, tmp_path: Path, flatten: bool
+) -> None:
+    registry_repo.push_generated("v1", [tar_bytes([Member("one", data=b"1")])])
+    image = registry_repo.push_generated("v2", [tar_bytes([Member("two", data=b"2")])])
+    target = tmp_path / "out"
+    pull_and_unpack(store, f"{registry_repo.reference_prefix}:v1", target, flatten=flatten)
+    leave_interrupted_run(target)
+    before = target_state(target)
+
+    with pytest.raises(errors.UnpackTargetError, match="holds image"):
+        pull_and_unpack(store, f"{registry_repo.reference_prefix}:v2", target, flatten=flatten)
+
+    assert target_state(target) == before
     assert json.loads((target / "image.json").read_text())["manifest"] != image.digest

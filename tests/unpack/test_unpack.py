@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.unpack.layers import GZIP, TAR, Member, Model, put_image, scan, tar_bytes
+from tests.unpack.layers import (
+    GZIP,
+    TAR,
+    Member,
+    Model,
+    leave_interrupted_run,
+    put_image,
+    scan,
+    tar_bytes,
+    target_state,
+)
 from warmstart import LayerStore, errors
 
 
@@ -181,6 +191,23 @@ def test_missing_tag_and_busy_target(store: LayerStore, tmp_path: Path) -> None:
     with pytest.raises(errors.UnpackTargetError, match=r"mine\.txt") as caught:
         store.unpack("img", target)
     assert isinstance(caught.value, FileExistsError)
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["overlay", "flatten"])
+def test_rejected_target_keeps_other_image(
+    store: LayerStore, tmp_path: Path, flatten: bool
+) -> None:
+    put_image(store, "one", [tar_bytes([Member("one", data=b"1")])])
+    put_image(store, "two", [tar_bytes([Member("two", data=b"2")])])
+    target = tmp_path / "out"
+    store.unpack("one", target, flatten=flatten)
+    leave_interrupted_run(target)
+    before = target_state(target)
+
+    with pytest.raises(errors.UnpackTargetError, match="holds image"):
+        store.unpack("two", target, flatten=flatten)
+
+    assert target_state(target) == before
 
 
 def test_compression_mismatch_is_invalid_layer(store: LayerStore, tmp_path: Path) -> None:

@@ -21,7 +21,9 @@
 //! still leaves only `.partial-*` directories or complete layers. What a crash costs is more
 //! work for the next run, which extracts again the layers that had finished but were not yet
 //! renamed. While layers extract, a [`Flusher`] thread keeps writing dirty data back, so the
-//! final `syncfs` finds little left to write.
+//! final `syncfs` finds little left to write. A pull with overlapped unpack publishes while it
+//! downloads instead, one `syncfs` per batch of layers that finished (see
+//! [`crate::unpack::pull`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

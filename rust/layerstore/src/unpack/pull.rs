@@ -13,10 +13,16 @@
 //! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first,
 //! and one fewer while the download runs. The other blobs keep downloading into the store, and
 //! their extraction starts later from the partial file or the committed blob. A [`Flusher`]
-//! writes dirty pages back while layers extract, and the layers extracted during the pull are
-//! published together after it, with one `syncfs` ([`Bundle::publish_all`]). Then
-//! [`unpack_image_with`] extracts whatever is still missing (a layer whose extraction during
-//! the pull failed for a reason other than its diff_id) and writes `lowerdir`.
+//! writes dirty pages back while layers extract.
+//!
+//! Layers are published while the pull runs, so a process killed before the pull ends keeps
+//! them for the next run. Each layer whose extraction finished waits in `ready`, and one
+//! publish at a time runs on the blocking pool: one `syncfs`, then the renames of every layer
+//! ready when it started ([`Bundle::publish_all`]). Layers that finish during a publish go
+//! into the next batch, so the number of `syncfs` calls is at most the number of layers and
+//! shrinks when layers finish close together. After the pull, [`unpack_image_with`] extracts
+//! whatever is still missing (a layer whose extraction during the pull failed for a reason
+//! other than its diff_id) and writes `lowerdir`, which is what marks the target complete.
 //!
 //! Dropping the future of [`pull_and_unpack`] (a cancelled pull) stops the extractions it
 //! started at their next read: the readers of blobs that did not commit fail with the download,
@@ -35,13 +41,14 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
 
 use crate::digest::Digest;
 use crate::fetch::{BlobStream, Progress, PullEvent, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
 use crate::store::Store;
-use crate::unpack::bundle::{self, Bundle, Flusher};
+use crate::unpack::bundle::{Bundle, Flusher};
 use crate::unpack::compression::Compression;
 use crate::unpack::error::{UnpackError, UnpackResult};
 use crate::unpack::extract::{BlobCheck, Context};
@@ -71,13 +78,12 @@ pub async fn pull_and_unpack(
     progress: &Arc<Progress>,
 ) -> Result<(PullReport, UnpackReport), PullUnpackError> {
     let target = target.to_owned();
-    let bundle = tokio::task::spawn_blocking(move || -> UnpackResult<Bundle> {
-        let bundle = Bundle::open(&target)?;
-        bundle.remove_partials()?;
-        Ok(bundle)
-    })
-    .await
-    .expect("opening a target does not panic")?;
+    // Staging directories are removed only once the target is claimed for this image (in
+    // `learn_image`, or by the unpack after the pull). A target that belongs to another image
+    // is rejected, and it must keep that image's staging directories.
+    let bundle = tokio::task::spawn_blocking(move || Bundle::open(&target))
+        .await
+        .expect("opening a target does not panic")?;
     let store = puller.store().clone();
     let mut overlap = Overlap::new(store.clone(), bundle);
     let pulled = if options.flatten {
@@ -91,9 +97,10 @@ pub async fn pull_and_unpack(
     let Overlap {
         bundle,
         context,
-        staged,
+        published,
         started,
         failure,
+        publish_failure,
         rejected,
         ..
     } = overlap;
@@ -101,26 +108,11 @@ pub async fn pull_and_unpack(
         // Nothing extracted: extraction starts only once the target is claimed.
         return Err(rejected.into());
     }
-    // A layer staged during the pull read a blob the store committed and matched its diff_id.
-    // So it is published even when the pull failed, and the next run keeps it. When a layer
-    // does not match the image config, no layer of the image is published.
-    let (pairs, streamed): (Vec<_>, Vec<_>) = staged
-        .into_iter()
-        .map(|staged| ((staged.staging, staged.published), staged.report))
-        .unzip();
-    let mismatch = failure.is_some();
-    let bundle = tokio::task::spawn_blocking(move || -> UnpackResult<Arc<Bundle>> {
-        if mismatch {
-            for (staging, _) in &pairs {
-                bundle::remove_tree(staging)?;
-            }
-        } else {
-            bundle.publish_all(&pairs)?;
-        }
-        Ok(bundle)
-    })
-    .await
-    .expect("publishing layers does not panic")?;
+    // A layer published during the pull read a blob the store committed and matched its
+    // diff_id, so it stays published even when the pull failed, and the next run keeps it.
+    if let Some(error) = publish_failure {
+        return Err(error.into());
+    }
     let report = pulled.expect("the pull ran to its end unless the target was rejected")?;
     if let Some(failure) = failure {
         return Err(failure.into());
@@ -135,7 +127,7 @@ pub async fn pull_and_unpack(
     })
     .await
     .expect("unpack does not panic")?;
-    merge_reports(&mut unpacked.layers, streamed);
+    merge_reports(&mut unpacked.layers, published);
     if let Some(started) = started {
         unpacked.seconds = started.elapsed().as_secs_f64();
     }
@@ -205,11 +197,20 @@ struct Overlap {
     running: usize,
     finished_sender: UnboundedSender<Finished>,
     finished: UnboundedReceiver<Finished>,
-    /// Layers extracted and verified during the pull, published after it.
-    staged: Vec<Staged>,
+    /// Layers extracted and verified, waiting for the next publish.
+    ready: Vec<Staged>,
+    /// The publish running on the blocking pool, if any. It returns the reports of the layers
+    /// it published.
+    publishing: Option<JoinHandle<UnpackResult<Vec<LayerReport>>>>,
+    /// Reports of the layers published during the pull.
+    published: Vec<LayerReport>,
+    /// The first publish that failed. No publish starts after it, and the layers still
+    /// staged stay `.partial-*` directories for the next run to remove.
+    publish_failure: Option<UnpackError>,
     /// Writes dirty pages back while extractions run.
     flusher: Option<Flusher>,
-    /// A layer whose verified blob does not unpack to the config's diff_id.
+    /// A layer whose verified blob does not unpack to the config's diff_id. The layers that
+    /// matched are published all the same, as [`unpack_image_with`] does.
     failure: Option<UnpackError>,
     /// The target belongs to another image. The pull is stopped as soon as this is known.
     rejected: Option<UnpackError>,
@@ -279,7 +280,10 @@ impl Overlap {
             running: 0,
             finished_sender,
             finished,
-            staged: Vec::new(),
+            ready: Vec::new(),
+            publishing: None,
+            published: Vec::new(),
+            publish_failure: None,
             flusher: None,
             failure: None,
             rejected: None,
@@ -288,9 +292,10 @@ impl Overlap {
         }
     }
 
-    /// Drives `pull` while extracting layers as its events arrive. Returns once the pull has
-    /// ended and every extraction it started has finished, or `None` when the pull was
-    /// stopped because the target belongs to another image (`rejected`).
+    /// Drives `pull` while extracting and publishing layers as its events arrive. Returns once
+    /// the pull has ended and every extraction it started has finished and been published, or
+    /// `None` when the pull was stopped because the target belongs to another image
+    /// (`rejected`).
     async fn run(
         &mut self,
         pull: impl std::future::Future<Output = Result<PullReport, PullError>>,
@@ -309,6 +314,11 @@ impl Overlap {
                 Some(finished) = self.finished.recv() => {
                     self.finish(finished);
                     self.dispatch();
+                    self.start_publish();
+                }
+                published = join_publish(&mut self.publishing) => {
+                    self.end_publish(published);
+                    self.start_publish();
                 }
             }
         };
@@ -322,13 +332,52 @@ impl Overlap {
             self.queue.clear();
         }
         self.dispatch();
-        while self.running > 0 {
-            let finished = self.finished.recv().await;
-            self.finish(finished.expect("the sender lives in self"));
-            self.dispatch();
+        while self.running > 0 || self.publishing.is_some() {
+            tokio::select! {
+                Some(finished) = self.finished.recv(), if self.running > 0 => {
+                    self.finish(finished);
+                    self.dispatch();
+                }
+                published = join_publish(&mut self.publishing) => self.end_publish(published),
+            }
+            self.start_publish();
         }
         self.flusher = None;
         pulled
+    }
+
+    /// Starts publishing every layer in `ready` unless a publish is running already; the
+    /// layers that finish meanwhile wait for the next one.
+    fn start_publish(&mut self) {
+        if self.publishing.is_some() || self.ready.is_empty() || self.publish_failure.is_some() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.ready);
+        let bundle = Arc::clone(&self.bundle);
+        // A cancelled pull drops this handle but not the task: the publish still completes,
+        // and it holds the target's lock until then.
+        self.publishing = Some(tokio::task::spawn_blocking(move || {
+            let pairs: Vec<_> = batch
+                .iter()
+                .map(|staged| (staged.staging.clone(), staged.published.clone()))
+                .collect();
+            bundle.publish_all(&pairs)?;
+            Ok(batch.into_iter().map(|staged| staged.report).collect())
+        }));
+    }
+
+    fn end_publish(&mut self, published: UnpackResult<Vec<LayerReport>>) {
+        self.publishing = None;
+        match published {
+            Ok(reports) => {
+                tracing::debug!(layers = reports.len(), "published layers during the pull");
+                self.published.extend(reports);
+            }
+            Err(error) => {
+                tracing::error!(%error, "publishing layers during the pull failed");
+                self.publish_failure.get_or_insert(error);
+            }
+        }
     }
 
     async fn handle(&mut self, event: PullEvent) {
@@ -370,6 +419,9 @@ impl Overlap {
         let learned = tokio::task::spawn_blocking(move || -> UnpackResult<Image> {
             let image = image::from_manifest(&store, &digest, &bytes)?;
             claim(&bundle, &image)?;
+            // What an interrupted run of this image left behind, removed before any
+            // extraction of this run starts.
+            bundle.remove_partials()?;
             Ok(image)
         })
         .await
@@ -464,7 +516,7 @@ impl Overlap {
         self.running -= 1;
         let result = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match result {
-            Ok(staged) => self.staged.push(staged),
+            Ok(staged) => self.ready.push(staged),
             Err(error @ UnpackError::DiffIdMismatch { .. }) => {
                 tracing::error!(layer = %digest, %error, "layer does not match the image config");
                 self.failure.get_or_insert(error);
@@ -480,6 +532,17 @@ impl Overlap {
 
 /// The digest of a layer and the outcome of its extraction thread.
 type Finished = (Digest, std::thread::Result<UnpackResult<Staged>>);
+
+/// Waits for the running publish, if any; with none it never completes, so a `select!` branch
+/// on it stays idle.
+async fn join_publish(
+    publishing: &mut Option<JoinHandle<UnpackResult<Vec<LayerReport>>>>,
+) -> UnpackResult<Vec<LayerReport>> {
+    match publishing {
+        Some(handle) => handle.await.expect("publishing layers does not panic"),
+        None => std::future::pending().await,
+    }
+}
 
 /// Extracts one layer from `source` into a staging directory and checks it; see
 /// [`stage_layer`]. Neither source is hashed again. A [`crate::fetch::PrefixReader`] ends only
