@@ -11,7 +11,7 @@
 //! directory is removed and nothing is published for that extraction.
 //!
 //! As in [`unpack_image_with`], at most one layer per core extracts at a time, largest first,
-//! and one fewer while the download runs. The other blobs keep downloading into the store, and
+//! the download running or not. The other blobs keep downloading into the store, and
 //! their extraction starts later from the partial file or the committed blob. A [`Flusher`]
 //! writes dirty pages back while layers extract.
 //!
@@ -178,12 +178,8 @@ struct Overlap {
     store: Store,
     bundle: Arc<Bundle>,
     context: Arc<Context>,
-    /// Maximum number of extractions running at once after the download.
+    /// Maximum number of extractions running at once, during the download and after it.
     limit: usize,
-    /// Maximum number of extractions running at once while the download runs.
-    limit_while_downloading: usize,
-    /// Whether the pull has not returned yet.
-    downloading: bool,
     /// The pulled manifest's digest, bytes and config digest, once the pull sent them.
     manifest: Option<(Digest, Vec<u8>, Digest)>,
     image: ImageState,
@@ -264,15 +260,13 @@ impl Overlap {
             }),
             // One extraction per core, as in the unpack from the store: each runs three
             // threads, and more extractions than cores only compete for the CPU and the page
-            // cache (see docs/benchmarks.md, "Pull with overlapped unpack").
+            // cache. The download does not lower it: when the network is the limit, the blobs
+            // arrive together, and a second extraction following its blob leaves less to
+            // extract after the pull. When the CPU is the limit, the download ends within
+            // seconds anyway (docs/benchmarks.md, "Pull with overlapped unpack").
+            // TODO: all blobs download at once, so the largest completes only near the end of
+            // the pull. Ranges of the largest blob first would let its extraction finish sooner.
             limit: cores,
-            // One core fewer while the download runs, so receiving, hashing and writing the
-            // blobs keep a core. The extraction that runs is the largest layer's, the critical
-            // path, and the others start when the download ends.
-            // TODO: on 2 cores this is no faster than pull then unpack for the 2 GB benchmark
-            // image (docs/benchmarks.md). Machines with more cores were not measured.
-            limit_while_downloading: cores.saturating_sub(1).max(1),
-            downloading: true,
             manifest: None,
             image: ImageState::Unknown,
             queue: VecDeque::new(),
@@ -322,7 +316,6 @@ impl Overlap {
                 }
             }
         };
-        self.downloading = false;
         // Events sent just before the pull returned are still in the channel.
         while let Ok(event) = events.try_recv() {
             self.handle(event).await;
@@ -451,12 +444,7 @@ impl Overlap {
             self.queue.clear();
             return;
         }
-        let limit = if self.downloading {
-            self.limit_while_downloading
-        } else {
-            self.limit
-        };
-        while self.running < limit {
+        while self.running < self.limit {
             // Largest first, because the largest layer is usually the critical path.
             let largest = (0..self.queue.len()).max_by_key(|&position| {
                 let digest = self.queue[position].digest();
