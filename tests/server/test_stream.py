@@ -151,7 +151,8 @@ def test_series_limit_keeps_known_series() -> None:
         assert ack["accepted"] == 4
         assert ack["rejected"] == {"too_many_series": 2}
         assert error is not None
-        assert 'first row 3: endpoint "llm" has reached its limit of 3 live series' in error["message"]
+        expected = 'first row 3: endpoint "llm" has reached its limit of 3 live series'
+        assert expected in error["message"]
         assert engine.series_count == 3
 
     run(scenario())
