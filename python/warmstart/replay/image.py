@@ -14,7 +14,7 @@ are modeled:
   first (that request also tells whether the server honours ranges): the config blob's, when
   the caller says which blob it is, then the others largest blob first. The other ranges
   follow, largest blob first. The layer store hands those out as connections free up, round
-  robin between blobs; on the benchmark images the two orders differ by under 1 % in modeled
+  robin between blobs. On the benchmark images the two orders differ by under 1 % in modeled
   time.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,

@@ -473,8 +473,8 @@ class Hub:
                 continue
             reason, detail = found
             if single:
-                for each in range(rows):
-                    batch.reject(each, reason, detail)
+                for rejected in range(rows):
+                    batch.reject(rejected, reason, detail)
             else:
                 batch.reject(row, reason, detail)
         if single and rows:

@@ -359,7 +359,6 @@ impl Fetcher {
             partial,
             state: Mutex::new(State {
                 resumed: done.covered(),
-                written: 0,
                 done,
                 generation: 0,
                 hashed: 0,
@@ -496,10 +495,9 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Written ranges, and a generation that changes when a restart from byte 0 discards them.
 struct State {
     done: RangeSet,
-    /// Bytes of `done` that an earlier run wrote, counted in `Progress::reused_bytes`.
+    /// Bytes of `done` that an earlier run wrote, counted in `Progress::reused_bytes`. The
+    /// rest of `done` this run wrote, counted in `Progress::fetched_bytes`.
     resumed: u64,
-    /// Bytes of `done` that this run wrote, counted in `Progress::fetched_bytes`.
-    written: u64,
     generation: u64,
     /// End of the prefix the hashing task has taken on.
     hashed: u64,
@@ -598,7 +596,6 @@ impl Download {
         let covered = state.done.covered();
         state.done.insert(start, end);
         let added = state.done.covered() - covered;
-        state.written += added;
         self.progress
             .fetched_bytes
             .fetch_add(added, Ordering::Release);
@@ -619,7 +616,7 @@ impl Download {
         // The discarded bytes leave the progress, so the bytes fetched again count once. Writes
         // of the new generation take this lock, so they count only after these subtractions.
         let resumed = std::mem::take(&mut state.resumed);
-        let written = std::mem::take(&mut state.written);
+        let written = state.done.covered() - resumed;
         self.progress
             .reused_bytes
             .fetch_sub(resumed, Ordering::AcqRel);
