@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmstart.engine import (
@@ -29,6 +29,7 @@ from warmstart.engine import (
     UnknownEndpointError,
     WallClock,
 )
+from warmstart.engine.series import MIN_DROP
 from warmstart.testing import settle
 
 from .helpers import DIRECT, START, SteppedClock, feed, tracking_spec
@@ -653,3 +654,121 @@ def test_series_limit_frees_silent_instances(clock):
     assert accepted == 2
     assert engine.series_count == 4
     assert engine.rejects.totals[RejectReason.TOO_MANY_SERIES] == 1
+
+
+# -- memory under pod churn ---------------------------------------------------------------------
+
+
+def test_gone_series_is_dropped_after_its_window(clock):
+    engine = Engine([tracking_spec()], clock=clock)
+    old_id = engine.series_id("llm", "concurrency", "pod-0")
+    engine.ingest_batch([old_id], [clock.now()], [5.0])
+    engine.instance_event("llm", "pod-0", InstanceEvent.GONE)
+    engine.tick()
+    assert engine.series_count == 1
+
+    # The 10 s window uses a table of 16 buckets of 1 s.
+    clock.advance(16.0)
+    engine.tick()
+    accepted = engine.ingest_batch([old_id], [clock.now()], [5.0])
+    new_id = engine.series_id("llm", "concurrency", "pod-0")
+
+    assert accepted == 0
+    assert engine.rejects.totals[RejectReason.UNKNOWN_SERIES] == 1
+    assert new_id != old_id
+    assert engine.series_count == 1
+
+
+@st.composite
+def churn_plans(draw) -> list[tuple[float, float, float, float, float, bool]]:
+    """Draw 150 instances: start, seconds to ready, seconds serving, silent seconds before
+    gone, load, and whether a last sample arrives just after gone."""
+    plan = []
+    start = START
+    for _ in range(150):
+        start += draw(st.integers(1, 8))
+        plan.append(
+            (
+                start,
+                float(draw(st.integers(0, 5))),
+                float(draw(st.integers(3, 40))),
+                float(draw(st.sampled_from([0, 0, 3, 15]))),
+                draw(st.floats(0.0, 30.0)),
+                draw(st.booleans()),
+            )
+        )
+    return plan
+
+
+def run_churn(engine: Engine, clock: FakeClock, plan, check=None) -> list:
+    """Drive ``engine`` through ``plan`` one second at a time; return every decision."""
+    steady = engine.series_id("small", "concurrency", "steady")
+    decisions = []
+    end = max(start + ready + serving + silent for start, ready, serving, silent, *_ in plan)
+    while clock.now() <= end + 100.0:
+        now = clock.now()
+        engine.ingest_batch([steady], [now], [4.0])
+        for index, (start, ready, serving, silent, load, late) in enumerate(plan):
+            name = f"pod-{index}"
+            endpoint = "small" if index % 3 else "large"
+            ready_at = start + ready
+            gone_at = ready_at + serving + silent
+            if now == start:
+                engine.instance_event(endpoint, name, InstanceEvent.LAUNCHED)
+            if now == ready_at:
+                engine.instance_event(endpoint, name, InstanceEvent.READY)
+            if ready_at <= now < ready_at + serving:
+                engine.ingest(endpoint, "concurrency", name, now, load)
+            if now == gone_at:
+                engine.instance_event(endpoint, name, InstanceEvent.GONE)
+            # A last sample after gone, while the series' samples are still in every ring.
+            if late and not silent and now == gone_at + 1.0:
+                engine.ingest(endpoint, "concurrency", name, now - 2.0, load)
+        decisions.extend(engine.tick())
+        if check is not None:
+            check(now)
+        clock.advance(1.0)
+    return decisions
+
+
+@settings(max_examples=10)
+@given(plan=churn_plans())
+def test_churn_keeps_memory_bounded_and_decisions_equal(plan):
+    specs = [
+        tracking_spec(name="small", window_s=10.0, stale_after_s=5.0),
+        tracking_spec(name="large", window_s=60.0, stale_after_s=5.0),
+    ]
+    reference_clock = FakeClock(START)
+    reference = Engine(specs, clock=reference_clock)
+    # The reference never drops a series.
+    reference._store.collect = lambda now: 0
+    expected = run_churn(reference, reference_clock, plan)
+
+    clock = FakeClock(START)
+    engine = Engine(specs, clock=clock)
+    store = engine._store
+    peak = {"rows": 0}
+
+    def check(now: float) -> None:
+        # Series that may still be read: instances not gone, or gone while one of their
+        # samples can still be in the longest ring (64 buckets of 1 s), plus the steady one.
+        readable = 1 + sum(
+            1
+            for start, ready, serving, silent, *_ in plan
+            if start <= now <= start + ready + serving + silent + 66.0
+        )
+        # After each collection, fewer than max(MIN_DROP, rows / 4) rows per table hold
+        # droppable series, so two tables hold at most this many series.
+        bound = readable + 2 * MIN_DROP + readable // 3 + 1
+        assert engine.series_count <= bound
+        assert sum(table.rows for table in store.tables) == engine.series_count
+        peak["rows"] = max(peak["rows"], max(table.capacity for table in store.tables))
+
+    decisions = run_churn(engine, clock, plan, check)
+
+    assert decisions == expected
+    assert reference.series_count == len(plan) + 1
+    assert engine.series_count < len(plan) // 2
+    # Slots and table rows are reused, so their allocation follows the peak, not the total.
+    assert store.size < len(plan) // 2
+    assert peak["rows"] <= max(64, 2 * store.size)

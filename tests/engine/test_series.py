@@ -190,3 +190,66 @@ def test_series_arrays_grow_past_initial_capacity():
 def test_ingest_config_rejects_negative_durations(name):
     with pytest.raises(ValueError, match=name):
         IngestConfig(**{name: -1.0})
+
+
+def gone(store: SeriesStore, *slots: int) -> None:
+    for slot in slots:
+        store.active[slot] = False
+
+
+def test_collect_drops_gone_series_after_ring():
+    store = store_with(series=3)
+    ingest(store, [0, 1, 2], [NOW] * 3, [1.0, 2.0, 3.0])
+    gone(store, 1)
+
+    assert store.collect(NOW + 63.0) == 0
+    assert store.collect(NOW + 64.0) == 1
+    assert store.stored == 2
+    assert store.tables[0].rows == 2
+    assert ("e", "m", "i1") not in store.keys
+    # The kept rows keep their order and their buckets.
+    assert window_sum(store, NOW, 1.0).tolist() == [1.0, 3.0]
+    assert store.row[[0, 2]].tolist() == [0, 1]
+
+
+def test_collect_keeps_active_series():
+    store = store_with(series=2)
+    ingest(store, [0, 1], [NOW, NOW], [1.0, 1.0])
+
+    assert store.collect(NOW + 1e6) == 0
+    assert store.stored == 2
+
+
+def test_dropped_series_id_is_rejected_after_slot_reuse():
+    store = store_with(series=2)
+    gone(store, 0)
+    store.collect(NOW)
+    new_id = store.add_series(
+        ("e", "m", "new"),
+        table_id=0,
+        group=0,
+        endpoint=0,
+        nonnegative=True,
+        stale_after_s=10.0,
+        ready=False,
+        created_s=NOW,
+    )
+
+    codes = ingest(store, [0, new_id], [NOW, NOW], [5.0, 7.0])
+
+    assert store.slot_of(new_id) == 0
+    assert new_id != 0
+    assert reasons(codes) == [RejectReason.UNKNOWN_SERIES, None]
+    np.testing.assert_array_equal(window_sum(store, NOW, 1.0), [np.nan, 7.0])
+    assert store.last_ts[0] == NOW
+
+
+def test_forget_endpoint_frees_rows():
+    store = store_with(series=3)
+
+    store.forget_endpoint(0)
+
+    assert store.stored == 0
+    assert store.tables[0].rows == 0
+    assert store.keys == {}
+    assert store.instance_series == {}

@@ -151,3 +151,17 @@ def test_memory_per_row_is_stated_bytes():
 def test_invalid_dimensions_are_rejected(bucket_s, n_buckets):
     with pytest.raises(ValueError, match=r"bucket_s|n_buckets"):
         BucketTable(bucket_s, n_buckets)
+
+
+def test_keep_rows_keeps_order_and_empties_tail():
+    table = BucketTable(1.0, 4)
+    for _ in range(3):
+        table.add_row()
+    table.accumulate(np.array([0, 1, 2]), np.array([10, 10, 10]), np.array([1.0, 2.0, 3.0]))
+
+    table.keep_rows(np.array([True, False, True]))
+    row = table.add_row()
+
+    assert table.rows == 3
+    assert row == 2
+    np.testing.assert_array_equal(table.statistic(Statistic.SUM, 10, 1), [1.0, 3.0, np.nan])

@@ -285,7 +285,9 @@ class Engine:
 
         Raise ``UnknownEndpointError`` if the endpoint or metric is not declared, and
         ``TooManySeriesError`` if the endpoint already has
-        ``IngestConfig.max_series_per_endpoint`` series.
+        ``IngestConfig.max_series_per_endpoint`` series. The id stays valid until the series
+        is dropped (see ``SeriesStore.collect``): after its instance is gone and its samples
+        have left every window, samples under the id are rejected as ``unknown_series``.
         """
         found = self._lookup_series(endpoint, metric, instance)
         if found is RejectReason.TOO_MANY_SERIES:
@@ -335,8 +337,8 @@ class Engine:
     def _series_limit_reached(self, endpoint: int, now: float) -> bool:
         """Return whether ``endpoint`` has ``max_series_per_endpoint`` live series.
 
-        Counting live series scans every series. So once the endpoint has created as many
-        series as the limit, the count is reused for a second, or until one of its instances
+        Counting live series scans every series. So once the endpoint stores as many series as
+        the limit, the count is reused for a second, or until one of its instances
         goes.
         """
         limit = self.ingest_config.max_series_per_endpoint
@@ -373,7 +375,8 @@ class Engine:
         timestamps.append(timestamp)
         values.append(number)
         received.append(now)
-        if len(sids) >= _BUFFER_SIZE or self._store.watch[self._store.endpoint[found]]:
+        store = self._store
+        if len(sids) >= _BUFFER_SIZE or store.watch[store.endpoint[store.slot_of(found)]]:
             self.flush()
 
     def ingest_sample(self, sample: Sample) -> None:
@@ -573,6 +576,7 @@ class Engine:
         self.flush()
         if not due:
             return []
+        self._store.collect(now)
         wanted: set[int] = set()
         for runtime in due:
             wanted.update(runtime.query_ids)
@@ -814,8 +818,8 @@ class Engine:
 
     @property
     def series_count(self) -> int:
-        """Number of interned series."""
-        return self._store.size
+        """Number of stored series, including those of gone instances not dropped yet."""
+        return self._store.stored
 
     @property
     def state_nbytes(self) -> int:

@@ -47,8 +47,7 @@ class IngestConfig:
     endpoint: those whose instance is not gone and that had a sample, or were created, within
     their metric's ``stale_after_s``. Samples that would create a series beyond it are rejected
     as ``too_many_series``. Series of gone or silent instances do not count, so pods that come
-    and go never fill it, but their memory (about 3 kB each with a 64-bucket table) is freed
-    only when their endpoint is removed.
+    and go never fill it. ``SeriesStore.collect`` frees the memory of gone instances' series.
     """
 
     skew_correction: bool = True
@@ -72,6 +71,15 @@ class IngestConfig:
         return 0.0 if self.skew_correction else self.max_future_s
 
 
+# A public series id is its slot plus its slot's generation times 2**32, so an id of a dropped
+# series never names the series that reuses its slot.
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+# ``collect`` drops series once this many, or a quarter of a table's rows, can be dropped, so
+# the cost of compacting a table is spread over many drops.
+MIN_DROP = 64
+
+
 def _grown(old: npt.NDArray[_T], size: int, capacity: int, fill: object) -> npt.NDArray[_T]:
     new = np.full(capacity, fill, dtype=old.dtype)
     new[:size] = old[:size]
@@ -81,10 +89,15 @@ def _grown(old: npt.NDArray[_T], size: int, capacity: int, fill: object) -> npt.
 class SeriesStore:
     """Interned series, their per-series state arrays and their bucket tables.
 
-    Per-series arrays are indexed by series id. ``table_id`` and ``row`` locate the series'
-    buckets and ``group`` is its (endpoint, metric) index. ``last_ts`` is the placed time of
-    its newest sample (-inf: none) and ``lead`` its producer clock lead in seconds (NaN: none
-    yet). ``active`` is False once its instance is gone, ``ready`` True while it is ready.
+    Per-series arrays are indexed by slot. A public series id (from ``keys`` and ``add_series``)
+    is ``slot + generation[slot] * 2**32``, and ``ingest`` rejects an id whose generation is
+    not the slot's current one as ``unknown_series``. ``used`` is False for a free slot.
+    ``table_id`` and ``row`` locate the series' buckets and ``group`` is its (endpoint,
+    metric) index. ``last_ts`` is the placed time of its newest sample (-inf: none) and
+    ``lead`` its producer clock lead in seconds (NaN: none yet). ``active`` is False once its
+    instance is gone, ``ready`` True while it is ready. The rows of a table keep the order in
+    which their series were created, also after ``collect`` compacts the table, so sums over
+    rows add in the same order as in a store that never drops a series.
     """
 
     table_id: npt.NDArray[np.int32]
@@ -95,6 +108,8 @@ class SeriesStore:
     stale_after_s: FloatArray
     # Clock time at which each series was created.
     created_s: FloatArray
+    generation: IntArray
+    used: npt.NDArray[np.bool_]
     last_ts: FloatArray
     lead: FloatArray
     active: npt.NDArray[np.bool_]
@@ -104,12 +119,18 @@ class SeriesStore:
         self.config = config
         self.tables: list[BucketTable] = []
         self._table_sids: list[IntArray] = []
+        # Key to public id, and slot to key for the slots in use.
         self.keys: dict[tuple[str, str, str], int] = {}
+        self._key_of: dict[int, tuple[str, str, str]] = {}
+        # (endpoint, instance) to the slots of the instance's series.
         self.instance_series: dict[tuple[int, str], list[int]] = {}
+        # Slots handed out so far (the length of the per-series arrays in use), and the free
+        # ones among them, reused newest first.
         self.size = 0
+        self._free: list[int] = []
         self._capacity = 0
         self._allocate(64)
-        # Series created per endpoint, including those of gone instances.
+        # Series stored per endpoint, including those of gone instances not dropped yet.
         self.endpoint_series = np.zeros(n_endpoints, dtype=np.int64)
         # Event time of the newest sample with a value above zero, per endpoint.
         self.last_active = np.full(n_endpoints, -np.inf)
@@ -127,6 +148,8 @@ class SeriesStore:
             self.nonnegative = np.zeros(capacity, dtype=np.bool_)
             self.stale_after_s = np.full(capacity, np.inf)
             self.created_s = np.full(capacity, -np.inf)
+            self.generation = np.zeros(capacity, dtype=np.int64)
+            self.used = np.zeros(capacity, dtype=np.bool_)
             self.last_ts = np.full(capacity, -np.inf)
             self.lead = np.full(capacity, np.nan)
             self.active = np.ones(capacity, dtype=np.bool_)
@@ -140,6 +163,8 @@ class SeriesStore:
             self.nonnegative = _grown(self.nonnegative, size, capacity, False)
             self.stale_after_s = _grown(self.stale_after_s, size, capacity, np.inf)
             self.created_s = _grown(self.created_s, size, capacity, -np.inf)
+            self.generation = _grown(self.generation, size, capacity, 0)
+            self.used = _grown(self.used, size, capacity, False)
             self.last_ts = _grown(self.last_ts, size, capacity, -np.inf)
             self.lead = _grown(self.lead, size, capacity, np.nan)
             self.active = _grown(self.active, size, capacity, True)
@@ -153,18 +178,100 @@ class SeriesStore:
         self.watch = np.append(self.watch, False)
 
     def forget_endpoint(self, endpoint: int) -> None:
-        """Deactivate and unintern every series of ``endpoint``, so its names are unknown again.
-
-        TODO: the rows of removed series stay allocated in their bucket table until the engine
-        is recreated.
-        """
-        for key, sid in list(self.keys.items()):
-            if self.endpoint[sid] == endpoint:
-                del self.keys[key]
-                self.active[sid] = False
-        for instance_key in [k for k in self.instance_series if k[0] == endpoint]:
-            del self.instance_series[instance_key]
+        """Drop every series of ``endpoint``, so its names are unknown again."""
+        size = self.size
+        self.drop(np.flatnonzero(self.used[:size] & (self.endpoint[:size] == endpoint)))
         self.watch[endpoint] = False
+
+    def public_id(self, slot: int) -> int:
+        """Return the public series id of the series in ``slot``."""
+        return slot + (int(self.generation[slot]) << _SLOT_BITS)
+
+    def slot_of(self, sid: int) -> int:
+        """Return the slot of a public series id that ``keys`` or ``add_series`` returned."""
+        return sid & _SLOT_MASK
+
+    def collect(self, now: float) -> int:
+        """Drop the series that no evaluation can read any more; return how many were dropped.
+
+        A series can be dropped when its instance is gone (``active`` is False) and its newest
+        sample lies before the ring of its table at clock time ``now``, so no window ending at
+        ``now`` or later covers a sample of it. Evaluations read no series of a gone instance,
+        and the ring would hide its samples from any later reader, so dropping it changes no
+        decision as long as the instance neither sends samples nor comes back. Two cases differ
+        from a store that keeps everything:
+
+        - a sample under the dropped id is rejected as ``unknown_series``, where the kept
+          series would have stored it and counted a positive value as endpoint activity;
+        - a later sample under the same names creates a new, active series. Its values count
+          even without an instance event that brings the instance back, where the kept series
+          would stay inactive and be ignored. It also learns its producer's clock lead again.
+
+        To spread the cost of compacting a table, a table's series are dropped only once
+        ``MIN_DROP`` of them, or a quarter of its rows, can be dropped. So after each call fewer
+        than ``max(MIN_DROP, rows / 4)`` rows of a table hold droppable series.
+
+        TODO: series of instances that stop reporting without a ``gone`` event are kept,
+        because evaluations count them as stale (missing data that holds scale-down) for as
+        long as they are stored.
+        """
+        size = self.size
+        candidates = self.used[:size] & ~self.active[:size]
+        if not candidates.any():
+            return 0
+        droppable = np.zeros(size, dtype=np.bool_)
+        table_ids = self.table_id[:size]
+        for table_id, table in enumerate(self.tables):
+            mine = candidates & (table_ids == table_id)
+            if not mine.any():
+                continue
+            # The oldest bucket a window ending at ``now`` can read.
+            first_readable = table.bucket_of(now) - table.n_buckets + 1
+            with np.errstate(invalid="ignore"):
+                newest = np.floor(self.last_ts[:size] / table.bucket_s)
+            mine &= newest < first_readable
+            count = int(np.count_nonzero(mine))
+            if count >= MIN_DROP or count * 4 >= table.rows:
+                droppable |= mine
+        slots = np.flatnonzero(droppable)
+        self.drop(slots)
+        return int(slots.size)
+
+    def drop(self, slots: IntArray) -> None:
+        """Free ``slots``: unintern their keys, compact their table rows, reuse the slots."""
+        if slots.size == 0:
+            return
+        dropped = np.zeros(self.size, dtype=np.bool_)
+        dropped[slots] = True
+        for table_id, table in enumerate(self.tables):
+            sids = self._table_sids[table_id]
+            rows = table.rows
+            keep = ~dropped[sids[:rows]]
+            if keep.all():
+                continue
+            kept = sids[:rows][keep]
+            table.keep_rows(keep)
+            sids[: kept.size] = kept
+            sids[kept.size : rows] = 0
+            self.row[kept] = np.arange(kept.size)
+        for slot in slots.tolist():
+            key = self._key_of.pop(slot)
+            del self.keys[key]
+            endpoint = int(self.endpoint[slot])
+            instance_key = (endpoint, key[2])
+            siblings = self.instance_series[instance_key]
+            siblings.remove(slot)
+            if not siblings:
+                del self.instance_series[instance_key]
+            self.endpoint_series[endpoint] -= 1
+        self.used[slots] = False
+        self.active[slots] = False
+        self.ready[slots] = False
+        self.generation[slots] += 1
+        self.last_ts[slots] = -np.inf
+        self.created_s[slots] = -np.inf
+        self.lead[slots] = np.nan
+        self._free.extend(slots.tolist())
 
     def table_for(self, bucket_s: float, n_buckets: int) -> int:
         """Return the id of the table with these dimensions, creating it if needed."""
@@ -191,11 +298,14 @@ class SeriesStore:
         ready: bool,
         created_s: float,
     ) -> int:
-        """Intern ``key`` and return its new series id."""
-        if self.size == self._capacity:
-            self._allocate(self._capacity * 2)
-        sid = self.size
-        self.size += 1
+        """Intern ``key`` and return its new public series id."""
+        if self._free:
+            sid = self._free.pop()
+        else:
+            if self.size == self._capacity:
+                self._allocate(self._capacity * 2)
+            sid = self.size
+            self.size += 1
         table = self.tables[table_id]
         row = table.add_row()
         sids = self._table_sids[table_id]
@@ -211,10 +321,21 @@ class SeriesStore:
         self.stale_after_s[sid] = stale_after_s
         self.created_s[sid] = created_s
         self.ready[sid] = ready
-        self.keys[key] = sid
+        self.active[sid] = True
+        self.used[sid] = True
+        self.last_ts[sid] = -np.inf
+        self.lead[sid] = np.nan
+        public = self.public_id(sid)
+        self.keys[key] = public
+        self._key_of[sid] = key
         self.instance_series.setdefault((endpoint, key[2]), []).append(sid)
         self.endpoint_series[endpoint] += 1
-        return sid
+        return public
+
+    @property
+    def stored(self) -> int:
+        """Number of series stored (interned and not dropped)."""
+        return self.size - len(self._free)
 
     def live_series(self, endpoint: int, now: float) -> int:
         """Count the series of ``endpoint`` whose instance is not gone and that had a sample,
@@ -223,6 +344,7 @@ class SeriesStore:
         newest = np.maximum(self.last_ts[:size], self.created_s[:size])
         live = (
             (self.endpoint[:size] == endpoint)
+            & self.used[:size]
             & self.active[:size]
             & (newest >= now - self.stale_after_s[:size])
         )
@@ -240,6 +362,9 @@ class SeriesStore:
                 self.endpoint,
                 self.nonnegative,
                 self.stale_after_s,
+                self.created_s,
+                self.generation,
+                self.used,
                 self.last_ts,
                 self.lead,
                 self.active,
@@ -258,8 +383,9 @@ class SeriesStore:
     ) -> Codes:
         """Validate and store samples; return one reject code per sample (-1: accepted).
 
-        ``receive_s`` is the engine clock reading when each sample arrived and ``now`` the
-        reading at this call, both in seconds, with ``receive_s <= now``.
+        ``sids`` are public series ids. ``receive_s`` is the engine clock reading when each
+        sample arrived and ``now`` the reading at this call, both in seconds, with
+        ``receive_s <= now``.
         """
         config = self.config
         codes = np.full(sids.size, -1, dtype=np.int8)
@@ -267,9 +393,12 @@ class SeriesStore:
         def reject(mask: npt.NDArray[np.bool_], reason: RejectReason) -> None:
             codes[mask & (codes < 0)] = _CODE[reason]
 
-        known = (sids >= 0) & (sids < self.size)
+        slots = sids & _SLOT_MASK
+        in_range = (sids >= 0) & (slots < self.size)
+        slots = np.where(in_range, slots, 0)
+        known = in_range & self.used[slots] & (self.generation[slots] == sids >> _SLOT_BITS)
         reject(~known, RejectReason.UNKNOWN_SERIES)
-        safe = np.where(known, sids, 0)
+        safe = np.where(known, slots, 0)
         reject(~np.isfinite(timestamps), RejectReason.INVALID_TIMESTAMP)
         reject(np.isnan(values), RejectReason.NAN_VALUE)
         reject(np.isinf(values), RejectReason.INFINITE_VALUE)
@@ -286,6 +415,8 @@ class SeriesStore:
         ok = codes < 0
         if not ok.any():
             return codes
+        # From here on, series are named by slot.
+        sids = safe
         if not ok.all():
             sids, timestamps, values = safe[ok], timestamps[ok], values[ok]
             offset = offset[ok]

@@ -111,6 +111,24 @@ class BucketTable:
         self.rows += 1
         return row
 
+    def keep_rows(self, keep: npt.NDArray[np.bool_]) -> None:
+        """Remove the rows where ``keep`` (one flag per row in use) is False.
+
+        The kept rows move down in their order and the freed rows at the end read as empty.
+        The allocation does not shrink.
+        """
+        kept = np.flatnonzero(keep)
+        n = kept.size
+        for array, empty in (
+            (self.epoch, -1),
+            (self.total, 0.0),
+            (self.count, 0),
+            (self.peak, -np.inf),
+        ):
+            array[:n] = array[kept]
+            array[n : self.rows] = empty
+        self.rows = n
+
     def bucket_of(self, t: float) -> int:
         """Return the absolute bucket index of time ``t`` (seconds)."""
         return math.floor(t / self.bucket_s)
