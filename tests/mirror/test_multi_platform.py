@@ -55,8 +55,9 @@ async def copy_platform(server: RunningMirror, architecture: str, destination: P
     )
 
 
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "no-warm"])
 def test_index_tag_survives_gc_and_upstream_outage(
-    store: LayerStore, registry: Registry, images: Path, tmp_path: Path
+    store: LayerStore, registry: Registry, images: Path, tmp_path: Path, warm: bool
 ) -> None:
     # Tag v1 of the regclient layout is an index of linux/amd64, linux/arm64 and two
     # attestation manifests.
@@ -72,7 +73,7 @@ def test_index_tag_survives_gc_and_upstream_outage(
     arm64 = platform_digest(read_json(layout, index), "arm64")
     amd64_blobs = image_blobs(read_json(layout, amd64))
     store_tag = f"{registry.host}/{REPOSITORY}:v1"
-    mirror = Mirror(store, upstreams=[Upstream(registry.host)])
+    mirror = Mirror(store, upstreams=[Upstream(registry.host)], warm=warm)
 
     async def pull_through() -> None:
         async with running(mirror) as server:

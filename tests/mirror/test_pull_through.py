@@ -7,10 +7,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.mirror.conftest import Registry, make_image, push, tree_digests
 from tests.mirror.helpers import copy_from_mirror, get, running
-from warmstart import LayerStore
+from warmstart import LayerStore, errors
 from warmstart.mirror import Mirror, Upstream
+from warmstart.mirror import app as mirror_app
 
 CHUNK = 1 << 20
 
@@ -197,3 +200,53 @@ def test_digest_of_served_tag_stays_available(
             assert headers["Docker-Content-Digest"] == digest
 
     asyncio.run(body())
+
+
+def test_no_warm_tags_image_once_client_fetched_its_blobs(
+    store: LayerStore, registry: Registry, tmp_path: Path
+) -> None:
+    digest = make_image(tmp_path / "source", "v1", [300_000, 1000])
+    push(tmp_path / "source", "v1", registry, "team/app")
+    mirror = Mirror(store, upstreams=[Upstream(registry.host)], warm=False)
+    store_tag = f"{registry.host}/team/app:v1"
+
+    async def body() -> None:
+        async with running(mirror) as server:
+            status, _, _ = await get(server, "/v2/team/app/manifests/v1")
+            assert status == 200
+            await asyncio.gather(*mirror._tasks)
+            # Without warming, reading the manifest fetches no blob and tags nothing yet.
+            assert mirror.caches[registry.host].upstream_blob_fetches == 0
+            with pytest.raises(errors.TagNotFoundError):
+                store.resolve(store_tag)
+
+            await copy_from_mirror(server, "team/app:v1", f"oci:{tmp_path / 'copy'}:v1")
+            await asyncio.gather(*mirror._tasks)
+
+    asyncio.run(body())
+    assert store.resolve(store_tag).digest == digest
+    assert store.verify().ok
+
+
+def test_mirror_keeps_bounded_tag_map(
+    store: LayerStore, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mirror_app, "MAX_TRACKED_MANIFESTS", 2)
+    digests = []
+    for seed in range(4):
+        layout = tmp_path / f"source-{seed}"
+        digests.append(make_image(layout, "v1", [1000], seed=seed))
+        push(layout, "v1", registry, f"team/app{seed}")
+    mirror = Mirror(store, upstreams=[Upstream(registry.host)])
+
+    async def body() -> None:
+        async with running(mirror) as server:
+            for seed in range(4):
+                status, _, _ = await get(server, f"/v2/team/app{seed}/manifests/v1")
+                assert status == 200
+                await asyncio.gather(*mirror._tasks)
+                assert len(mirror._tag_of) <= 2
+
+    asyncio.run(body())
+    for seed, digest in enumerate(digests):
+        assert store.resolve(f"{registry.host}/team/app{seed}:v1").digest == digest

@@ -97,7 +97,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-warm",
         action="store_true",
-        help="fetch only the blobs clients request instead of every blob of a requested image",
+        help="fetch only the blobs clients request instead of every blob of a requested image; "
+        "an image is tagged in the store once clients fetched all of its blobs",
     )
     parser.add_argument(
         "--connections",

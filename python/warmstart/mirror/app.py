@@ -40,6 +40,7 @@ from warmstart.errors import (
     StoreError,
     TagNotFoundError,
 )
+from warmstart.mirror.lru import LruDict
 from warmstart.mirror.protocol import (
     API_VERSION_HEADER,
     error_response,
@@ -57,6 +58,12 @@ logger = logging.getLogger("warmstart.mirror")
 
 # Manifests larger than this are rejected by registries too (distribution uses 4 MiB).
 MAX_MANIFEST_BYTES = 4 << 20
+# Entries kept, per map, of the tags through which manifests were resolved and of the indexes
+# that list a platform manifest. An entry is read within a pull: the tag when the client reads
+# the manifest the tag named, the index when it reads a platform manifest that the index lists.
+# Pulls that resolve more manifests than this in between lose the entry, and then the image or
+# index is served and warmed but not tagged in the store. An entry takes a few hundred bytes.
+MAX_TRACKED_MANIFESTS = 16384
 
 
 @dataclass(frozen=True)
@@ -68,18 +75,38 @@ class _IndexTag:
     tag: str
 
 
+@dataclass
+class _Untagged:
+    """An image manifest read with warming off, tagged once the blobs in ``missing`` are stored.
+
+    ``tag`` is the tag through which the image was read and ``index`` the index that lists it;
+    either may be None, not both.
+    """
+
+    cache: UpstreamCache
+    repository: str
+    digest: str
+    tag: str | None
+    index: _IndexTag | None
+    missing: set[str]
+
+
 class Mirror:
     """A read-only OCI registry over ``store`` that pulls through to ``upstreams`` on a miss.
 
     The first upstream is used for requests without ``?ns=``. With no upstream, the mirror
     serves only what is in the store. ``warm`` starts fetching every blob of an image manifest
     as soon as a client reads that manifest, so layers are already on their way when the client
-    requests them. Once all its blobs are in, the image is tagged in the store. An index read
-    through a tag is tagged at once, with the platforms that clients pulled. ``tag_ttl_s``
-    is how long, in seconds, a tag resolved upstream is served without asking again, measured
-    by ``clock``. Without upstreams, a tag ``T`` of repository ``N`` is looked up in the store as
+    requests them. Once all its blobs are in, the image is tagged in the store. Without
+    ``warm``, the mirror fetches only the blobs that clients request, and tags an image once
+    those requests have brought every blob it lists into the store. An index read through a
+    tag is tagged at once, with the platforms that clients pulled. ``tag_ttl_s`` is how long,
+    in seconds, a tag resolved upstream is served without asking again, measured by
+    ``clock``. Without upstreams, a tag ``T`` of repository ``N`` is looked up in the store as
     ``N:T``, then as the bare tag ``T`` (how ``warmstart store import`` names images).
-    ``token``, when set, is the bearer token every request must present.
+    ``token``, when set, is the bearer token every request must present. The mirror keeps
+    the tag of at most ``MAX_TRACKED_MANIFESTS`` recently resolved manifests, and the index of
+    as many platform manifests, in memory.
 
     A blob fetched on a miss is sent to the client only after it is committed to the store, so
     the client receives verified bytes only; it waits for the whole download first.
@@ -116,8 +143,14 @@ class Mirror:
         self.default = next(iter(self.caches.values()), None)
         self._tasks: set[asyncio.Task[None]] = set()
         self._warming: set[str] = set()
-        self._tag_of: dict[tuple[str, str], str] = {}
-        self._index_of: dict[tuple[str, str], _IndexTag] = {}
+        # (registry, manifest digest) to the tag that resolved to it.
+        self._tag_of: LruDict[tuple[str, str], str] = LruDict(MAX_TRACKED_MANIFESTS)
+        # (registry, platform manifest digest) to the index served through a tag that lists it.
+        self._index_of: LruDict[tuple[str, str], _IndexTag] = LruDict(MAX_TRACKED_MANIFESTS)
+        # With warming off: (registry, image manifest digest) to the image waiting for its
+        # blobs, and a blob digest to the keys of the images in ``_untagged`` that wait for it.
+        self._untagged: LruDict[tuple[str, str], _Untagged] = LruDict(MAX_TRACKED_MANIFESTS)
+        self._waiting_for: LruDict[str, list[tuple[str, str]]] = LruDict(MAX_TRACKED_MANIFESTS)
         self.app = web.Application(middlewares=[self._check_token])
         self.app.router.add_get("/v2/", self.version)
         self.app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", self.manifest)
@@ -188,8 +221,8 @@ class Mirror:
         }
         if request.method == "HEAD":
             return web.Response(status=200, headers=headers)
-        if cache is not None and self.warm:
-            self._start_warm(cache, name, digest, body)
+        if cache is not None:
+            self._after_manifest_read(cache, name, digest, body)
         return web.Response(status=200, body=body, headers=headers)
 
     async def _manifest_by_digest(
@@ -233,7 +266,10 @@ class Mirror:
         except LookupError:
             return None
 
-    def _start_warm(self, cache: UpstreamCache, name: str, digest: str, body: bytes) -> None:
+    def _after_manifest_read(
+        self, cache: UpstreamCache, name: str, digest: str, body: bytes
+    ) -> None:
+        """Tag an index, and warm an image manifest, or wait for its blobs without ``warm``."""
         registry = cache.upstream.registry
         if cache.is_index(manifest_media_type(body)):
             tag = self._tag_of.get((registry, digest))
@@ -244,13 +280,63 @@ class Mirror:
                     self._index_of[(registry, entry)] = _IndexTag(name, digest, tag)
                 self._spawn(self._tag_index(cache, _IndexTag(name, digest, tag)))
             return
-        cache.remember_sizes(body)
+        blobs = cache.remember_sizes(body)
+        tag = self._tag_of.get((registry, digest))
+        index = self._index_of.get((registry, digest))
+        if not self.warm:
+            if tag is not None or index is not None:
+                missing = {blob for blob, _ in blobs if not self.store.has(blob)}
+                self._tag_when_stored(_Untagged(cache, name, digest, tag, index, missing))
+            return
         if digest in self._warming:
             return
         self._warming.add(digest)
-        tag = self._tag_of.get((registry, digest))
-        index = self._index_of.get((registry, digest))
         self._spawn(self._warm(cache, name, digest, body, tag, index))
+
+    def _tag_when_stored(self, image: _Untagged) -> None:
+        """Tag ``image`` now if its blobs are in the store, else once ``_blob_stored`` saw them.
+
+        Only blob requests to this mirror count, so an image stays untagged while a blob it
+        lists reaches the store in another way and no client requests it.
+        """
+        if not image.missing:
+            self._spawn(self._tag_untagged(image))
+            return
+        key = (image.cache.upstream.registry, image.digest)
+        self._untagged[key] = image
+        for blob in image.missing:
+            waiting = self._waiting_for.get(blob)
+            if waiting is None:
+                self._waiting_for[blob] = [key]
+            elif key not in waiting:
+                waiting.append(key)
+
+    def _blob_stored(self, digest: str) -> None:
+        """Tag the images of ``_untagged`` whose last missing blob was ``digest``."""
+        waiting = self._waiting_for.pop(digest)
+        for key in waiting or ():
+            image = self._untagged.get(key)
+            if image is None:
+                continue
+            image.missing.discard(digest)
+            if not image.missing:
+                self._untagged.pop(key)
+                self._spawn(self._tag_untagged(image))
+
+    async def _tag_untagged(self, image: _Untagged) -> None:
+        cache = image.cache
+        if image.tag is not None:
+            try:
+                await cache.tag_image(image.repository, image.digest, image.tag)
+            except (StoreError, OSError) as error:
+                logger.warning(
+                    "tagging %s as %s failed: %s",
+                    cache.store_tag(image.repository, image.tag),
+                    image.digest,
+                    error,
+                )
+        if image.index is not None:
+            await self._tag_index(cache, image.index)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -310,6 +396,7 @@ class Mirror:
                 return error_response(404, "BLOB_UNKNOWN", f"blob {digest} not found upstream")
             except (RegistryError, DigestMismatchError, SizeMismatchError) as error:
                 return self._upstream_failed(error, f"{name}@{digest}")
+        self._blob_stored(digest)
         headers = {
             **API_VERSION_HEADER,
             "Content-Type": "application/octet-stream",

@@ -25,6 +25,7 @@ from warmstart.errors import (
     TagNotFoundError,
 )
 from warmstart.mirror.flight import SingleFlight
+from warmstart.mirror.lru import LruDict
 from warmstart.mirror.protocol import INDEX_MEDIA_TYPES, manifest_blobs
 from warmstart.store import LayerStore
 
@@ -34,6 +35,12 @@ logger = logging.getLogger("warmstart.mirror")
 
 # Size hints remembered from served manifests, so a blob fetch needs no HEAD request first.
 MAX_SIZE_HINTS = 65536
+# Resolved tags kept in memory. A tag evicted from them is resolved upstream again on its next
+# request, and while the upstream is down its last digest comes from the store's index.json.
+MAX_RESOLVED_TAGS = 16384
+# Media types that upstream sent with fetched manifests. Without one, the mirror serves the
+# media type that the manifest body declares.
+MAX_MEDIA_TYPES = 65536
 
 
 @dataclass(frozen=True)
@@ -113,9 +120,9 @@ class UpstreamCache:
         self.connections = connections
         self.chunk_size = chunk_size
         self.clock = clock
-        self._tags: dict[tuple[str, str], tuple[Resolved, float]] = {}
+        self._tags: LruDict[tuple[str, str], tuple[Resolved, float]] = LruDict(MAX_RESOLVED_TAGS)
         self._sizes: OrderedDict[str, int] = OrderedDict()
-        self._media_types: dict[str, str] = {}
+        self._media_types: LruDict[str, str] = LruDict(MAX_MEDIA_TYPES)
         self._manifests: SingleFlight[ManifestReport] = SingleFlight()
         self._blobs: SingleFlight[BlobReport] = SingleFlight()
         self.upstream_manifest_requests = 0
@@ -174,7 +181,7 @@ class UpstreamCache:
         except RegistryError as error:
             fallback = cached[0] if cached is not None else self._stored_tag(repository, tag)
             if fallback is None or not _unreachable(error):
-                self._tags.pop(key, None)
+                self._tags.pop(key)
                 raise
             logger.warning(
                 "upstream %s failed for %s:%s, serving the last known digest %s: %s",
@@ -242,8 +249,15 @@ class UpstreamCache:
             return
         await asyncio.gather(*(self.fetch_blob(repository, blob) for blob, _ in blobs))
         if tag is not None:
-            await asyncio.to_thread(self.store.tag, self.store_tag(repository, tag), digest)
-            logger.info("cached %s as %s", self.store_tag(repository, tag), digest)
+            await self.tag_image(repository, digest, tag)
+
+    async def tag_image(self, repository: str, digest: str, tag: str) -> None:
+        """Tag the image manifest ``digest`` in the store as the image of ``repository:tag``.
+
+        Raises ``MissingBlobError`` when a blob it lists is not in the store.
+        """
+        await asyncio.to_thread(self.store.tag, self.store_tag(repository, tag), digest)
+        logger.info("cached %s as %s", self.store_tag(repository, tag), digest)
 
     async def tag_index(self, repository: str, digest: str, tag: str) -> bool:
         """Tag the index ``digest`` in the store as the image of ``repository:tag``.
