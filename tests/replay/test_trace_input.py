@@ -3,9 +3,13 @@ with the right numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -256,8 +260,91 @@ def test_corrupt_gzip_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_device_is_not_a_trace() -> None:
-    with pytest.raises(WorkloadError, match="/dev/null is not a regular file"):
+    with pytest.raises(WorkloadError, match="/dev/null is neither a regular file nor a FIFO"):
         load_trace("/dev/null")
+
+
+@contextlib.contextmanager
+def piped(tmp_path: Path, data: bytes, kind: str) -> Iterator[Path]:
+    """Yield a path whose reader gets ``data`` once, from a named FIFO or, as bash's
+    ``<(command)`` gives, from ``/dev/fd/N`` of an anonymous pipe."""
+    if kind == "fifo":
+        path = tmp_path / "trace-fifo"
+        os.mkfifo(path)
+
+        def write() -> None:
+            # Opening the write end blocks until a reader opens the FIFO.
+            try:
+                with path.open("wb") as pipe:
+                    pipe.write(data)
+            except BrokenPipeError:
+                pass
+
+        closing = None
+    else:
+        read_end, write_end = os.pipe()
+        path = Path(f"/dev/fd/{read_end}")
+        closing = read_end
+
+        def write() -> None:
+            try:
+                with os.fdopen(write_end, "wb") as pipe:
+                    pipe.write(data)
+            except BrokenPipeError:
+                pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        if kind == "fifo" and writer.is_alive():
+            # Release a writer still waiting for a reader.
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=10.0)
+        if closing is not None:
+            os.close(closing)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "pipe"])
+def test_piped_gzip_trace_loads_like_file(tmp_path: Path, kind: str) -> None:
+    rows = "".join(f"2023-11-16 18:00:{second:02d},{100 + second},10\n" for second in range(30))
+    data = gzip.compress((AZURE_HEADER + rows).encode())
+    regular = tmp_path / "azure.csv.gz"
+    regular.write_bytes(data)
+
+    with piped(tmp_path, data, kind) as path:
+        workload = load_trace(path)
+
+    expected = load_trace(regular)
+    np.testing.assert_array_equal(workload.arrival_s, expected.arrival_s)
+    assert workload.input_tokens is not None
+    assert expected.input_tokens is not None
+    np.testing.assert_array_equal(workload.input_tokens, expected.input_tokens)
+
+
+def test_piped_mooncake_is_detected_without_name(tmp_path: Path) -> None:
+    records = [{"timestamp": 1000 * i, "input_length": 10, "output_length": 5} for i in range(5)]
+    data = "".join(json.dumps(record) + "\n" for record in records).encode()
+
+    with piped(tmp_path, data, "pipe") as path:
+        workload = load_trace(path)
+
+    assert workload.requests == 5
+
+
+def test_replay_reads_trace_from_pipe(
+    traces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = traces / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+    data = gzip.compress(trace.read_bytes())
+
+    with piped(tmp_path, data, "pipe") as path:
+        arguments = ["replay", str(path), "--duration", "300", "--jobs", "1"]
+        status = main([*arguments, "--policy", "hpa", "--cache", "cold"])
+
+    assert status == 0
+    assert "requests over 300 s" in capsys.readouterr().out
 
 
 def test_overlong_field_names_line(tmp_path: Path) -> None:

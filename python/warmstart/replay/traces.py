@@ -25,6 +25,12 @@ The metric formats are detected only when the file name says the series is a rat
 ``qps``, ``rps`` or ``rate``) or a ``request_type`` column is present, because latency and
 utilization series have the same columns. Files may be UTF-8 (with or without a byte order
 mark), UTF-16 with a byte order mark, or gzip-compressed.
+
+A trace may also be a FIFO or a pipe, such as bash's ``<(zcat trace.csv.gz)``. A pipe can be
+read only once and the loaders read a trace more than once (format detection reads the header
+first), so the pipe is read to its end at the first read and its bytes are kept in memory until
+the trace is loaded. The columns of the trace take several times that memory anyway. A pipe
+has no useful file name, so a Mooncake trace is detected from its first character, ``{``.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
 import json
 import math
 import re
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +58,7 @@ from warmstart.replay.workload import (
     workload_from_rate,
 )
 
-__all__ = ["TRACE_FORMATS", "detect_format", "endpoint_rate", "load_trace"]
+__all__ = ["TRACE_FORMATS", "TraceFile", "detect_format", "endpoint_rate", "load_trace"]
 
 TRACE_FORMATS = (
     "azure-llm",
@@ -78,9 +86,46 @@ _ISO_DATETIME = re.compile(
 )
 
 
-def detect_format(path: Path) -> str:
-    """Return the trace format of the file at ``path`` from its name and header."""
+class TraceFile:
+    """A trace file that its loaders can read several times from the start.
+
+    A regular file is opened again for each read. A FIFO is read to its end at the first read,
+    and later reads get its bytes from memory. ``str()`` gives the path, for messages.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+        self.stem = path.stem
+        self._pipe = stat.S_ISFIFO(path.stat().st_mode)
+        self._data: bytes | None = None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.path), spec)
+
+    def open_binary(self) -> BinaryIO:
+        """Open the trace for reading from its first byte."""
+        if not self._pipe:
+            return self.path.open("rb")
+        if self._data is None:
+            with self.path.open("rb") as pipe:
+                self._data = pipe.read()
+        return io.BytesIO(self._data)
+
+
+def detect_format(path: Path | TraceFile) -> str:
+    """Return the trace format of the file at ``path`` from its name and first bytes."""
+    trace = path if isinstance(path, TraceFile) else _trace_file(path)
+    return _detect_format(trace)
+
+
+def _detect_format(path: TraceFile) -> str:
     if Path(path.name.removesuffix(".gz")).suffix in (".jsonl", ".json"):
+        return "mooncake"
+    if _first_character(path) == "{":
         return "mooncake"
     header = _read_header(path)
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= set(header):
@@ -115,21 +160,15 @@ def load_trace(
 ) -> Workload:
     """Load the trace at ``path`` as a workload, detecting its format when None.
 
-    ``seed`` drives the arrivals generated for metric traces. ``duration_s`` keeps only the
-    first seconds, before any span or size limit applies. Raise ``WorkloadError`` for an
-    unknown format, a missing or unreadable file, a malformed row (naming the file and the
+    ``path`` is a regular file or a FIFO (a pipe is read once, into memory). ``seed`` drives
+    the arrivals generated for metric traces. ``duration_s`` keeps only the first seconds,
+    before any span or size limit applies. Raise ``WorkloadError`` for an unknown format, a missing or unreadable file, a malformed row (naming the file and the
     line), a span over ``MAX_SPAN_S`` or a metric series that would generate too many requests.
     """
-    source = Path(path)
-    if source.is_dir():
-        raise WorkloadError(f"trace {source} is a directory; pass a trace file")
-    if not source.exists():
-        raise WorkloadError(f"trace file {source} not found")
-    if not source.is_file():
-        raise WorkloadError(f"trace {source} is not a regular file; pass a trace file")
+    source = _trace_file(Path(path))
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
         raise WorkloadError(f"invalid duration {duration_s!r}; give a positive number of seconds")
-    chosen = trace_format or detect_format(source)
+    chosen = trace_format or _detect_format(source)
     if chosen == "azure-llm":
         return _load_azure_llm(source, duration_s)
     if chosen == "mooncake":
@@ -147,23 +186,46 @@ def load_trace(
     )
 
 
+def _trace_file(path: Path) -> TraceFile:
+    """Check that ``path`` is a regular file or a FIFO; raise ``WorkloadError`` if not."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise WorkloadError(f"trace file {path} not found") from None
+    except OSError as error:
+        raise WorkloadError(f"cannot read trace {path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise WorkloadError(f"trace {path} is a directory; pass a trace file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise WorkloadError(
+            f"trace {path} is neither a regular file nor a FIFO; pass a trace file, or pipe "
+            "the trace in with <(command)"
+        )
+    return TraceFile(path)
+
+
 def _pick(header: Sequence[str], names: Sequence[str]) -> str | None:
     return next((name for name in names if name in header), None)
 
 
-def _open_text(path: Path) -> TextIO:
+@contextlib.contextmanager
+def _open_text(path: TraceFile) -> Iterator[TextIO]:
     """Open a UTF-8 (a byte order mark is skipped), UTF-16 or gzip-compressed file as text."""
-    with path.open("rb") as raw:
-        magic = raw.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    if magic in (b"\xff\xfe", b"\xfe\xff"):
-        return path.open(encoding="utf-16", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+    with contextlib.ExitStack() as stack:
+        binary: BinaryIO = stack.enter_context(path.open_binary())
+        # A regular file, and the bytes kept of a FIFO, can seek.
+        magic = binary.read(2)
+        binary.seek(0)
+        encoding = "utf-8-sig"
+        if magic == b"\x1f\x8b":
+            binary = stack.enter_context(gzip.GzipFile(fileobj=binary, mode="rb"))
+        elif magic in (b"\xff\xfe", b"\xfe\xff"):
+            encoding = "utf-16"
+        yield stack.enter_context(io.TextIOWrapper(binary, encoding=encoding, newline=""))
 
 
 @contextlib.contextmanager
-def _reading(path: Path) -> Iterator[TextIO]:
+def _reading(path: TraceFile) -> Iterator[TextIO]:
     """Open ``path`` as text; turn decoding and reading failures into ``WorkloadError``."""
     try:
         with _open_text(path) as handle:
@@ -182,7 +244,17 @@ def _reading(path: Path) -> Iterator[TextIO]:
         ) from None
 
 
-def _read_header(path: Path) -> list[str]:
+def _first_character(path: TraceFile) -> str:
+    """Return the first character of the trace that is not white space ("" for none)."""
+    with _reading(path) as handle:
+        for line in handle:
+            stripped = line.lstrip()
+            if stripped:
+                return stripped[0]
+    return ""
+
+
+def _read_header(path: TraceFile) -> list[str]:
     with _reading(path) as handle:
         try:
             return next(csv.reader(handle), [])
@@ -190,7 +262,7 @@ def _read_header(path: Path) -> list[str]:
             raise WorkloadError(f"{path}:1: invalid CSV header: {error}") from None
 
 
-def _columns(path: Path, names: Sequence[str]) -> tuple[dict[str, list[str]], list[int]]:
+def _columns(path: TraceFile, names: Sequence[str]) -> tuple[dict[str, list[str]], list[int]]:
     """Read the named columns of a CSV file as strings, and the line number of every row."""
     columns: dict[str, list[str]] = {name: [] for name in names}
     lines: list[int] = []
@@ -212,7 +284,12 @@ def _columns(path: Path, names: Sequence[str]) -> tuple[dict[str, list[str]], li
 
 
 def _floats(
-    path: Path, name: str, values: list[str], lines: Sequence[int], *, minimum: float | None = None
+    path: TraceFile,
+    name: str,
+    values: list[str],
+    lines: Sequence[int],
+    *,
+    minimum: float | None = None,
 ) -> npt.NDArray[np.float64]:
     """Convert a column to finite floats of at least ``minimum``; raise ``WorkloadError``
     naming the first bad line."""
@@ -235,7 +312,7 @@ def _floats(
 
 
 def _token_counts(
-    path: Path, name: str, values: list[str], lines: Sequence[int]
+    path: TraceFile, name: str, values: list[str], lines: Sequence[int]
 ) -> npt.NDArray[np.int64]:
     numbers = _floats(path, name, values, lines, minimum=0)
     bad = (numbers > MAX_TOKENS) | (numbers != np.floor(numbers))
@@ -248,7 +325,7 @@ def _token_counts(
     return numbers.astype(np.int64)
 
 
-def _check_span(path: Path, span_s: float, first_line: int, last_line: int) -> None:
+def _check_span(path: TraceFile, span_s: float, first_line: int, last_line: int) -> None:
     if span_s > MAX_SPAN_S:
         raise WorkloadError(
             f"{path}: the trace spans {span_s / 86400:,.1f} days, from line {first_line} to line "
@@ -259,7 +336,7 @@ def _check_span(path: Path, span_s: float, first_line: int, last_line: int) -> N
 
 
 def _requests(
-    path: Path,
+    path: TraceFile,
     arrival_s: npt.NDArray[np.float64],
     lines: Sequence[int],
     until_s: float | None,
@@ -290,7 +367,7 @@ def _requests(
 
 
 def _azure_nanoseconds(
-    path: Path, stamps: list[str], lines: Sequence[int]
+    path: TraceFile, stamps: list[str], lines: Sequence[int]
 ) -> npt.NDArray[np.int64]:
     """Parse Azure TIMESTAMP values into nanoseconds since the epoch, in UTC."""
     naive: list[str] = []
@@ -322,7 +399,7 @@ def _azure_nanoseconds(
     return parsed.astype(np.int64) - offsets_min * 60_000_000_000
 
 
-def _load_azure_llm(path: Path, until_s: float | None) -> Workload:
+def _load_azure_llm(path: TraceFile, until_s: float | None) -> Workload:
     data, lines = _columns(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
     if not lines:
         raise WorkloadError(f"{path}: the trace has no requests")
@@ -352,7 +429,7 @@ def _json_number(record: dict[str, object], key: str, *, whole: bool) -> float:
     return number
 
 
-def _load_mooncake(path: Path, until_s: float | None) -> Workload:
+def _load_mooncake(path: TraceFile, until_s: float | None) -> Workload:
     rows: list[tuple[float, float, float]] = []
     lines: list[int] = []
     with _reading(path) as handle:
@@ -387,7 +464,7 @@ def _load_mooncake(path: Path, until_s: float | None) -> Workload:
     )
 
 
-def _load_instance_metric(path: Path, seed: int, until_s: float | None) -> Workload:
+def _load_instance_metric(path: TraceFile, seed: int, until_s: float | None) -> Workload:
     header = _read_header(path)
     time_column = _pick(header, _TIME_COLUMNS)
     instance_column = _pick(header, _INSTANCE_COLUMNS)
@@ -441,7 +518,7 @@ def endpoint_rate(
     return grid, total, period
 
 
-def _load_time_value(path: Path, seed: int, until_s: float | None) -> Workload:
+def _load_time_value(path: TraceFile, seed: int, until_s: float | None) -> Workload:
     header = _read_header(path)
     time_column = _pick(header, _TIME_COLUMNS)
     if time_column is None:
@@ -489,14 +566,14 @@ def _load_time_value(path: Path, seed: int, until_s: float | None) -> Workload:
     return workload_from_rate(path.stem, times, values, duration, seed=seed, until_s=until_s)
 
 
-def _load_azure_functions(path: Path, until_s: float | None) -> Workload:
+def _load_azure_functions(path: TraceFile, until_s: float | None) -> Workload:
     data, lines = _columns(path, ("end_timestamp", "duration"))
     end = _floats(path, "end_timestamp", data["end_timestamp"], lines)
     duration = _floats(path, "duration", data["duration"], lines, minimum=0)
     return _requests(path, end - duration, lines, until_s, service_s=duration)
 
 
-def _load_requests(path: Path, until_s: float | None) -> Workload:
+def _load_requests(path: TraceFile, until_s: float | None) -> Workload:
     header = _read_header(path)
     if "service_s" in header:
         data, lines = _columns(path, ("arrival_s", "service_s"))
