@@ -733,7 +733,7 @@ def run_churn(engine: Engine, clock: FakeClock, plan, check=None) -> list:
 
 @settings(max_examples=10)
 @given(plan=churn_plans())
-def test_churn_keeps_memory_bounded_and_decisions_equal(plan):
+def test_churn_bounds_series_keeps_decisions(plan):
     specs = [
         tracking_spec(name="small", window_s=10.0, stale_after_s=5.0),
         tracking_spec(name="large", window_s=60.0, stale_after_s=5.0),

@@ -1,4 +1,4 @@
-"""Tests for the bounded map that holds what the mirror learns per manifest."""
+"""Tests for the bounded map in which the mirror keeps what it learns per manifest."""
 
 from __future__ import annotations
 

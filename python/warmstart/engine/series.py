@@ -195,7 +195,7 @@ class SeriesStore:
         """Drop the series that no evaluation can read any more; return how many were dropped.
 
         A series can be dropped when its instance is gone (``active`` is False) and its newest
-        sample lies before the ring of its table at clock time ``now``, so no window ending at
+        sample lies before the ring of its table at clock time ``now``. Then no window ending at
         ``now`` or later covers a sample of it. Evaluations read no series of a gone instance,
         and the ring would hide its samples from any later reader, so dropping it changes no
         decision as long as the instance neither sends samples nor comes back. Two cases differ
@@ -254,6 +254,7 @@ class SeriesStore:
             sids[: kept.size] = kept
             sids[kept.size : rows] = 0
             self.row[kept] = np.arange(kept.size)
+
         for slot in slots.tolist():
             key = self._key_of.pop(slot)
             del self.keys[key]
@@ -264,6 +265,7 @@ class SeriesStore:
             if not siblings:
                 del self.instance_series[instance_key]
             self.endpoint_series[endpoint] -= 1
+
         self.used[slots] = False
         self.active[slots] = False
         self.ready[slots] = False

@@ -16,7 +16,7 @@ class LruDict(Generic[_K, _V]):
 
     ``get`` and assignment mark an entry as used. An assignment that makes the map exceed
     ``max_entries`` evicts the least recently used entry. The mirror keeps what it learns per
-    served manifest in these, so a long-running mirror holds a bounded amount of it.
+    served manifest in these, so the memory of a long-running mirror stays bounded.
     """
 
     def __init__(self, max_entries: int) -> None:
