@@ -202,9 +202,7 @@ def test_digest_of_served_tag_stays_available(
     asyncio.run(body())
 
 
-def test_no_warm_tags_fetched_image(
-    store: LayerStore, registry: Registry, tmp_path: Path
-) -> None:
+def test_no_warm_tags_fetched_image(store: LayerStore, registry: Registry, tmp_path: Path) -> None:
     digest = make_image(tmp_path / "source", "v1", [300_000, 1000])
     push(tmp_path / "source", "v1", registry, "team/app")
     mirror = Mirror(store, upstreams=[Upstream(registry.host)], warm=False)

@@ -162,8 +162,9 @@ def load_trace(
 
     ``path`` is a regular file or a FIFO (a pipe is read once, into memory). ``seed`` drives
     the arrivals generated for metric traces. ``duration_s`` keeps only the first seconds,
-    before any span or size limit applies. Raise ``WorkloadError`` for an unknown format, a missing or unreadable file, a malformed row (naming the file and the
-    line), a span over ``MAX_SPAN_S`` or a metric series that would generate too many requests.
+    before any span or size limit applies. Raise ``WorkloadError`` for an unknown format, a
+    missing or unreadable file, a malformed row (naming the file and the line), a span over
+    ``MAX_SPAN_S`` or a metric series that would generate too many requests.
     """
     source = _trace_file(Path(path))
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
@@ -212,16 +213,20 @@ def _pick(header: Sequence[str], names: Sequence[str]) -> str | None:
 def _open_text(path: TraceFile) -> Iterator[TextIO]:
     """Open a UTF-8 (a byte order mark is skipped), UTF-16 or gzip-compressed file as text."""
     with contextlib.ExitStack() as stack:
-        binary: BinaryIO = stack.enter_context(path.open_binary())
+        binary = stack.enter_context(path.open_binary())
         # A regular file, and the bytes kept of a FIFO, can seek.
         magic = binary.read(2)
         binary.seek(0)
-        encoding = "utf-8-sig"
+        text: TextIO
         if magic == b"\x1f\x8b":
-            binary = stack.enter_context(gzip.GzipFile(fileobj=binary, mode="rb"))
-        elif magic in (b"\xff\xfe", b"\xfe\xff"):
-            encoding = "utf-16"
-        yield stack.enter_context(io.TextIOWrapper(binary, encoding=encoding, newline=""))
+            inflated = stack.enter_context(gzip.GzipFile(fileobj=binary, mode="rb"))
+            text = io.TextIOWrapper(inflated, encoding="utf-8-sig", newline="")
+        else:
+            utf16 = magic in (b"\xff\xfe", b"\xfe\xff")
+            encoding = "utf-16" if utf16 else "utf-8-sig"
+            text = io.TextIOWrapper(binary, encoding=encoding, newline="")
+        with text:
+            yield text
 
 
 @contextlib.contextmanager
