@@ -1,6 +1,7 @@
 //! Pulls: resolve a reference to a manifest, fetch its blobs in parallel ranges, tag it.
 
 pub mod chunked;
+mod connections;
 pub mod ranges;
 mod retained;
 mod single;

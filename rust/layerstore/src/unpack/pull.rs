@@ -260,12 +260,11 @@ impl Overlap {
             }),
             // One extraction per core, as in the unpack from the store: each runs three
             // threads, and more extractions than cores only compete for the CPU and the page
-            // cache. The download does not lower it: when the network is the limit, the blobs
-            // arrive together, and a second extraction following its blob leaves less to
-            // extract after the pull. When the CPU is the limit, the download ends within
-            // seconds anyway (docs/benchmarks.md, "Pull with overlapped unpack").
-            // TODO: all blobs download at once, so the largest completes only near the end of
-            // the pull. Ranges of the largest blob first would let its extraction finish sooner.
+            // cache. The download does not lower it: when the network is the limit, the
+            // largest blob arrives first on every connection (fetch/connections.rs) and its
+            // extraction follows it, while a second one takes the smaller blobs as they
+            // arrive. When the CPU is the limit, the download ends within seconds anyway
+            // (docs/benchmarks.md, "Pull with overlapped unpack").
             limit: cores,
             manifest: None,
             image: ImageState::Unknown,
