@@ -47,6 +47,7 @@ use crate::digest::Digest;
 use crate::fetch::{BlobStream, Progress, PullEvent, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
+use crate::registry::platform::Platform;
 use crate::store::Store;
 use crate::unpack::bundle::{Bundle, Flusher};
 use crate::unpack::compression::Compression;
@@ -121,7 +122,8 @@ pub async fn pull_and_unpack(
     let manifest = report.manifest_digest.to_string();
     let options = options.clone();
     let mut unpacked = tokio::task::spawn_blocking(move || -> UnpackResult<UnpackReport> {
-        let image = image::resolve(&store, &manifest)?;
+        // The pull committed this image manifest, so no platform is selected here.
+        let image = image::resolve(&store, &manifest, &Platform::host())?;
         let context = Arc::into_inner(context).expect("every extraction task has finished");
         unpack_image_with(&store, &image, &bundle, &options, context)
     })
