@@ -400,8 +400,19 @@ class LayerStore:
         Without ``size``, a HEAD request reads it from ``Content-Length``.
         """
     def unpack(
-        self, reference: str, target: str | os.PathLike[str], *, flatten: bool = False
-    ) -> UnpackReport: ...
+        self,
+        reference: str,
+        target: str | os.PathLike[str],
+        *,
+        flatten: bool = False,
+        platform: str | None = None,
+    ) -> UnpackReport:
+        """Unpack a tag or manifest digest into ``target``.
+
+        From an index it selects ``platform`` (``os/architecture[/variant]``, the host's when
+        None) as ``resolve_platform`` does, and raises ``PlatformNotInStoreError`` when that
+        platform was not pulled.
+        """
     def _pull_and_unpack(
         self,
         reference: str,

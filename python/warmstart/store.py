@@ -87,6 +87,10 @@ class LayerStore(_native.LayerStore):
     ) -> _native.PullReport:
         """Pull an image or OCI artifact into the store and tag it; see ``docs/pull.md``.
 
+        From an index the store keeps the index too, and the tag names the index, so pulls of
+        other platforms under one tag add to it. ``PullReport.manifest_digest`` is the platform's
+        image manifest and ``index_digest`` the index.
+
         ``platform`` is ``os/arch[/variant]`` (default: this host). ``connections`` counts per
         host, and ``chunk_size`` is in bytes. A connection that sends nothing for
         ``stall_timeout_s`` seconds is abandoned and its range retried. ``progress`` is called

@@ -23,6 +23,7 @@ from tests.registry import faults
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
 from tests.registry.layout import Content
 from warmstart import LayerStore, PullProgress, errors
+from warmstart.replay.image import chunked_requests
 
 CHUNK = 256 << 10
 
@@ -546,6 +547,51 @@ def test_blobs_start_config_then_largest(store: LayerStore, fake_registry: FakeR
     assert requested[0] == image.config.digest
     layer_sizes = [size_of[digest] for digest in requested[1:]]
     assert layer_sizes == sorted(sizes, reverse=True)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    chunks=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=4),
+    shorts=st.lists(st.integers(min_value=0, max_value=CHUNK - 1), min_size=4, max_size=4),
+)
+def test_chunked_request_order_matches_model(
+    fake_registry: FakeRegistry, chunks: list[int], shorts: list[int]
+) -> None:
+    # Over one connection the requests go out one after another, so the registry receives
+    # them in the order the connection scheduler hands them out.
+    sizes = [count * CHUNK - short for count, short in zip(chunks, shorts, strict=False)]
+    image = fake_registry.add_image(
+        "app", "v1", [os.urandom(size) for size in sizes], compress=False
+    )
+    assert image.config is not None
+    blobs = [image.config, *image.layers]
+    fake_registry.clear_requests()
+
+    with tempfile.TemporaryDirectory() as root:
+        pull(
+            LayerStore(Path(root) / "store"),
+            f"{fake_registry.host}/app:v1",
+            connections=1,
+            chunk_size=CHUNK,
+        )
+
+    layer_of = {blob.digest: index for index, blob in enumerate(blobs)}
+    sent = []
+    for request in fake_registry.requests:
+        if "/blobs/" not in request.path or request.method != "GET":
+            continue
+        layer = layer_of[request.path.rsplit("/", 1)[1]]
+        if request.range is None:
+            sent.append((layer, 0, blobs[layer].size))
+        else:
+            start, end = request.range.removeprefix("bytes=").split("-")
+            sent.append((layer, int(start), int(end) + 1 - int(start)))
+    modeled = chunked_requests([blob.size for blob in blobs], [False] * len(blobs), CHUNK, config=0)
+    assert sent == [(request.layer, request.offset, request.size) for request in modeled]
 
 
 def test_fetch_url_into_store(store: LayerStore, fake_registry: FakeRegistry) -> None:

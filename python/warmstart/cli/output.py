@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["format_bytes", "print_json", "print_table"]
+if TYPE_CHECKING:
+    from warmstart import PullReport
+
+__all__ = ["format_bytes", "format_pulled", "print_json", "print_table"]
 
 
 def format_bytes(count: int) -> str:
@@ -18,6 +21,13 @@ def format_bytes(count: int) -> str:
             return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def format_pulled(report: PullReport) -> str:
+    """Describe a pull in one line: the reference, the tag, the image manifest and its index."""
+    tagged = "" if report.tag == report.reference else f" as {report.tag}"
+    index = "" if report.index_digest is None else f" from index {report.index_digest}"
+    return f"pulled {report.reference}{tagged}  {report.manifest_digest}{index}"
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

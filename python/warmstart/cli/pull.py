@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
-from warmstart.cli.output import format_bytes, print_json
+from warmstart.cli.output import format_bytes, format_pulled, print_json
 from warmstart.cli.store import open_store, parse_tag
-from warmstart.cli.usage import check_with, parse_input_file, parse_path
+from warmstart.cli.usage import check_with, parse_input_file, parse_path, parse_platform
 from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
@@ -90,11 +90,6 @@ def parse_stall_timeout(text: str) -> float:
 def parse_reference(text: str) -> str:
     """Check an image reference such as ``localhost:5000/llm:v1``; returns it unchanged."""
     return check_with(_native.parse_reference_string, text)
-
-
-def parse_platform(text: str) -> str:
-    """Check an ``os/architecture[/variant]`` platform; returns it unchanged."""
-    return check_with(_native.parse_platform_string, text)
 
 
 def parse_url(text: str) -> str:
@@ -177,10 +172,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--platform",
         type=parse_platform,
         default=None,
-        help="os/arch[/variant] (default: this host)",
+        help="os/arch[/variant] to pull from an index (default: this host)",
     )
     pull.add_argument(
-        "--tag", type=parse_tag, default=None, help="tag in the store (default: the reference)"
+        "--tag",
+        type=parse_tag,
+        default=None,
+        help="tag in the store (default: the reference). For an index the tag names the index, "
+        "and a pull of another platform under the same tag adds that platform",
     )
     pull.add_argument(
         "--insecure",
@@ -306,8 +305,7 @@ def run_pull(arguments: argparse.Namespace) -> int:
             }
         )
         return 0
-    tagged = "" if report.tag == report.reference else f" as {report.tag}"
-    print(f"pulled {report.reference}{tagged}  {report.manifest_digest}")
+    print(format_pulled(report))
     print(
         f"fetched {format_bytes(report.bytes_fetched)}, reused {format_bytes(report.bytes_reused)}"
         f" from the store, in {report.seconds:.2f} s"

@@ -11,9 +11,9 @@ from typing import Any
 
 from warmstart import LayerStore, PullProgress, PullReport, UnpackReport
 from warmstart.cli.interrupt import interruptible
-from warmstart.cli.output import format_bytes, print_json
+from warmstart.cli.output import format_bytes, format_pulled, print_json
 from warmstart.cli.store import open_store
-from warmstart.cli.usage import parse_path
+from warmstart.cli.usage import parse_path, parse_platform
 from warmstart.errors import StoreError, TagNotFoundError
 
 __all__ = ["add_parser", "add_pull_arguments", "run_pull_and_unpack"]
@@ -28,6 +28,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "root filesystem in DIR/rootfs. Running it again after a crash finishes the job.",
     )
     parser.add_argument("reference", help="tag or manifest digest of an image in the store")
+    parser.add_argument(
+        "--platform",
+        type=parse_platform,
+        default=None,
+        help="os/arch[/variant] to select from an index (default: this host)",
+    )
     parser.add_argument(
         "--to", type=parse_path, required=True, metavar="DIR", help="target directory"
     )
@@ -66,7 +72,12 @@ def run_unpack(arguments: argparse.Namespace) -> int:
     store = open_store(arguments, must_exist=True)
     try:
         report = interruptible(
-            lambda: store.unpack(arguments.reference, arguments.to, flatten=arguments.flatten)
+            lambda: store.unpack(
+                arguments.reference,
+                arguments.to,
+                flatten=arguments.flatten,
+                platform=arguments.platform,
+            )
         )
     except TagNotFoundError as error:
         if error.tag != arguments.reference:
@@ -114,9 +125,8 @@ def run_pull_and_unpack(
 
     pulled, unpacked = asyncio.run(pull())
     if not arguments.json:
-        tagged = "" if pulled.tag == pulled.reference else f" as {pulled.tag}"
         print(
-            f"pulled {pulled.reference}{tagged}  {pulled.manifest_digest}"
+            f"{format_pulled(pulled)}"
             f"  ({format_bytes(pulled.bytes_fetched)} fetched in {pulled.seconds:.2f} s)"
         )
     print_report(unpacked, arguments.json, pulled=pulled)
@@ -154,6 +164,8 @@ def print_report(report: UnpackReport, as_json: bool, pulled: PullReport | None 
             document["pull"] = {
                 "reference": pulled.reference,
                 "tag": pulled.tag,
+                "manifest_digest": pulled.manifest_digest,
+                "index_digest": pulled.index_digest,
                 "bytes_fetched": pulled.bytes_fetched,
                 "seconds": round(pulled.seconds, 6),
             }

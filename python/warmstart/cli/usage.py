@@ -1,4 +1,4 @@
-"""The usage error of the command line, and the path type of its options."""
+"""The usage error of the command line, and the path and platform types of its options."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from warmstart import _native
+
 __all__ = [
     "UsageError",
     "check_with",
     "input_problem",
     "parse_input_file",
     "parse_path",
+    "parse_platform",
 ]
 
 
@@ -94,3 +97,8 @@ def check_with(parse: Callable[[str], str], text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def parse_platform(text: str) -> str:
+    """Check an ``os/architecture[/variant]`` platform; returns it unchanged."""
+    return check_with(_native.parse_platform_string, text)

@@ -10,12 +10,10 @@ are modeled:
 - ``containerd``: the containerd and Docker default, 3 layers at a time with one connection
   per layer and no byte ranges, in the order the layers are given;
 - ``chunked``: the layer store's puller, ``connections`` byte-range requests of ``chunk_size``
-  bytes in flight across all blobs. As in the layer store, every blob's first range goes
-  first (that request also tells whether the server honours ranges): the config blob's, when
-  the caller says which blob it is, then the others largest blob first. The other ranges
-  follow, largest blob first. The layer store hands those out as connections free up, round
-  robin between blobs. On the benchmark images the two orders differ by under 1 % in modeled
-  time.
+  bytes in flight across all blobs, in the layer store's order (``chunked_requests``): every
+  blob's first range goes first (that request also tells whether the server honours ranges),
+  the config blob's, when the caller says which blob it is, then the others largest blob
+  first. The other ranges follow blob by blob, largest blob first.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
 one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
@@ -38,6 +36,8 @@ __all__ = [
     "Network",
     "PullTimes",
     "Puller",
+    "Request",
+    "chunked_requests",
     "download_times",
     "fit_connection_rate",
     "pull_times",
@@ -88,6 +88,16 @@ class Network:
             raise ValueError(
                 f"first_byte_s must be non-negative seconds, got {self.first_byte_s!r}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One byte-range request of the chunked puller: ``size`` bytes of ``layer`` from
+    ``offset``."""
+
+    layer: int
+    offset: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,26 +172,43 @@ def download_times(
         for position, layer in enumerate(missing):
             done[layer] = finish[position]
         return done
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
     if connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections!r}")
-    # (bytes, layer) of each blob's first range, then of the other ranges: the config blob
-    # first, then largest blob first.
-    first_ranges: list[tuple[float, int]] = []
-    other_ranges: list[tuple[float, int]] = []
-    for layer in sorted(missing, key=lambda i: (i != config, -layers[i])):
-        size = layers[layer]
-        for offset in range(0, size, chunk_size):
-            ranges = other_ranges if offset else first_ranges
-            ranges.append((float(min(chunk_size, size - offset)), layer))
-    requests = first_ranges + other_ranges
-    chunks = [size for size, _ in requests]
-    owner = [layer for _, layer in requests]
+    requests = chunked_requests(layers, present, chunk_size, config=config)
+    chunks = [float(request.size) for request in requests]
+    owner = [request.layer for request in requests]
     finish = transfer_times(chunks, connections, network)
     for position, layer in enumerate(owner):
         done[layer] = max(done[layer], finish[position])
     return done
+
+
+def chunked_requests(
+    layers: Sequence[int],
+    present: Sequence[bool],
+    chunk_size: int,
+    *,
+    config: int | None = None,
+) -> list[Request]:
+    """Return the range requests of a chunked pull in the order the layer store sends them
+    over one connection (rust/layerstore/src/fetch/connections.rs).
+
+    Blobs go in this order: the config blob (``config`` is its index in ``layers``), then the
+    others largest first, equal sizes in manifest order. Every missing blob's first range goes
+    first, in that order; then every other range, blob by blob in that order and in ascending
+    offset. Present and empty blobs take no request.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
+    missing = [i for i, size in enumerate(layers) if not present[i] and size > 0]
+    order = sorted(missing, key=lambda i: (i != config, -layers[i]))
+    first = [Request(layer, 0, min(chunk_size, layers[layer])) for layer in order]
+    later = [
+        Request(layer, offset, min(chunk_size, layers[layer] - offset))
+        for layer in order
+        for offset in range(chunk_size, layers[layer], chunk_size)
+    ]
+    return first + later
 
 
 def pull_times(

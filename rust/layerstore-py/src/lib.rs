@@ -432,15 +432,21 @@ impl PyLayerStore {
     }
 
     /// Unpacks an image (a tag or a manifest digest) into `target`; returns an `UnpackReport`.
-    #[pyo3(signature = (reference, target, *, flatten=false))]
+    /// From an index it selects `platform` (`os/arch[/variant]`, default: this host).
+    #[pyo3(signature = (reference, target, *, flatten=false, platform=None))]
     fn unpack(
         &self,
         py: Python<'_>,
         reference: &str,
         target: PathBuf,
         flatten: bool,
+        platform: Option<&str>,
     ) -> PyResult<PyUnpackReport> {
-        let options = UnpackOptions { flatten };
+        let platform = platform
+            .map(Platform::parse)
+            .transpose()
+            .map_err(errors::pull_to_py_err)?;
+        let options = UnpackOptions { flatten, platform };
         let report = py
             .detach(|| layerstore::unpack::unpack(&self.store, reference, &target, &options))
             .map_err(errors::unpack_to_py_err)?;
@@ -481,7 +487,10 @@ impl PyLayerStore {
             stall_timeout_s,
             max_attempts,
         )?;
-        let unpack_options = UnpackOptions { flatten };
+        let unpack_options = UnpackOptions {
+            flatten,
+            ..UnpackOptions::default()
+        };
         pull::run_blocking(py, cancel, async move {
             let counters = Arc::new(Progress::default());
             let work = layerstore::unpack::pull::pull_and_unpack(

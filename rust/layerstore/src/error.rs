@@ -94,8 +94,8 @@ pub enum StoreError {
 
     #[error(
         "platform {platform} of {reference} is not in the store: {}; pull that platform first, \
-         through the mirror or with `warmstart pull --platform {platform} --tag <another tag> \
-         <image>`",
+         through the mirror or with `warmstart pull --platform {platform} <image>` (add \
+         `--tag <tag>` when the tag is not the image reference), which adds it to the index",
         absence(.manifest, .missing)
     )]
     PlatformNotInStore {

@@ -375,6 +375,33 @@ fn unpack_of_absent_host_platform_fails_before_writing() {
     assert!(!target.exists());
 }
 
+#[test]
+fn unpack_selects_requested_platform() {
+    let (dir, store) = new_store();
+    let host_architecture: &'static str = Box::leak(Platform::host().architecture.into_boxed_str());
+    let platforms = [
+        PlatformImage::new("s390x", 15),
+        PlatformImage::new(host_architecture, 16),
+    ];
+    platforms[1].put(&store);
+    let index = put_index(&store, &platforms);
+    store.tag("app:v1", &index).unwrap();
+    let target = dir.path().join("rootfs");
+    let options = UnpackOptions {
+        platform: Some(platforms[0].platform()),
+        ..UnpackOptions::default()
+    };
+
+    let error = layerstore::unpack::unpack(&store, "app:v1", &target, &options).unwrap_err();
+
+    assert!(
+        matches!(error, UnpackError::Store(StoreError::PlatformNotInStore { ref platform, .. })
+            if platform == "linux/s390x"),
+        "{error:?}"
+    );
+    assert!(!target.exists());
+}
+
 /// For every subset of present platforms: tagging succeeds, gc keeps every blob of a present
 /// platform and removes the unreferenced blob, and selecting an absent platform fails.
 #[test]

@@ -122,11 +122,14 @@ fn put_image(store: &Store, tag: &str, layers: &[(Vec<u8>, &str)]) -> Digest {
 }
 
 fn flatten() -> UnpackOptions {
-    UnpackOptions { flatten: true }
+    UnpackOptions {
+        flatten: true,
+        ..UnpackOptions::default()
+    }
 }
 
 fn overlay() -> UnpackOptions {
-    UnpackOptions { flatten: false }
+    UnpackOptions::default()
 }
 
 fn setup() -> (tempfile::TempDir, Store) {

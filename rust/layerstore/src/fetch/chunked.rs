@@ -11,22 +11,20 @@
 //! the same prefix as a [`BlobStream`], to consume each blob while it downloads.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use url::Url;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
+use crate::fetch::connections::{Acquire, Connections, Priority, Slot};
 use crate::fetch::ranges::RangeSet;
 use crate::fetch::retained::{MemoryBudget, Piece, Retained, RETAIN_LIMIT};
 use crate::fetch::stream::{BlobStream, Prefix, PrefixGuard};
@@ -173,7 +171,9 @@ impl Progress {
 pub struct Fetcher {
     store: Store,
     client: Arc<RegistryClient>,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    hosts: Mutex<HashMap<String, Arc<Connections>>>,
+    /// Pulls started, which orders them for connections: an earlier pull goes first.
+    pulls: AtomicU64,
     /// Caps the written bytes kept in memory for hashing, over all downloads.
     retain_budget: Arc<MemoryBudget>,
 }
@@ -184,6 +184,7 @@ impl Fetcher {
             store,
             client,
             hosts: Mutex::new(HashMap::new()),
+            pulls: AtomicU64::new(0),
             retain_budget: MemoryBudget::new(RETAIN_LIMIT),
         }
     }
@@ -197,12 +198,12 @@ impl Fetcher {
     }
 
     /// Returns the connection limit of a host. The first pull to reach a host sets its size.
-    fn permits(&self, host: &str, connections: usize) -> Arc<Semaphore> {
+    fn connections(&self, host: &str, connections: usize) -> Arc<Connections> {
         let mut hosts = self.hosts.lock().expect("not poisoned");
         Arc::clone(
             hosts
                 .entry(host.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(connections.max(1)))),
+                .or_insert_with(|| Arc::new(Connections::new(connections))),
         )
     }
 
@@ -212,9 +213,10 @@ impl Fetcher {
     ///
     /// The config blob gets the first connection, so that a consumer of the pull (unpack)
     /// learns the image before any layer arrives. The other blobs get their first connection
-    /// largest first, since the biggest blob is the critical path. Blobs that another writer is
-    /// downloading into the same store wait for it outside that order, so they never hold up
-    /// the others.
+    /// largest first, since the biggest blob is the critical path, and then their other ranges
+    /// in the same order, one blob after another ([`Connections`]). Blobs that another writer
+    /// is downloading into the same store wait for it outside that order, so they never hold
+    /// up the others.
     pub async fn fetch_all(
         self: &Arc<Self>,
         jobs: Vec<BlobJob>,
@@ -222,6 +224,7 @@ impl Fetcher {
         progress: &Arc<Progress>,
     ) -> Result<Vec<BlobReport>, PullError> {
         let started = Instant::now();
+        let pull = self.pulls.fetch_add(1, Ordering::Relaxed);
         let mut unique: Vec<BlobJob> = Vec::new();
         for job in jobs {
             if !unique.iter().any(|existing| existing.digest == job.digest) {
@@ -248,53 +251,38 @@ impl Fetcher {
         let mut reports = Vec::new();
         let mut tasks = JoinSet::new();
         let mut ready = Vec::new();
-        for (index, (job, opened)) in unique.into_iter().zip(opening).enumerate() {
+        for (rank, (job, opened)) in unique.into_iter().zip(opening).enumerate() {
+            let priority = Priority {
+                pull,
+                later: false,
+                rank,
+            };
             match opened.await.expect("try_open_partial does not panic")? {
                 Some(PartialStart::Exists(_)) => {
-                    reports.push((index, reused_report(job, started, progress)));
+                    reports.push((rank, reused_report(job, started, progress)));
                 }
-                Some(PartialStart::Open(partial)) => ready.push((index, job, partial)),
+                Some(PartialStart::Open(partial)) => ready.push((priority, job, partial)),
                 None => {
                     let fetcher = Arc::clone(self);
                     let (options, progress) = (options.clone(), Arc::clone(progress));
                     tasks.spawn(async move {
-                        (index, fetcher.fetch_blob(job, options, progress).await)
+                        let report = fetcher.fetch_blob(job, priority, options, progress).await;
+                        (rank, report)
                     });
                 }
             }
         }
 
-        // Queue every blob's first request for a connection now, in the order above. The
-        // semaphore is first in, first out, so these go out in this order, ahead of the other
-        // ranges of any blob, which queue once their blob's first response arrives. Polling an
-        // acquire once puts it in the queue, and the blob's task goes on waiting on it.
+        // Ask for every blob's first connection before any blob starts, so that none of
+        // these requests can find a later range ahead of it.
         let mut first_requests = Vec::new();
-        for (index, job, partial) in ready {
-            let (download, guard) = self.new_download(job, partial, options, progress)?;
-            let acquire = download
-                .first_missing()
-                .map(|_| Box::pin(Arc::clone(&download.permits).acquire_owned()));
-            first_requests.push((index, download, guard, acquire));
+        for (priority, job, partial) in ready {
+            let (download, guard) = self.new_download(job, partial, priority, options, progress)?;
+            let first = download.first_missing().map(|_| download.acquire(false));
+            first_requests.push((priority.rank, download, guard, first));
         }
-        let mut queued = Vec::new();
-        std::future::poll_fn(|context| {
-            for (index, download, guard, acquire) in first_requests.drain(..) {
-                let first = match acquire {
-                    None => FirstPermit::Later,
-                    Some(mut acquire) => match acquire.as_mut().poll(context) {
-                        Poll::Ready(permit) => {
-                            FirstPermit::Held(permit.expect("semaphore is never closed"))
-                        }
-                        Poll::Pending => FirstPermit::Queued(acquire),
-                    },
-                };
-                queued.push((index, download, guard, first));
-            }
-            Poll::Ready(())
-        })
-        .await;
-        for (index, download, guard, first) in queued {
-            tasks.spawn(async move { (index, finish_blob(download, guard, first, started).await) });
+        for (rank, download, guard, first) in first_requests {
+            tasks.spawn(async move { (rank, finish_blob(download, guard, first, started).await) });
         }
         while let Some(joined) = tasks.join_next().await {
             let (index, result) = joined.expect("blob tasks do not panic");
@@ -309,6 +297,7 @@ impl Fetcher {
     async fn fetch_blob(
         self: Arc<Self>,
         job: BlobJob,
+        priority: Priority,
         options: FetchOptions,
         progress: Arc<Progress>,
     ) -> Result<BlobReport, PullError> {
@@ -321,8 +310,9 @@ impl Fetcher {
         match opened {
             PartialStart::Exists(_) => Ok(reused_report(job, started, &progress)),
             PartialStart::Open(partial) => {
-                let (download, guard) = self.new_download(job, partial, &options, &progress)?;
-                finish_blob(download, guard, FirstPermit::Later, started).await
+                let (download, guard) =
+                    self.new_download(job, partial, priority, &options, &progress)?;
+                finish_blob(download, guard, None, started).await
             }
         }
     }
@@ -331,6 +321,7 @@ impl Fetcher {
         self: &Arc<Self>,
         job: BlobJob,
         partial: PartialBlob,
+        priority: Priority,
         options: &FetchOptions,
         progress: &Arc<Progress>,
     ) -> Result<(Arc<Download>, PrefixGuard), PullError> {
@@ -365,7 +356,8 @@ impl Fetcher {
                 retained: Retained::default(),
             }),
             changed: Notify::new(),
-            permits: self.permits(&host, options.connections),
+            connections: self.connections(&host, options.connections),
+            priority,
             options: options.clone(),
             progress: Arc::clone(progress),
             fetched: AtomicU64::new(0),
@@ -395,27 +387,17 @@ fn reused_report(job: BlobJob, started: Instant, progress: &Progress) -> BlobRep
     }
 }
 
-/// The connection for a blob's first request, as queued by [`Fetcher::fetch_all`].
-enum FirstPermit {
-    /// Not queued yet: `download_all` queues for it if a range is missing.
-    Later,
-    Held(OwnedSemaphorePermit),
-    /// Waiting in the semaphore's queue.
-    Queued(Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>),
-}
-
-/// Downloads a blob's missing ranges (its first range on `first` unless it must queue for
-/// one), checks its digest and commits it.
+/// Downloads a blob's missing ranges (its first range on the connection `first` asked for,
+/// when given), checks its digest and commits it.
 async fn finish_blob(
     download: Arc<Download>,
     guard: PrefixGuard,
-    first: FirstPermit,
+    first: Option<Acquire>,
     started: Instant,
 ) -> Result<BlobReport, PullError> {
     let first_permit = match first {
-        FirstPermit::Later => None,
-        FirstPermit::Held(permit) => Some(permit),
-        FirstPermit::Queued(acquire) => Some(acquire.await.expect("semaphore is never closed")),
+        Some(acquire) => Some(acquire.await),
+        None => None,
     };
     let media_type = download.job.media_type.clone();
     let progress = Arc::clone(&download.progress);
@@ -513,7 +495,9 @@ struct Download {
     state: Mutex<State>,
     /// Signalled whenever `state` changes, to wake the hashing task.
     changed: Notify,
-    permits: Arc<Semaphore>,
+    /// The connection slots of the blob's host, and the blob's place in their queue.
+    connections: Arc<Connections>,
+    priority: Priority,
     options: FetchOptions,
     progress: Arc<Progress>,
     fetched: AtomicU64,
@@ -537,6 +521,15 @@ enum Probe {
 }
 
 impl Download {
+    /// Asks for a connection for the blob's first request, or for one of its `later` ranges.
+    fn acquire(&self, later: bool) -> Acquire {
+        let priority = Priority {
+            later,
+            ..self.priority
+        };
+        self.connections.acquire(priority)
+    }
+
     fn context(&self, url_hint: &str) -> RequestContext {
         let (registry, repository) = match &self.job.source {
             BlobSource::Registry(reference) => (
@@ -757,7 +750,7 @@ impl Buffers {
 /// Downloads every missing range of a blob, the first on `first_permit` when given.
 async fn download_all(
     download: &Arc<Download>,
-    first_permit: Option<OwnedSemaphorePermit>,
+    first_permit: Option<Slot>,
 ) -> Result<(), PullError> {
     let size = download.job.size;
     let missing = download.missing();
@@ -766,10 +759,7 @@ async fn download_all(
     };
     let permit = match first_permit {
         Some(permit) => permit,
-        None => Arc::clone(&download.permits)
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed"),
+        None => download.acquire(false).await,
     };
     let whole = first_start == 0 && first_end == size;
     let probe = if whole {
@@ -791,18 +781,21 @@ async fn download_all(
             let mut ranges: JoinSet<Result<(), RangeError>> = JoinSet::new();
             for _ in 0..workers {
                 let (download, queue) = (Arc::clone(download), Arc::clone(&queue));
+                // Queued here, before the first range can free its connection.
+                let first_slot = download.acquire(true);
                 ranges.spawn(async move {
+                    let mut slot = first_slot.await;
                     loop {
-                        let permit = Arc::clone(&download.permits)
-                            .acquire_owned()
-                            .await
-                            .expect("semaphore is never closed");
                         let Some((start, end)) = queue.lock().expect("not poisoned").pop_front()
                         else {
                             return Ok(());
                         };
                         fetch_range(&download, start, end, None).await?;
-                        drop(permit);
+                        // Queued before the connection is freed, so that it stays with this
+                        // blob unless a request that comes first in the order waits for one.
+                        let next = download.acquire(true);
+                        drop(slot);
+                        slot = next.await;
                     }
                 });
             }
@@ -829,10 +822,7 @@ async fn download_all(
                 Err(RangeError::Failed(error)) => Err(error),
                 Err(RangeError::Refused(error)) => {
                     tracing::warn!(source = %download.describe_source(), %error, "server stopped honouring Range; fetching the blob again as one stream");
-                    let permit = Arc::clone(&download.permits)
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
+                    let permit = download.acquire(true).await;
                     let result = fetch_whole(download, None).await;
                     drop(permit);
                     result

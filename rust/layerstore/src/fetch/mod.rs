@@ -1,6 +1,8 @@
-//! Pulls: resolve a reference to a manifest, fetch its blobs in parallel ranges, tag it.
+//! Pulls: resolve a reference to a manifest, fetch its blobs in parallel ranges, tag it (or the
+//! index it was picked from).
 
 pub mod chunked;
+mod connections;
 pub mod ranges;
 mod retained;
 mod single;
@@ -17,7 +19,7 @@ use crate::manifest::{self, Descriptor};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
 use crate::registry::platform::{self, Platform};
-use crate::registry::{RegistryClient, Target};
+use crate::registry::{FetchedManifest, RegistryClient, Target};
 use crate::store::{Expected, Store};
 
 pub use chunked::{BlobJob, BlobReport, BlobSource, FetchOptions, Fetcher, Progress, PullEvent};
@@ -38,12 +40,13 @@ pub struct PullOptions {
 pub struct PullReport {
     /// The normalized reference that was pulled.
     pub reference: String,
-    /// The tag written to `index.json`.
+    /// The tag written to `index.json`. It names the index when there is one.
     pub tag: String,
     /// The digest of the image manifest pulled (the platform's, for an index).
     pub manifest_digest: Digest,
     pub media_type: String,
-    /// The index the manifest was picked from, when the reference named one.
+    /// The index the manifest was picked from, when the reference named one. The store
+    /// contains it, and the tag names it.
     pub index_digest: Option<Digest>,
     pub blobs: Vec<BlobReport>,
     pub bytes_fetched: u64,
@@ -74,6 +77,11 @@ impl Puller {
     /// Pulls `reference`: its manifest (picking `options.platform` from an index, never an
     /// attestation), then every config, layer and artifact blob it lists, then commits the
     /// manifest and tags it. Blobs already in the store are not fetched.
+    ///
+    /// For an index, the index blob is committed too and the tag names the index, so pulls of
+    /// other platforms under the same tag add to it. The tag is written only after the
+    /// platform's manifest and blobs are committed, and the store checks that every platform
+    /// of the index in the store is complete before it writes the tag.
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -90,10 +98,10 @@ impl Puller {
             let parsed: manifest::ImageIndex = parse_json(&fetched.bytes, &fetched.digest)?;
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
             let chosen = platform::select(&parsed.manifests, &wanted, &reference.to_string())?;
-            index = Some(fetched.digest.clone());
-            fetched = client
+            let platform_manifest = client
                 .fetch_manifest(reference, &chosen.digest.to_string())
                 .await?;
+            index = Some(std::mem::replace(&mut fetched, platform_manifest));
             if is_index(&fetched.media_type) {
                 return Err(PullError::InvalidManifest {
                     what: fetched.digest.to_string(),
@@ -121,20 +129,8 @@ impl Puller {
             .fetch_all(jobs, &options.fetch, progress)
             .await?;
 
-        let store = self.store().clone();
         let tag = options.tag.clone().unwrap_or_else(|| reference.to_string());
-        let manifest_bytes = fetched.bytes.clone();
-        let manifest_digest = fetched.digest.clone();
-        let tag_for_store = tag.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), PullError> {
-            let expected =
-                Expected::digest(manifest_digest.clone()).with_size(manifest_bytes.len() as u64);
-            store.put_bytes(&manifest_bytes, expected)?;
-            store.tag(&tag_for_store, &manifest_digest)?;
-            Ok(())
-        })
-        .await
-        .expect("committing a manifest does not panic")?;
+        self.commit_and_tag(&tag, &fetched, index.as_ref()).await?;
 
         let bytes_fetched = blobs.iter().map(|b| b.fetched_bytes).sum();
         let bytes_reused = blobs.iter().filter(|b| b.reused).map(|b| b.size).sum();
@@ -144,13 +140,43 @@ impl Puller {
             tag,
             manifest_digest: fetched.digest,
             media_type: fetched.media_type,
-            index_digest: index,
+            index_digest: index.map(|index| index.digest),
             blobs,
             bytes_fetched,
             bytes_reused,
             manifest_seconds,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Commits the image manifest and then the index it was picked from, if any, and tags the
+    /// index, else the manifest. Called once every blob of the manifest is committed, so a pull
+    /// that fails or is killed before this leaves the tag as it was.
+    async fn commit_and_tag(
+        &self,
+        tag: &str,
+        manifest: &FetchedManifest,
+        index: Option<&FetchedManifest>,
+    ) -> Result<(), PullError> {
+        let store = self.store().clone();
+        let tag = tag.to_owned();
+        let tagged = index.unwrap_or(manifest).digest.clone();
+        let manifests: Vec<(Vec<u8>, Digest)> = std::iter::once(manifest)
+            .chain(index)
+            .map(|fetched| (fetched.bytes.clone(), fetched.digest.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || -> Result<(), PullError> {
+            for (bytes, digest) in manifests {
+                let expected = Expected::digest(digest).with_size(bytes.len() as u64);
+                store.put_bytes(&bytes, expected)?;
+            }
+            // TODO: another platform of the index that is in the store but incomplete (the
+            // mirror stores a platform manifest before its blobs) makes this tag fail.
+            store.tag(&tag, &tagged)?;
+            Ok(())
+        })
+        .await
+        .expect("committing a manifest does not panic")
     }
 
     /// Downloads one blob from a plain HTTP(S) URL through the chunked path. Without `size`, a

@@ -25,10 +25,11 @@ pub struct Image {
     pub layers: Vec<Layer>,
 }
 
-/// Resolves a tag or a manifest digest to an image. An index is resolved to the host
-/// platform's manifest, which must be in the store whole (see [`Store::resolve_platform`]).
-pub fn resolve(store: &Store, reference: &str) -> UnpackResult<Image> {
-    let chosen = store.resolve_platform(reference, &Platform::host())?;
+/// Resolves a tag or a manifest digest to an image. An index is resolved to the manifest of
+/// `platform`, which must be in the store whole (see [`Store::resolve_platform`]). An image
+/// manifest is returned whatever its platform.
+pub fn resolve(store: &Store, reference: &str, platform: &Platform) -> UnpackResult<Image> {
+    let chosen = store.resolve_platform(reference, platform)?;
     let document = read_json(store, &chosen.digest, reference)?;
     from_document(store, chosen.digest, &document, reference)
 }

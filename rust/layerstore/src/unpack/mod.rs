@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use crate::digest::Digest;
 use crate::error::StoreError;
+use crate::registry::platform::Platform;
 use crate::store::Store;
 
 use bundle::Flusher;
@@ -45,6 +46,9 @@ use metadata::{Degradations, Privileges};
 pub struct UnpackOptions {
     /// Merge the layers into `rootfs/` instead of one directory per layer.
     pub flatten: bool,
+    /// The platform selected from an index; the host's when `None`. A pull with overlapped
+    /// unpack takes the platform from its pull options instead.
+    pub platform: Option<Platform>,
 }
 
 /// What happened to one layer.
@@ -91,7 +95,8 @@ pub fn unpack(
     target: &Path,
     options: &UnpackOptions,
 ) -> UnpackResult<UnpackReport> {
-    let image = image::resolve(store, reference)?;
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let image = image::resolve(store, reference, &platform)?;
     let bundle = Bundle::open(target)?;
     unpack_image(store, &image, &bundle, options)
 }
