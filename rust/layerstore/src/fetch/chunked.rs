@@ -25,7 +25,7 @@ use url::Url;
 use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
 use crate::fetch::connections::{Acquire, Connections, Priority, Slot};
-use crate::fetch::ranges::RangeSet;
+use crate::fetch::ranges::{ramp, RangeSet};
 use crate::fetch::retained::{MemoryBudget, Piece, Retained, RETAIN_LIMIT};
 use crate::fetch::stream::{BlobStream, Prefix, PrefixGuard};
 use crate::reference::Reference;
@@ -773,11 +773,15 @@ async fn download_all(
     match probe {
         Probe::Ranged(response) => {
             // Workers take ranges in ascending order as connections free up, so the written
-            // prefix (and the hashing behind it) grows steadily from byte 0.
-            let queue = Arc::new(Mutex::new(
-                missing[1..].iter().copied().collect::<VecDeque<_>>(),
-            ));
+            // prefix (and the hashing behind it) grows from byte 0. The first ranges grow in
+            // size, so that ranges started together do not also end together.
             let workers = download.options.connections.min(missing.len() - 1);
+            let chunk = download.options.chunk_size;
+            let queue = Arc::new(Mutex::new(VecDeque::from(ramp(
+                &missing[1..],
+                workers,
+                chunk,
+            ))));
             let mut ranges: JoinSet<Result<(), RangeError>> = JoinSet::new();
             for _ in 0..workers {
                 let (download, queue) = (Arc::clone(download), Arc::clone(&queue));

@@ -57,9 +57,75 @@ impl RangeSet {
     }
 }
 
+/// Splits `ranges` (ascending, non-overlapping) again so that the first `workers` pieces grow
+/// from `chunk / workers` to `chunk` bytes, and every later piece is at most `chunk` bytes.
+///
+/// `workers` connections that start these pieces together, each at the same rate, then finish
+/// them one after another in ascending offset, and keep that spacing for the pieces after. So
+/// the contiguous written prefix that a consumer reads grows steadily, where pieces of equal
+/// size would all end together and grow it in steps of `workers` pieces.
+pub fn ramp(ranges: &[(u64, u64)], workers: usize, chunk: u64) -> Vec<(u64, u64)> {
+    let workers = workers.max(1) as u64;
+    let chunk = chunk.max(1);
+    let mut pieces = Vec::new();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => merged.push((start, end)),
+        }
+    }
+    for (mut start, end) in merged {
+        while start < end {
+            let index = pieces.len() as u64;
+            let size = if index < workers {
+                (chunk * (index + 1) / workers).max(1)
+            } else {
+                chunk
+            };
+            let piece_end = (start + size).min(end);
+            pieces.push((start, piece_end));
+            start = piece_end;
+        }
+    }
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ramp_grows_pieces_keeps_bytes() {
+        assert_eq!(
+            ramp(&[(10, 20), (20, 30), (30, 40), (40, 45)], 4, 10),
+            vec![(10, 12), (12, 17), (17, 24), (24, 34), (34, 44), (44, 45)]
+        );
+        for workers in 1..6 {
+            for chunk in 1..9u64 {
+                let mut set = RangeSet::default();
+                set.insert(3, 7);
+                set.insert(20, 21);
+                let missing = set.missing(40, chunk);
+                let pieces = ramp(&missing, workers, chunk);
+                let mut covered = RangeSet::default();
+                let mut previous_end = 0;
+                for &(start, end) in &pieces {
+                    assert!(start >= previous_end, "pieces overlap or go backwards");
+                    assert!(start < end, "empty piece");
+                    assert!(end - start <= chunk, "piece longer than a chunk");
+                    covered.insert(start, end);
+                    previous_end = end;
+                }
+                let mut expected = RangeSet::default();
+                for &(start, end) in &missing {
+                    expected.insert(start, end);
+                }
+                assert_eq!(covered, expected, "workers {workers}, chunk {chunk}");
+            }
+        }
+        assert_eq!(ramp(&[(0, 30)], 1, 10), vec![(0, 10), (10, 20), (20, 30)]);
+    }
 
     #[test]
     fn insert_merges_overlapping_and_adjacent_ranges() {
