@@ -22,17 +22,24 @@ def store_with(
     store = SeriesStore(config or IngestConfig(), n_endpoints=1)
     table = store.table_for(1.0, 64)
     for index in range(series):
-        store.add_series(
-            ("e", "m", f"i{index}"),
-            table_id=table,
-            group=0,
-            endpoint=0,
-            nonnegative=nonnegative,
-            stale_after_s=10.0,
-            ready=False,
-            created_s=NOW,
-        )
+        add_instance_series(store, f"i{index}", table, nonnegative=nonnegative)
     return store
+
+
+def add_instance_series(
+    store: SeriesStore, instance: str, table: int, nonnegative: bool = True
+) -> int:
+    """Add the series of metric ``m`` of ``instance`` on endpoint ``e``; return its id."""
+    return store.add_series(
+        ("e", "m", instance),
+        table_id=table,
+        group=0,
+        endpoint=0,
+        nonnegative=nonnegative,
+        stale_after_s=10.0,
+        ready=False,
+        created_s=NOW,
+    )
 
 
 def reasons(codes: np.ndarray) -> list[RejectReason | None]:
@@ -224,16 +231,7 @@ def test_dropped_series_id_is_rejected_after_slot_reuse():
     store = store_with(series=2)
     gone(store, 0)
     store.collect(NOW)
-    new_id = store.add_series(
-        ("e", "m", "new"),
-        table_id=0,
-        group=0,
-        endpoint=0,
-        nonnegative=True,
-        stale_after_s=10.0,
-        ready=False,
-        created_s=NOW,
-    )
+    new_id = add_instance_series(store, "new", table=0)
 
     codes = ingest(store, [0, new_id], [NOW, NOW], [5.0, 7.0])
 

@@ -212,7 +212,7 @@ class SeriesStore:
         than ``max(MIN_DROP, rows / 4)`` rows of a table hold droppable series.
 
         TODO: series of instances that stop reporting without a ``gone`` event are kept,
-        because evaluations count them as stale (missing data that holds scale-down) for as
+        because evaluations count them as stale (missing data that blocks scale-down) for as
         long as they are stored.
         """
         size = self.size

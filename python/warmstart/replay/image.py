@@ -198,8 +198,8 @@ def chunked_requests(
     first, in that order; then every other range, blob by blob in that order and in ascending
     offset. Present and empty blobs take no request. With more than one connection the layer
     store also splits the first ranges after a blob's first request into growing pieces
-    (``ramp`` in rust/layerstore/src/fetch/ranges.rs); the model keeps whole chunks, which
-    move the same bytes in a few requests fewer.
+    (``ramp`` in rust/layerstore/src/fetch/ranges.rs). The model keeps whole chunks, so it
+    moves the same bytes in a few requests fewer.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
