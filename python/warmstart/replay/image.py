@@ -13,7 +13,9 @@ are modeled:
   bytes in flight across all blobs, in the layer store's order (``chunked_requests``): every
   blob's first range goes first (that request also tells whether the server honours ranges),
   the config blob's, when the caller says which blob it is, then the others largest blob
-  first. The other ranges follow blob by blob, largest blob first.
+  first. The other ranges follow blob by blob, largest blob first. When a blob has more of
+  them than connections, the first grow from ``chunk_size / connections`` to a whole chunk,
+  as the layer store splits them.
 
 After its download a layer is unpacked (decompressed and extracted) at ``unpack_bytes_per_s``,
 one layer at a time in manifest order, as containerd applies layers. Blobs already on the node
@@ -172,9 +174,7 @@ def download_times(
         for position, layer in enumerate(missing):
             done[layer] = finish[position]
         return done
-    if connections < 1:
-        raise ValueError(f"connections must be at least 1, got {connections!r}")
-    requests = chunked_requests(layers, present, chunk_size, config=config)
+    requests = chunked_requests(layers, present, chunk_size, connections=connections, config=config)
     chunks = [float(request.size) for request in requests]
     owner = [request.layer for request in requests]
     finish = transfer_times(chunks, connections, network)
@@ -188,30 +188,56 @@ def chunked_requests(
     present: Sequence[bool],
     chunk_size: int,
     *,
+    connections: int = DEFAULT_CONNECTIONS,
     config: int | None = None,
 ) -> list[Request]:
-    """Return the range requests of a chunked pull in the order the layer store sends them
-    over one connection (rust/layerstore/src/fetch/connections.rs).
+    """Return the range requests of a chunked pull in the order the layer store hands them to
+    its connections (rust/layerstore/src/fetch/connections.rs).
 
     Blobs go in this order: the config blob (``config`` is its index in ``layers``), then the
     others largest first, equal sizes in manifest order. Every missing blob's first range goes
     first, in that order; then every other range, blob by blob in that order and in ascending
-    offset. Present and empty blobs take no request. With more than one connection the layer
-    store also splits the first ranges after a blob's first request into growing pieces
-    (``ramp`` in rust/layerstore/src/fetch/ranges.rs). The model keeps whole chunks, so it
-    moves the same bytes in a few requests fewer.
+    offset. Present and empty blobs take no request. When a blob's ranges after its first
+    are more than ``connections``, the first ``connections`` of them grow from
+    ``chunk_size / connections`` to a whole chunk, as in the layer store (``ramp`` in
+    rust/layerstore/src/fetch/ranges.rs), so ranges started together end one after another.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size!r}")
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, got {connections!r}")
     missing = [i for i, size in enumerate(layers) if not present[i] and size > 0]
     order = sorted(missing, key=lambda i: (i != config, -layers[i]))
     first = [Request(layer, 0, min(chunk_size, layers[layer])) for layer in order]
     later = [
-        Request(layer, offset, min(chunk_size, layers[layer] - offset))
+        request
         for layer in order
-        for offset in range(chunk_size, layers[layer], chunk_size)
+        for request in _ramp(layer, layers[layer], connections, chunk_size)
     ]
     return first + later
+
+
+def _ramp(layer: int, size: int, connections: int, chunk_size: int) -> list[Request]:
+    """Return the requests after the first of a blob of ``size`` bytes, as the layer store
+    splits them.
+
+    They are whole chunks when they fit in one round of the connections. Otherwise the first
+    ``connections`` grow to a whole chunk, and the rest are whole chunks.
+    """
+    chunks_left = -(-size // chunk_size) - 1
+    workers = connections if chunks_left > connections else 1
+
+    def ramp_end(pieces: int) -> int:
+        return chunk_size * (pieces * (pieces + 1) // 2) // workers
+
+    requests: list[Request] = []
+    offset = chunk_size
+    while offset < size:
+        index = len(requests)
+        piece = max(ramp_end(index + 1) - ramp_end(index), 1) if index < workers else chunk_size
+        requests.append(Request(layer, offset, min(piece, size - offset)))
+        offset += piece
+    return requests
 
 
 def pull_times(

@@ -773,15 +773,21 @@ async fn download_all(
     match probe {
         Probe::Ranged(response) => {
             // Workers take ranges in ascending order as connections free up, so the written
-            // prefix (and the hashing behind it) grows from byte 0. The first ranges grow in
-            // size, so that ranges started together do not also end together.
-            let workers = download.options.connections.min(missing.len() - 1);
+            // prefix (and the hashing behind it) grows from byte 0. When the ranges left take
+            // more than one round of the connections, the first of them grow in size, so that
+            // ranges started together do not also end together. In one round they all run at
+            // once, and the ramp's extra pieces would only add a request to the round.
             let chunk = download.options.chunk_size;
-            let queue = Arc::new(Mutex::new(VecDeque::from(ramp(
-                &missing[1..],
-                workers,
-                chunk,
-            ))));
+            let connections = download.options.connections;
+            let pieces = if missing.len() - 1 > connections {
+                ramp(&missing[1..], connections, chunk)
+            } else {
+                missing[1..].to_vec()
+            };
+            // A worker per piece up to the connections, so that no piece waits for another
+            // piece of its blob to end while a connection is free.
+            let workers = connections.min(pieces.len());
+            let queue = Arc::new(Mutex::new(VecDeque::from(pieces)));
             let mut ranges: JoinSet<Result<(), RangeError>> = JoinSet::new();
             for _ in 0..workers {
                 let (download, queue) = (Arc::clone(download), Arc::clone(&queue));

@@ -79,7 +79,13 @@ pub fn ramp(ranges: &[(u64, u64)], workers: usize, chunk: u64) -> Vec<(u64, u64)
         while start < end {
             let index = pieces.len() as u64;
             let size = if index < workers {
-                (chunk * (index + 1) / workers).max(1)
+                // Cumulative ends, so the rounding of each piece does not pile up into a
+                // last piece of a few bytes (one more request for nothing).
+                let end = |pieces: u64| {
+                    let growth = u128::from(pieces) * u128::from(pieces + 1) / 2;
+                    (u128::from(chunk) * growth / u128::from(workers)) as u64
+                };
+                (end(index + 1) - end(index)).max(1)
             } else {
                 chunk
             };
@@ -99,8 +105,16 @@ mod tests {
     fn ramp_grows_pieces_keeps_bytes() {
         assert_eq!(
             ramp(&[(10, 20), (20, 30), (30, 40), (40, 45)], 4, 10),
-            vec![(10, 12), (12, 17), (17, 24), (24, 34), (34, 44), (44, 45)]
+            vec![(10, 12), (12, 17), (17, 25), (25, 35), (35, 45)]
         );
+        // The growing pieces add up to (workers + 1) / 2 chunks, so a blob of whole chunks
+        // ends in a whole chunk, or in a half one, never in a few leftover bytes.
+        let pieces = ramp(&[(0, 4 * 6_291_456)], 3, 2_097_152);
+        assert_eq!(
+            pieces[..3].iter().map(|(s, e)| e - s).sum::<u64>(),
+            2 * 2_097_152
+        );
+        assert!(pieces.iter().all(|(s, e)| e - s >= 2_097_152 / 3));
         for workers in 1..6 {
             for chunk in 1..9u64 {
                 let mut set = RangeSet::default();
