@@ -234,9 +234,13 @@ def test_instance_reporting_one_metric_stays(clock):
         engine.tick()
         clock.advance(1.0)
     decisions = run(engine, clock, 3 * int(TIMEOUT_S), ["i0", "i1"])
-
     assert timeout_notes(decisions) == []
     assert engine.series_count == 4
+
+    # Once i1 stops reporting its other metric too, it times out.
+    decisions = run(engine, clock, int(TIMEOUT_S) + 2, ["i0"])
+    assert len(timeout_notes(decisions)) == 1
+    assert engine.series_count == 2
 
 
 def test_endpoint_without_instance_events_times_out(clock):
@@ -341,7 +345,7 @@ def test_config_sets_instance_timeout():
 
 @pytest.mark.parametrize("value", ["60", True, 0])
 def test_config_rejects_bad_instance_timeout(value):
-    with pytest.raises(ConfigError, match=r"endpoints\.a.*instance_timeout_s"):
+    with pytest.raises(ConfigError, match=r"endpoints\.a.*instance_timeout_s.* must be"):
         endpoint_spec("a", config_table(instance_timeout_s=value))
 
 
