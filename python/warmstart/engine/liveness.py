@@ -112,6 +112,7 @@ class InstanceClocks:
             return
         number = self.number(endpoint, name)
         self.has_phase[number] = True
+        # NOTE: a launch that fails without a gone event therefore stays pending for good.
         self.watched[number] = event is not InstanceEvent.LAUNCHED
         self.heard_s[number] = max(float(self.heard_s[number]), at)
 
