@@ -11,9 +11,11 @@ as its own process so its CPU time is counted apart. For each image and route, e
 measures, every run into an empty store and an empty target after ``sync``:
 
 - ``pull``: ``LayerStore.pull`` alone (its defaults: 16 connections, 16 MiB ranges);
-- ``unpack``: ``LayerStore.unpack`` (overlay layout) of the image the pull left in the store;
+- ``unpack``: ``LayerStore.unpack`` (overlay layout, or one root filesystem with
+  ``--flatten``) of the image the pull left in the store;
 - ``pull then unpack``: the two one after the other;
-- ``pull --unpack``: ``LayerStore.pull_and_unpack``, extraction overlapped with the download.
+- ``pull --unpack``: ``LayerStore.pull_and_unpack``, extraction overlapped with the download
+  (with ``--flatten``, the layers applied in order to one root filesystem as they arrive).
 
 With ``--keep``, stores and targets are deleted only at the end. On ext4 without a journal,
 creating inodes right after many were deleted is slow: the allocator skips inodes deleted in the
@@ -123,8 +125,10 @@ class Runner:
         proxy_pid: int | None,
         compressed_bytes: int,
         keep: bool = False,
+        flatten: bool = False,
     ) -> None:
         self.work = work
+        self.flatten = flatten
         self.compressed_bytes = compressed_bytes
         self.registry_pid = registry_pid
         self.proxy_pid = proxy_pid
@@ -177,7 +181,7 @@ class Runner:
             manifest.append(asyncio.run(store.pull(reference)).manifest_digest)
 
         def unpack_only() -> None:
-            store.unpack(manifest[0], self.target)
+            store.unpack(manifest[0], self.target, flatten=self.flatten)
 
         samples["pull"] = self.measure(pull_only)
         samples["unpack"] = self.measure(unpack_only)
@@ -187,7 +191,7 @@ class Runner:
 
         def pull_then_unpack() -> None:
             pulled = asyncio.run(store.pull(reference))
-            store.unpack(pulled.manifest_digest, self.target)
+            store.unpack(pulled.manifest_digest, self.target, flatten=self.flatten)
 
         samples["pull then unpack"] = self.measure(pull_then_unpack)
 
@@ -195,7 +199,9 @@ class Runner:
         store = LayerStore(self.store_root)
 
         def overlapped() -> float:
-            pulled, _ = asyncio.run(store.pull_and_unpack(reference, self.target))
+            pulled, _ = asyncio.run(
+                store.pull_and_unpack(reference, self.target, flatten=self.flatten)
+            )
             return float(pulled.seconds)
 
         samples["pull --unpack"] = self.measure(overlapped)
@@ -264,6 +270,11 @@ def parse_arguments() -> argparse.Namespace:
         metavar="GIB",
         help="run each repetition on a fresh loop-mounted ext4 of this many GiB (needs root; "
         "default: 0, run in --work)",
+    )
+    parser.add_argument(
+        "--flatten",
+        action="store_true",
+        help="unpack into one merged root filesystem instead of the overlay layout",
     )
     parser.add_argument(
         "--pause-page-reporting",
@@ -346,6 +357,7 @@ def measure_all(
                     proxy_pid,
                     compressed_size(layouts[name]),
                     arguments.keep,
+                    arguments.flatten,
                 )
                 results[f"{name} {route}"] = measure_route(
                     name, route, host, runner, arguments.repeat, arguments.fs_size
