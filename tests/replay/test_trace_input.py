@@ -184,7 +184,20 @@ def test_invalid_token_count_names_line(tmp_path: Path, value: str) -> None:
             load_trace(path)
 
 
-@pytest.mark.parametrize("value", ["374.7", "true", "null", '"12"', "1e300", "NaN"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "374.7",
+        "true",
+        "null",
+        '"12"',
+        "1e300",
+        "NaN",
+        # An integer too large for a float, and nesting too deep for the JSON parser.
+        pytest.param("1" + "0" * 400, id="400-digits"),
+        pytest.param("[" * 100_000 + "]" * 100_000, id="deep-nesting"),
+    ],
+)
 def test_invalid_mooncake_count_names_line(tmp_path: Path, value: str) -> None:
     good = '{"timestamp": 0, "input_length": 1, "output_length": 1}'
     bad = f'{{"timestamp": 5, "input_length": 1, "output_length": {value}}}'

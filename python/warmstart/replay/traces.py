@@ -426,7 +426,10 @@ def _json_number(record: dict[str, object], key: str, *, whole: bool) -> float:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key} {value!r} is not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{key} {value!r} is not a finite number >= 0") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{key} {value!r} is not a finite number >= 0")
     if whole and (number != math.floor(number) or number > MAX_TOKENS):
@@ -452,7 +455,8 @@ def _load_mooncake(path: TraceFile, until_s: float | None) -> Workload:
                         _json_number(record, "output_length", whole=True),
                     )
                 )
-            except (ValueError, KeyError, TypeError) as error:
+            # json.loads raises RecursionError for nesting deeper than the interpreter's stack.
+            except (ValueError, KeyError, TypeError, RecursionError) as error:
                 raise WorkloadError(
                     f"{path}:{line_number}: expected a JSON object with timestamp (ms), "
                     f"input_length and output_length: {error}"
