@@ -22,7 +22,7 @@ from tests.pull.helpers import fetch, ingest_leftovers, pull
 from tests.registry import faults
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
 from tests.registry.layout import Content
-from warmstart import LayerStore, PullProgress, errors
+from warmstart import LayerStore, PullProgress, PullReport, errors
 from warmstart.replay.image import chunked_requests
 
 CHUNK = 256 << 10
@@ -521,6 +521,33 @@ def test_concurrent_pulls_download_each_blob_once(
         assert process.returncode == 0, stderr
     for layer in image.layers:
         assert len(fake_registry.blob_requests(layer.digest)) == 1, layer.digest
+    assert store.verify().ok
+
+
+def test_many_pulls_of_one_image_in_one_process(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    # 32 pulls is as many as LayerStore runs at once. Each pull that finds a blob locked by
+    # another waits for it, so 31 pulls of 25 blobs wait 775 times at once while the writers
+    # still have to hash and commit.
+    pulls = 32
+    image = fake_registry.add_image(
+        "app", "v1", [os.urandom(20_000 + index) for index in range(24)], compress=False
+    )
+    fake_registry.add_fault(faults.Stall(seconds=0.5, after_bytes=1000))
+    reference = f"{fake_registry.host}/app:v1"
+
+    async def pull_all() -> list[PullReport]:
+        pulling = asyncio.gather(*(store.pull(reference) for _ in range(pulls)))
+        return await asyncio.wait_for(pulling, timeout=60)
+
+    reports = asyncio.run(pull_all())
+
+    assert len(reports) == pulls
+    assert {report.manifest_digest for report in reports} == {image.digest}
+    for layer in image.layers:
+        assert len(fake_registry.blob_requests(layer.digest)) == 1, layer.digest
+        assert store.read(layer.digest) == fake_registry.blob(layer.digest)
     assert store.verify().ok
 
 

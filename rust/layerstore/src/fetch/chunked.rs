@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
@@ -38,6 +38,10 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Bytes hashed per read of the partial file: small enough that the bytes a read copies are
 /// still in the CPU cache when the hasher reads them.
 const HASH_BUFFER: usize = 256 << 10;
+
+/// First and longest pause between two tries to take a blob's lock that another writer holds.
+const LOCK_POLL_FIRST: Duration = Duration::from_millis(5);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Connections per host of a pull by default. Object stores behind registries cap each
 /// connection's throughput, so the aggregate grows with the count: at 50 MB/s per connection,
@@ -302,11 +306,7 @@ impl Fetcher {
         progress: Arc<Progress>,
     ) -> Result<BlobReport, PullError> {
         let started = Instant::now();
-        let store = self.store.clone();
-        let (digest, size) = (job.digest.clone(), job.size);
-        let opened = tokio::task::spawn_blocking(move || store.open_partial(&digest, size))
-            .await
-            .expect("open_partial does not panic")?;
+        let opened = self.wait_for_partial(&job.digest, job.size).await?;
         match opened {
             PartialStart::Exists(_) => Ok(reused_report(job, started, &progress)),
             PartialStart::Open(partial) => {
@@ -314,6 +314,32 @@ impl Fetcher {
                     self.new_download(job, partial, priority, &options, &progress)?;
                 finish_blob(download, guard, None, started).await
             }
+        }
+    }
+
+    /// Opens a blob's partial file once no other writer holds the blob's lock.
+    ///
+    /// The wait polls the lock instead of blocking in `flock`. A blocking wait would hold a
+    /// thread of tokio's blocking pool (512 threads by default) until the other writer commits.
+    /// Enough concurrent pulls of one image in a process would then take every thread, and the
+    /// writer they wait for could no longer hash or commit its blobs, which need that pool.
+    async fn wait_for_partial(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<PartialStart, PullError> {
+        let mut delay = LOCK_POLL_FIRST;
+        loop {
+            let store = self.store.clone();
+            let digest = digest.clone();
+            let opened = tokio::task::spawn_blocking(move || store.try_open_partial(&digest, size))
+                .await
+                .expect("try_open_partial does not panic")?;
+            if let Some(opened) = opened {
+                return Ok(opened);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LOCK_POLL_MAX);
         }
     }
 
