@@ -551,6 +551,37 @@ def test_many_pulls_of_one_image_in_one_process(
     assert store.verify().ok
 
 
+def test_later_pull_uses_its_own_connections(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add_image("app", "v1", [os.urandom(1000)], compress=False)
+    pull(store, f"{fake_registry.host}/app:v1", connections=1)
+    image = big_image(fake_registry, size=8 * CHUNK, tag="v2")
+    # Every range of the layer stays open until released, so the open ones show how many
+    # connections the pull uses at once.
+    pause = fake_registry.add_fault(faults.Pause(layer_digest(image), timeout_s=20))
+
+    async def count_open_requests() -> int:
+        pulling = asyncio.ensure_future(
+            store.pull(f"{fake_registry.host}/app:v2", connections=4, chunk_size=CHUNK)
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                requests = fake_registry.blob_requests(layer_digest(image))
+                open_requests = sum(request.status is None for request in requests)
+                if open_requests >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            pause.release.set()
+        await asyncio.wait_for(pulling, timeout=60)
+        return open_requests
+
+    assert asyncio.run(count_open_requests()) == 4
+    assert store.read(layer_digest(image)) == fake_registry.blob(layer_digest(image))
+
+
 def test_blobs_start_config_then_largest(store: LayerStore, fake_registry: FakeRegistry) -> None:
     # Manifest order is not size order, and the config is smaller than every layer. One
     # connection and ranges larger than any blob make the request order the order in which

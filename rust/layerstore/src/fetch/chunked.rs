@@ -201,14 +201,20 @@ impl Fetcher {
         &self.client
     }
 
-    /// Returns the connection limit of a host. The first pull to reach a host sets its size.
+    /// Returns the connection slots of a host. Pulls that run at once share one set, sized by
+    /// the first of them to reach the host. A pull that finds the set idle, with no download
+    /// holding it, and of another size replaces it, so its own `connections` applies.
     fn connections(&self, host: &str, connections: usize) -> Arc<Connections> {
         let mut hosts = self.hosts.lock().expect("not poisoned");
-        Arc::clone(
-            hosts
-                .entry(host.to_owned())
-                .or_insert_with(|| Arc::new(Connections::new(connections))),
-        )
+        let slots = hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Connections::new(connections)));
+        // Other references belong to the downloads of running pulls, and to the acquires and
+        // slots cloned from them. So under this lock a count of 1 means no pull uses the set.
+        if slots.size() != connections.max(1) && Arc::strong_count(slots) == 1 {
+            *slots = Arc::new(Connections::new(connections));
+        }
+        Arc::clone(slots)
     }
 
     /// Fetches every job into the store; a digest listed twice is fetched once. The first
