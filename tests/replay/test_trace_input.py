@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import os
+import tarfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -217,6 +218,20 @@ def test_infinite_service_time_names_line(tmp_path: Path) -> None:
 def test_directory_is_not_a_trace(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match="is a directory"):
         load_trace(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_archive_is_not_a_trace(tmp_path: Path, mode: str) -> None:
+    # Trace collections ship as .tar.gz, and read as CSV they give a header of tar metadata.
+    member = write(tmp_path / "qps.csv", "timestamp,value\n0,1\n")
+    archive = tmp_path / "qps.tar"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(member, arcname="qps.csv")
+
+    with pytest.raises(WorkloadError, match=r"qps.tar: this is a tar archive"):
+        load_trace(archive)
+    with pytest.raises(WorkloadError, match=r"qps.tar: this is a tar archive"):
+        load_trace(archive, "time-value")
 
 
 def test_gzip_trace_is_read(tmp_path: Path) -> None:
