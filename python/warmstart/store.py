@@ -167,7 +167,8 @@ class LayerStore(_native.LayerStore):
         """Pull an image and unpack it into ``target``, each layer extracting while it downloads.
 
         A layer is published only after the store verified its blob and its uncompressed tar
-        stream matched the config's diff_id. With ``flatten=True`` the unpack runs after the pull.
-        ``options`` are ``flatten`` and those of ``pull``; see ``docs/unpack.md``.
+        stream matched the config's diff_id. With ``flatten=True`` the layers are applied in
+        manifest order to one root filesystem, each as its bytes arrive. ``options`` are
+        ``flatten`` and those of ``pull``; see ``docs/unpack.md``.
         """
         return await _run_transfer(self._pull_and_unpack, reference, target, **options)

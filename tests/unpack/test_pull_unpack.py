@@ -408,3 +408,128 @@ def test_rejected_target_keeps_other_image(
 
     assert target_state(target) == before
     assert json.loads((target / "image.json").read_text())["manifest"] != image.digest
+
+
+def rootfs_staged(target: Path, name: str) -> bool:
+    """Return whether the flatten staging directory of `target` contains `name`."""
+    return (target / ".partial-rootfs" / name).exists()
+
+
+def upper_layer(size: int) -> bytes:
+    """A layer over `streaming_layer` that hides a/big1 and adds a file of `size` bytes."""
+    return tar_bytes([Member("a/.wh.big1"), Member("b", data=os.urandom(size))])
+
+
+def test_flatten_applies_layer_while_downloading(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    base, upper = streaming_layer(), upper_layer(4096)
+    image = fake_registry.add_image("app", "v1", [base, upper], compress=False)
+    digest = image.layers[0].digest
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> tuple[bool, UnpackReport]:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", task)
+        committed_while_paused = store.has(digest)
+        pause.release.set()
+        _, unpacked = await task
+        return committed_while_paused, unpacked
+
+    committed_while_paused, unpacked = asyncio.run(run())
+
+    assert pause.fired == 1
+    assert not committed_while_paused
+    assert unpacked.layout == "flatten"
+    assert [layer.reused for layer in unpacked.layers] == [False, False]
+    assert [layer.entries for layer in unpacked.layers] == [4, 2]
+    assert scan(target / "rootfs") == expected_entries(base, upper)
+    assert not (target / ".partial-rootfs").exists()
+
+
+def test_flatten_waits_for_earlier_layer(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    # The upper layer is the larger, so the pull finishes it first. Its whiteout must still
+    # apply after the base layer, whose a/big1 it hides.
+    base, upper = streaming_layer(), upper_layer(8 * MIB)
+    image = fake_registry.add_image("app", "v1", [base, upper], compress=False)
+    base_digest, upper_digest = image.layers[0].digest, image.layers[1].digest
+    pause = fake_registry.add_fault(faults.Pause(base_digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> bool:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(lambda: store.has(upper_digest), "commit of the upper layer", task)
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", task)
+        upper_applied_early = rootfs_staged(target, "b")
+        pause.release.set()
+        await task
+        return upper_applied_early
+
+    assert not asyncio.run(run())
+    assert pause.fired == 1
+    assert scan(target / "rootfs") == expected_entries(base, upper)
+    assert "a/big1" not in scan(target / "rootfs")
+
+
+def test_flatten_corrupt_blob_publishes_nothing(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    digest = image.layers[0].digest
+    corrupt = fake_registry.add_fault(faults.WrongBytes(digest, offset=5 * MIB))
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+
+    async def run() -> None:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", task)
+        pause.release.set()
+        await task
+
+    with pytest.raises(errors.DigestMismatchError):
+        asyncio.run(run())
+
+    assert corrupt.fired >= 1
+    assert not (target / "rootfs").exists()
+    assert not (target / ".partial-rootfs").exists()
+    assert not store.has(digest)
+
+
+def test_flatten_cancel_mid_stream_then_rerun(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    layer = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [layer], compress=False)
+    pause = fake_registry.add_fault(
+        faults.Pause(image.layers[0].digest, times=1, after_bytes=PAUSE_AT)
+    )
+    target = tmp_path / "out"
+    reference = f"{fake_registry.host}/app:v1"
+
+    async def cancel_mid_stream() -> None:
+        task = asyncio.create_task(store.pull_and_unpack(reference, target, flatten=True))
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", task)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until(
+            lambda: not (target / ".partial-rootfs").exists(), "removal of the staging directory"
+        )
+        pause.release.set()
+
+    asyncio.run(cancel_mid_stream())
+    assert not (target / "rootfs").exists()
+
+    _, unpacked = pull_and_unpack(store, reference, target, flatten=True)
+    assert [layer.reused for layer in unpacked.layers] == [False]
+    assert scan(target / "rootfs") == expected_entries(layer)

@@ -99,8 +99,7 @@ impl Store {
                 .map_err(StoreError::io("truncate", &data_path))?;
             remove_if_exists(&log_path);
         }
-        file.set_len(size)
-            .map_err(StoreError::io("preallocate", &data_path))?;
+        preallocate(&file, size).map_err(StoreError::io("preallocate", &data_path))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -314,6 +313,20 @@ impl std::fmt::Debug for PartialBlob {
     }
 }
 
+/// Sets `file` to `size` bytes with its blocks allocated, so a full disk fails here instead of
+/// in the middle of the download, and writes skip the file system's per-page delayed
+/// allocation. Falls back to a sparse file where the file system cannot allocate ahead.
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    if size > 0 {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    file.set_len(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +354,26 @@ mod tests {
         assert_eq!(written, content);
         let too_long = partial.write_vectored_at(11, &buffers);
         assert!(matches!(too_long, Err(StoreError::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn open_partial_allocates_blocks() {
+        use std::os::unix::fs::MetadataExt;
+
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(directory.path()).expect("store opens");
+        let size = 8 << 20;
+        let digest = Digest::of_bytes(Algorithm::Sha256, b"eight MiB");
+        let PartialStart::Open(partial) = store.open_partial(&digest, size).expect("opens") else {
+            panic!("a new digest has no committed blob");
+        };
+        let metadata = partial.file.metadata().expect("stat succeeds");
+        assert_eq!(metadata.len(), size);
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        assert!(
+            metadata.blocks() * 512 >= size,
+            "{} of {size} bytes allocated",
+            metadata.blocks() * 512
+        );
     }
 }

@@ -316,6 +316,21 @@ fn flatten(
     bundle: &Bundle,
     context: &Context,
 ) -> UnpackResult<Vec<LayerReport>> {
+    flatten_with(image, bundle, context, |layer| {
+        let blob: Box<dyn Read + Send> = Box::new(store.open_blob(&layer.digest)?);
+        Ok(blob)
+    })
+}
+
+/// [`flatten`] reading each layer's blob from `open`, which is called once per layer in
+/// manifest order and may block until the blob is available. The blob's digest is trusted,
+/// so `open` must return bytes the store verified.
+pub(crate) fn flatten_with(
+    image: &Image,
+    bundle: &Bundle,
+    context: &Context,
+    mut open: impl FnMut(&Layer) -> UnpackResult<Box<dyn Read + Send>>,
+) -> UnpackResult<Vec<LayerReport>> {
     if bundle.rootfs_path().is_dir() {
         return Ok(image.layers.iter().map(reused).collect());
     }
@@ -327,21 +342,22 @@ fn flatten(
     // extraction of the same layer overlap.
     for layer in &image.layers {
         let started = Instant::now();
-        let extracted = extract::extract_layer(
-            store.open_blob(&layer.digest)?,
-            &layer.digest,
-            &layer.media_type,
-            layer.diff_id.algorithm(),
-            BlobCheck::Trusted,
-            Target {
-                root: &staging,
-                mode: Mode::Flatten,
-                directories: &mut directories,
-                context,
-            },
-        )
-        .and_then(|extracted| check(layer, extracted));
-        match extracted {
+        let extracted = open(layer).and_then(|blob| {
+            extract::extract_layer(
+                blob,
+                &layer.digest,
+                &layer.media_type,
+                layer.diff_id.algorithm(),
+                BlobCheck::Trusted,
+                Target {
+                    root: &staging,
+                    mode: Mode::Flatten,
+                    directories: &mut directories,
+                    context,
+                },
+            )
+        });
+        match extracted.and_then(|extracted| check(layer, extracted)) {
             Ok(extracted) => reports.push(report(layer, &extracted, started)),
             Err(error) => {
                 bundle::remove_tree(&staging)?;

@@ -29,9 +29,13 @@
 //! and every other reader fails through [`Cancellable`]. Each removes its staging directory, so
 //! no extraction goes on writing into the target after the pull has gone.
 //!
-//! TODO: a flatten starts only after the pull, because it applies layers in order.
+//! With `flatten`, one thread applies the layers in manifest order to one root filesystem
+//! instead, each from its download or its committed blob as the pull reports them, so the
+//! flatten runs while later layers download. The layers are in order, so when a layer's bytes
+//! arrive after a later layer's, the later layer waits. When that thread fails for a reason
+//! other than a diff_id, the flatten after the pull starts again from the committed blobs.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -41,9 +45,11 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::digest::Digest;
+use crate::error::StoreError;
 use crate::fetch::{BlobStream, Progress, PullEvent, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::error::PullError;
@@ -55,8 +61,8 @@ use crate::unpack::error::{UnpackError, UnpackResult};
 use crate::unpack::extract::{BlobCheck, Context};
 use crate::unpack::metadata::{Degradations, Privileges};
 use crate::unpack::{
-    claim, image, stage_layer, unpack_image_with, Image, Layer, LayerReport, Staged, UnpackOptions,
-    UnpackReport,
+    claim, flatten_with, image, stage_layer, unpack_image_with, Image, Layer, LayerReport, Staged,
+    UnpackOptions, UnpackReport,
 };
 
 /// A failure of the pull or of the unpack.
@@ -68,8 +74,8 @@ pub enum PullUnpackError {
     Unpack(#[from] UnpackError),
 }
 
-/// Pulls `reference` into the puller's store and unpacks it into `target`. In the overlay
-/// layout each layer extracts while it downloads; a flatten runs after the pull.
+/// Pulls `reference` into the puller's store and unpacks it into `target`, extracting while
+/// the layers download.
 pub async fn pull_and_unpack(
     puller: &Puller,
     reference: &Reference,
@@ -86,15 +92,11 @@ pub async fn pull_and_unpack(
         .await
         .expect("opening a target does not panic")?;
     let store = puller.store().clone();
-    let mut overlap = Overlap::new(store.clone(), bundle);
-    let pulled = if options.flatten {
-        Some(puller.pull(reference, pull_options, progress).await)
-    } else {
-        let events = progress.subscribe();
-        overlap
-            .run(puller.pull(reference, pull_options, progress), events)
-            .await
-    };
+    let mut overlap = Overlap::new(store.clone(), bundle, options.flatten);
+    let events = progress.subscribe();
+    let pulled = overlap
+        .run(puller.pull(reference, pull_options, progress), events)
+        .await;
     let Overlap {
         bundle,
         context,
@@ -216,7 +218,24 @@ struct Overlap {
     started: Option<Instant>,
     /// Tells the extraction threads to stop once this is dropped.
     cancel: CancelOnDrop,
+    /// Whether the layers go into one flattened root filesystem instead of a directory each.
+    flatten: bool,
+    /// The thread that applies the layers in flatten mode, once started.
+    flattening: Option<FlattenRun>,
+    /// Whether the flatten thread was started; it is started at most once.
+    flatten_started: bool,
 }
+
+/// The thread that applies the layers in order in flatten mode.
+struct FlattenRun {
+    /// Sends the thread each layer's source as the pull reports it. Dropped once the pull has
+    /// ended, so that a thread waiting for a layer the pull never reported stops.
+    sources: Option<std::sync::mpsc::Sender<Source>>,
+    done: oneshot::Receiver<FlattenOutcome>,
+}
+
+/// The outcome of the flatten thread: the reports of the layers it applied.
+type FlattenOutcome = std::thread::Result<UnpackResult<Vec<LayerReport>>>;
 
 /// Sets its flag when dropped. Dropped with [`Overlap`], which outlives every extraction it
 /// started unless the pull's future is dropped first.
@@ -250,7 +269,7 @@ impl<R: Read> Read for Cancellable<R> {
 }
 
 impl Overlap {
-    fn new(store: Store, bundle: Bundle) -> Overlap {
+    fn new(store: Store, bundle: Bundle, flatten: bool) -> Overlap {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let (finished_sender, finished) = mpsc::unbounded_channel();
         Overlap {
@@ -284,6 +303,9 @@ impl Overlap {
             rejected: None,
             started: None,
             cancel: CancelOnDrop(Arc::new(AtomicBool::new(false))),
+            flatten,
+            flattening: None,
+            flatten_started: false,
         }
     }
 
@@ -315,6 +337,7 @@ impl Overlap {
                     self.end_publish(published);
                     self.start_publish();
                 }
+                outcome = join_flatten(&mut self.flattening) => self.end_flatten(outcome),
             }
         };
         // Events sent just before the pull returned are still in the channel.
@@ -326,13 +349,18 @@ impl Overlap {
             self.queue.clear();
         }
         self.dispatch();
-        while self.running > 0 || self.publishing.is_some() {
+        if let Some(run) = &mut self.flattening {
+            // Every source the pull reported has been sent.
+            run.sources = None;
+        }
+        while self.running > 0 || self.publishing.is_some() || self.flattening.is_some() {
             tokio::select! {
                 Some(finished) = self.finished.recv(), if self.running > 0 => {
                     self.finish(finished);
                     self.dispatch();
                 }
                 published = join_publish(&mut self.publishing) => self.end_publish(published),
+                outcome = join_flatten(&mut self.flattening) => self.end_flatten(outcome),
             }
             self.start_publish();
         }
@@ -445,6 +473,11 @@ impl Overlap {
             self.queue.clear();
             return;
         }
+        if self.flatten {
+            let image = Arc::clone(image);
+            self.dispatch_flatten(image);
+            return;
+        }
         while self.running < self.limit {
             // Largest first, because the largest layer is usually the critical path.
             let largest = (0..self.queue.len()).max_by_key(|&position| {
@@ -501,6 +534,72 @@ impl Overlap {
         }
     }
 
+    /// Starts the flatten thread once, and sends it every queued source.
+    fn dispatch_flatten(&mut self, image: Arc<Image>) {
+        if !self.flatten_started {
+            self.flatten_started = true;
+            self.start_flatten(image);
+        }
+        let Some(sources) = self
+            .flattening
+            .as_ref()
+            .and_then(|run| run.sources.as_ref())
+        else {
+            self.queue.clear();
+            return;
+        };
+        for source in self.queue.drain(..) {
+            // The thread has ended when this fails, and the flatten after the pull takes over.
+            if sources.send(source).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn start_flatten(&mut self, image: Arc<Image>) {
+        let (sources, received) = std::sync::mpsc::channel();
+        let (sender, done) = oneshot::channel();
+        let (store, bundle) = (self.store.clone(), Arc::clone(&self.bundle));
+        let context = Arc::clone(&self.context);
+        let cancelled = Arc::clone(&self.cancel.0);
+        let spawned = std::thread::Builder::new()
+            .name("warmstart-flatten".into())
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    flatten_sources(&image, &store, &bundle, &context, &cancelled, &received)
+                }));
+                // Released before the outcome is sent, as in the extraction threads.
+                drop((store, bundle, context));
+                let _ = sender.send(outcome);
+            });
+        match spawned {
+            Ok(_) => {
+                self.started.get_or_insert_with(Instant::now);
+                self.flattening = Some(FlattenRun {
+                    sources: Some(sources),
+                    done,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "starting the flatten thread failed; flattening after the pull");
+            }
+        }
+    }
+
+    fn end_flatten(&mut self, outcome: FlattenOutcome) {
+        self.flattening = None;
+        match outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
+            Ok(reports) => self.published.extend(reports),
+            Err(error @ UnpackError::DiffIdMismatch { .. }) => {
+                tracing::error!(%error, "layer does not match the image config");
+                self.failure.get_or_insert(error);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "flattening during the pull failed; flattening after it");
+            }
+        }
+    }
+
     fn finish(&mut self, (digest, outcome): Finished) {
         self.running -= 1;
         let result = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -533,6 +632,74 @@ async fn join_publish(
     }
 }
 
+/// Waits for the flatten thread, if any; with none it never completes, as [`join_publish`].
+async fn join_flatten(flattening: &mut Option<FlattenRun>) -> FlattenOutcome {
+    match flattening {
+        Some(run) => match (&mut run.done).await {
+            Ok(outcome) => outcome,
+            Err(_) => Ok(Err(UnpackError::InvalidImage {
+                image: "being pulled".into(),
+                reason: "the flatten thread ended without a result".into(),
+            })),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies the image's layers in order to a flattened root filesystem, each read from the
+/// source the pull reported for it. Waits for a layer's source when the pull has not reported
+/// it yet, and fails when the pull ends without reporting it.
+fn flatten_sources(
+    image: &Image,
+    store: &Store,
+    bundle: &Bundle,
+    context: &Context,
+    cancelled: &Arc<AtomicBool>,
+    sources: &std::sync::mpsc::Receiver<Source>,
+) -> UnpackResult<Vec<LayerReport>> {
+    let mut waiting: HashMap<Digest, Source> = HashMap::new();
+    let mut opened: HashSet<Digest> = HashSet::new();
+    flatten_with(image, bundle, context, |layer| {
+        let source = if opened.contains(&layer.digest) {
+            // A layer listed twice: its first read ended only after the store committed it.
+            Source::Committed(layer.digest.clone())
+        } else {
+            loop {
+                if let Some(source) = waiting.remove(&layer.digest) {
+                    break source;
+                }
+                let Ok(source) = sources.recv() else {
+                    return Err(StoreError::BlobNotFound {
+                        digest: layer.digest.clone(),
+                    }
+                    .into());
+                };
+                waiting.insert(source.digest().clone(), source);
+            }
+        };
+        opened.insert(layer.digest.clone());
+        open_source(source, store, layer, Arc::clone(cancelled))
+    })
+}
+
+/// Opens the blob `source` names, failing at the next read once `cancelled` is set.
+fn open_source(
+    source: Source,
+    store: &Store,
+    layer: &Layer,
+    cancelled: Arc<AtomicBool>,
+) -> UnpackResult<Box<dyn Read + Send>> {
+    let inner: Box<dyn Read + Send> = match source {
+        Source::Downloading(stream) => Box::new(stream.into_reader()),
+        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
+    };
+    Ok(Box::new(Cancellable {
+        inner,
+        cancelled,
+        digest: layer.digest.clone(),
+    }))
+}
+
 /// Extracts one layer from `source` into a staging directory and checks it; see
 /// [`stage_layer`]. Neither source is hashed again. A [`crate::fetch::PrefixReader`] ends only
 /// after the store verified and committed the blob, and fails when the download restarted from
@@ -546,15 +713,7 @@ fn extract_source(
     context: &Context,
     cancelled: Arc<AtomicBool>,
 ) -> UnpackResult<Staged> {
-    let inner: Box<dyn Read + Send> = match source {
-        Source::Downloading(stream) => Box::new(stream.into_reader()),
-        Source::Committed(digest) => Box::new(store.open_blob(&digest)?),
-    };
-    let blob = Cancellable {
-        inner,
-        cancelled,
-        digest: layer.digest.clone(),
-    };
+    let blob = open_source(source, store, layer, cancelled)?;
     // Keyed by blob digest, so two blobs with one diff_id never share a directory.
     let key = format!("p-{}", layer.digest.hex());
     stage_layer(blob, layer, bundle, context, &key, BlobCheck::Trusted)
