@@ -21,7 +21,7 @@ from tests.conftest import REPOSITORY
 from tests.pull.helpers import fetch, ingest_leftovers, pull
 from tests.registry import faults
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
-from tests.registry.layout import Content
+from tests.registry.layout import OCI_EMPTY, OCI_LAYER_TAR, OCI_MANIFEST, Content, canonical_json
 from warmstart import LayerStore, PullProgress, PullReport, errors
 from warmstart.replay.image import chunked_requests
 
@@ -289,6 +289,34 @@ def test_content_length_disagreeing_with_descriptor(
     assert caught.value.expected == 50_000
     assert caught.value.actual == 50_010
     assert not store.has(layer_digest(image))
+
+
+@pytest.mark.parametrize("chunk_size", [16 << 20, 64 << 10], ids=["one-stream", "ranged"])
+def test_overstated_blob_size_leaves_no_partial(
+    store: LayerStore, fake_registry: FakeRegistry, chunk_size: int
+) -> None:
+    # The partial file is allocated at the descriptor's size, 20 MiB here for a 100 kB blob, and
+    # can never complete, so it must not stay in ingest/ for a resume.
+    claimed = 20 << 20
+    layer = fake_registry.add_blob("app", os.urandom(100_000))
+    config = fake_registry.add_blob("app", b"{}")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_EMPTY, "digest": config, "size": 2},
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": layer, "size": claimed}],
+    }
+    fake_registry.add_manifest("app", canonical_json(manifest), OCI_MANIFEST, "v1")
+
+    with pytest.raises(errors.SizeMismatchError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1", chunk_size=chunk_size)
+
+    assert caught.value.expected == claimed
+    assert caught.value.actual == 100_000
+    hex_digest = layer.split(":", 1)[1]
+    assert [
+        name for name in ingest_leftovers(store) if hex_digest in name and ".lock" not in name
+    ] == []
 
 
 def test_empty_body_is_retried_then_reported(

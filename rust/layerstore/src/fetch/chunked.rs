@@ -437,7 +437,14 @@ async fn finish_blob(
     // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
     // partial blob and its lock alive.
     let mut hashing = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(&download))));
-    download_all(&download, first_permit).await?;
+    if let Err(error) = download_all(&download, first_permit).await {
+        if matches!(error, PullError::Store(StoreError::SizeMismatch { .. })) {
+            // The server's blob has another size than the descriptor. The partial file, whose
+            // blocks are allocated at the descriptor's size, can never complete.
+            download.partial.discard();
+        }
+        return Err(error);
+    }
     let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
     drop(hashing);
 
