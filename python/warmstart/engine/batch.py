@@ -207,12 +207,14 @@ def track(
     row_endpoint: IntArray,
     capacities: Sequence[Capacity],
     tracked: Sequence[bool],
+    silent_ready: Sequence[int],
     results: WindowResults,
 ) -> Tracked:
     """Run target tracking for the rows ``row_ids`` of a group of endpoints.
 
-    ``row_endpoint`` gives for each row the position of its endpoint in ``capacities`` and
-    ``tracked`` (whether the engine has seen an instance event for it).
+    ``row_endpoint`` gives for each row the position of its endpoint in ``capacities``,
+    ``tracked`` (whether the engine has seen an instance event for it) and ``silent_ready``
+    (its ready instances that timed out, ``InstanceTracker.silent_ready``).
     """
     all_query_ids, all_groups, all_targets, all_means, all_per_instance = rows.arrays()
     query_ids = all_query_ids[row_ids]
@@ -223,7 +225,9 @@ def track(
 
     # Float, so a capacity beyond the int64 range still converts; it is then marked inexact.
     current = np.array([c.current for c in capacities], dtype=np.float64)[row_endpoint]
-    ready = np.array([c.ready for c in capacities], dtype=np.int64)[row_endpoint]
+    # Ready instances expected to report; those that timed out are not.
+    ready = np.array([c.ready for c in capacities], dtype=np.int64)
+    expected = (ready - np.array(silent_ready, dtype=np.int64))[row_endpoint]
     seen_event = np.array(tracked, dtype=np.bool_)[row_endpoint]
 
     # The window results (``Engine._observations`` per endpoint).
@@ -231,7 +235,7 @@ def track(
     sums = results.sums[query_rows, groups]
     reporting = results.counts[query_rows, groups]
     stale = results.stale[groups]
-    missing_ready = np.maximum(0, ready - results.fresh_ready[groups])
+    missing_ready = np.maximum(0, expected - results.fresh_ready[groups])
     stale = stale + np.where(per_instance & seen_event, missing_ready, 0)
     has_data = reporting > 0
     value = np.where(mean, sums / np.where(has_data, reporting, 1), sums)

@@ -22,6 +22,7 @@ Stages, in order, each recorded in the ``Decision``:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections import deque
@@ -387,6 +388,24 @@ def assemble_decision(
         stages,
         tuple(recommendations),
     )
+
+
+_HOLD = STAGES.index("hold")
+
+
+def add_hold_note(decision: Decision, note: str) -> Decision:
+    """Return ``decision`` with ``note`` added to its hold stage's note and to its reason."""
+    stages = decision.stages
+    hold = stages[_HOLD]
+    noted = Stage(hold.name, hold.value, f"{hold.note}; {note}" if hold.note else note)
+    new_stages = (*stages[:_HOLD], noted, *stages[_HOLD + 1 :])
+    # The reason ends with the stage notes, as ``assemble_decision`` joins them.
+    head = decision.reason[: len(decision.reason) - len(_joined_notes(stages))]
+    return dataclasses.replace(decision, reason=head + _joined_notes(new_stages), stages=new_stages)
+
+
+def _joined_notes(stages: Sequence[Stage]) -> str:
+    return "".join(f"; {stage.name}: {stage.note}" for stage in stages[1:] if stage.note)
 
 
 # Stages are immutable, so decisions share the common ones. The engine keeps the last decision

@@ -8,7 +8,8 @@ how a replay drives the engine on a simulated clock.
 Capacity per endpoint: until the engine receives an instance event for an endpoint, its current
 capacity is the last decided capacity. After that, it is ``ready + pending``, where pending
 counts launched instances that are not ready yet plus any capacity decided but not launched yet,
-so a burst that already caused a scale-out does not cause a second one.
+so a burst that already caused a scale-out does not cause a second one. An instance that times
+out (``EndpointSpec.instance_timeout_s``) keeps counting until its ``gone`` event.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from warmstart.engine.errors import (
     UnknownEndpointError,
 )
 from warmstart.engine.instances import InstanceEvent, InstanceTracker
+from warmstart.engine.liveness import describe_timeouts
 from warmstart.engine.policy._util import ceil_count
 from warmstart.engine.policy.base import Capacity, PolicyInputs
 from warmstart.engine.policy.predictive import LoadHistory, Predictive
@@ -65,7 +67,9 @@ class EndpointState:
     """A snapshot of one endpoint.
 
     ``desired`` is the last decided capacity; ``current``, ``ready`` and ``pending`` are the
-    capacity the next evaluation starts from (see the module docstring). ``policy_states`` maps
+    capacity the next evaluation starts from (see the module docstring). ``timed_out`` counts
+    the instances that timed out (``EndpointSpec.instance_timeout_s``) and still have a phase,
+    so they still count toward capacity until their ``gone`` event. ``policy_states`` maps
     each policy name to the state it returned last; treat it as read-only.
     """
 
@@ -75,6 +79,7 @@ class EndpointState:
     ready: int
     pending: int
     draining: int
+    timed_out: int
     time_to_ready_s: float | None
     last_decision: Decision | None
     policy_states: dict[str, Any]
@@ -223,6 +228,7 @@ class Engine:
         self._endpoints[spec.name] = endpoint
         self._ordered.append(endpoint)
         self._store.watch[index] = endpoint.requested == 0
+        self._store.instances.timeout_s[index] = spec.effective_instance_timeout_s
 
     def _query_id(self, key: QueryKey) -> int:
         query_id = self._query_ids.get(key)
@@ -328,7 +334,10 @@ class Engine:
             stale_after_s=metric_spec.stale_after_s,
             ready=phase is InstanceEvent.READY,
             created_s=now,
+            watched=phase is not InstanceEvent.LAUNCHED,
         )
+        # A timed-out instance that reports again is expected to report from now on.
+        runtime.instances.silent.discard(instance)
         counted = self._live_series.get(runtime.index)
         if counted is not None:
             self._live_series[runtime.index] = (counted[0], counted[1] + 1)
@@ -520,6 +529,8 @@ class Engine:
         for sid in store.instance_series.get((runtime.index, instance), ()):
             store.ready[sid] = event is InstanceEvent.READY
             store.active[sid] = event is not InstanceEvent.GONE
+        has_series = (runtime.index, instance) in store.instance_series
+        store.instances.record_event(runtime.index, instance, event, when, has_series)
         if event is InstanceEvent.GONE:
             self._live_series.pop(runtime.index, None)
         logger.debug("endpoint %s instance %s %s at %.3f", endpoint, instance, event.value, when)
@@ -576,6 +587,7 @@ class Engine:
         self.flush()
         if not due:
             return []
+        self._time_out_silent(now)
         self._store.collect(now)
         wanted: set[int] = set()
         for runtime in due:
@@ -589,6 +601,45 @@ class Engine:
                 if self._emit_all or decision.changed or decision.prefetch:
                     self._deliver(decision)
         return decisions
+
+    def _time_out_silent(self, now: float) -> None:
+        """Time out the instances silent for longer than their endpoint's instance timeout.
+
+        The series of each are dropped at once, so they no longer count as stale. Dropping
+        them, instead of marking them inactive until ``collect`` can drop them, lets a sample
+        that arrives later under the same names start a new, active series, so an instance
+        that was only cut off comes back with its next sample. A timed-out instance keeps its
+        phase and so its place in the capacity, which only instance events change. While it
+        is ready it is not counted as a ready instance without data (``silent_ready``).
+        """
+        store = self._store
+        clocks = store.instances
+        numbers = clocks.silent(store, now)
+        if numbers.size == 0:
+            return
+        by_index = {runtime.index: runtime for runtime in self._ordered}
+        slots: list[int] = []
+        timed_out: dict[int, list[tuple[str, float]]] = {}
+        for number in numbers.tolist():
+            endpoint, name = clocks.names[number]
+            since = float(clocks.heard_s[number])
+            instance_slots = store.instance_series.get((endpoint, name), [])
+            slots.extend(instance_slots)
+            clocks.time_out(number, bool(instance_slots))
+            runtime = by_index[endpoint]
+            runtime.instances.time_out(name)
+            runtime.timed_out.append((name, since))
+            self._live_series.pop(endpoint, None)
+            timed_out.setdefault(endpoint, []).append((name, since))
+        store.drop(np.array(slots, dtype=np.int64))
+        for endpoint, found in timed_out.items():
+            runtime = by_index[endpoint]
+            logger.warning(
+                "endpoint %s: %d instance(s) %s",
+                runtime.spec.name,
+                len(found),
+                describe_timeouts(found, runtime.spec.effective_instance_timeout_s),
+            )
 
     def _decide_all(
         self, due: Sequence[EndpointRuntime], now: float, results: WindowResults, log_changes: bool
@@ -700,6 +751,8 @@ class Engine:
             woken,
             recommendations,
         )
+        if runtime.timed_out:
+            decision = runtime.note_timeouts(decision)
         if self._prefetch is not None:
             decision = self._maybe_prefetch(runtime, decision, capacity, self._prefetch)
         self._apply(runtime, decision, log_changes)
@@ -711,13 +764,14 @@ class Engine:
         """Return the observation of each of the endpoint's queries, in plan order."""
         stale, fresh_ready = results.freshness_lists()
         tracked = runtime.instances.seen_event
+        silent_ready = runtime.instances.silent_ready
         observed = []
         for _, query_id, group, metric in runtime.plan:
             sums, counts = results.query_lists(query_id)
             reporting = counts[group]
             missing = stale[group]
             if metric.per_instance and tracked:
-                missing += max(0, capacity.ready - fresh_ready[group])
+                missing += max(0, capacity.ready - silent_ready - fresh_ready[group])
             value: float | None = None
             if reporting:
                 value = sums[group]
@@ -809,6 +863,7 @@ class Engine:
             ready=capacity.ready,
             pending=capacity.pending,
             draining=runtime.instances.draining,
+            timed_out=len(runtime.instances.silent),
             time_to_ready_s=capacity.time_to_ready_s,
             last_decision=runtime.last_decision,
             policy_states={

@@ -31,10 +31,13 @@ class InstanceTracker:
     launched_at: dict[str, float] = field(default_factory=dict)
     measured_s: deque[float] = field(default_factory=deque)
     seen_event: bool = False
+    # Instances that timed out (``time_out``) and still have a phase.
+    silent: set[str] = field(default_factory=set)
 
     def apply(self, instance: str, event: InstanceEvent, at: float) -> None:
         """Record ``event`` for ``instance`` at clock time ``at`` (seconds)."""
         self.seen_event = True
+        self.silent.discard(instance)
         if event is InstanceEvent.GONE:
             self.phase.pop(instance, None)
             self.launched_at.pop(instance, None)
@@ -48,6 +51,22 @@ class InstanceTracker:
                 while len(self.measured_s) > self.keep:
                     self.measured_s.popleft()
         self.phase[instance] = event
+
+    def time_out(self, instance: str) -> None:
+        """Mark ``instance`` as silent: it sent no sample and had no event for the timeout.
+
+        It keeps its phase, so it still counts toward capacity, but while it is ready it is
+        not expected to report (``silent_ready``). Its next event or new series ends this.
+        """
+        if instance in self.phase:
+            self.silent.add(instance)
+
+    @property
+    def silent_ready(self) -> int:
+        """Ready instances that timed out and have not reported or had an event since."""
+        if not self.silent:
+            return 0
+        return sum(1 for name in self.silent if self.phase.get(name) is InstanceEvent.READY)
 
     def count(self, event: InstanceEvent) -> int:
         """Return how many instances are in the phase ``event`` put them in."""

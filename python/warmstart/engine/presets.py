@@ -64,12 +64,14 @@ def preset(
     max_capacity: int = 100,
     aggregation: Aggregation = Aggregation.SUM,
     time_to_ready_s: float | None = None,
+    instance_timeout_s: float | None = None,
 ) -> EndpointSpec:
     """Return an endpoint spec for preset ``name`` (one of ``PRESETS``).
 
     ``target`` is the per-instance target in the metric's unit (for ``knative``, the
     concurrency target already multiplied by the target utilization, such as 100 x 0.7 = 70).
-    ``min_capacity`` defaults to 0 for ``knative`` and 1 otherwise. Raise
+    ``min_capacity`` defaults to 0 for ``knative`` and 1 otherwise. ``instance_timeout_s`` is
+    ``EndpointSpec.instance_timeout_s``. Raise
     ``EngineConfigError`` for an unknown name.
     """
     metrics = (MetricSpec(metric, aggregation=aggregation),)
@@ -83,6 +85,7 @@ def preset(
             behavior=HPA_BEHAVIOR,
             interval_s=15.0,
             time_to_ready_s=time_to_ready_s,
+            instance_timeout_s=instance_timeout_s,
         )
     if name == "knative":
         return EndpointSpec(
@@ -94,6 +97,7 @@ def preset(
             behavior=KNATIVE_BEHAVIOR,
             interval_s=2.0,
             time_to_ready_s=time_to_ready_s,
+            instance_timeout_s=instance_timeout_s,
         )
     if name in ("sagemaker", "sagemaker-hires"):
         period_s = 60.0 if name == "sagemaker" else 10.0
@@ -106,6 +110,7 @@ def preset(
             behavior=SAGEMAKER_BEHAVIOR,
             interval_s=period_s,
             time_to_ready_s=time_to_ready_s,
+            instance_timeout_s=instance_timeout_s,
         )
     raise EngineConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmstart.engine.aggregate import WindowQuery
-from warmstart.engine.behavior import BehaviorState
+from warmstart.engine.behavior import BehaviorState, add_hold_note
 from warmstart.engine.decision import Decision
 from warmstart.engine.instances import InstanceTracker
+from warmstart.engine.liveness import describe_timeouts
 from warmstart.engine.policy.base import Capacity
 from warmstart.engine.policy.target_tracking import TargetTracking
 from warmstart.engine.spec import EndpointSpec, MetricSpec
@@ -60,6 +61,19 @@ class EndpointRuntime:
     # Capacity depends only on ``requested`` and the instance tracker, so it is kept until
     # either changes; ``cached_capacity`` must be set to None after every change to them.
     cached_capacity: Capacity | None = None
+    # Instances that timed out since the last decision, and since when each was silent. The
+    # next decision names them in its hold stage (``note_timeouts``).
+    timed_out: list[tuple[str, float]] = field(default_factory=list)
+
+    def note_timeouts(self, decision: Decision) -> Decision:
+        """Return ``decision`` with the instances in ``timed_out`` named, and empty the list.
+
+        The note goes to the hold stage, because the stale series of a silent instance held
+        scale-down there.
+        """
+        note = describe_timeouts(self.timed_out, self.spec.effective_instance_timeout_s)
+        self.timed_out.clear()
+        return add_hold_note(decision, note)
 
     def capacity(self) -> Capacity:
         """Return the capacity the next decision starts from."""

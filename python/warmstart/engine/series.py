@@ -28,6 +28,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from warmstart.engine.liveness import InstanceClocks
 from warmstart.engine.samples import MAX_ABS_VALUE, REASON_CODES, RejectReason
 from warmstart.engine.window import BucketTable, Statistic
 
@@ -93,17 +94,19 @@ class SeriesStore:
     is ``slot + generation[slot] * 2**32``, and ``ingest`` rejects an id whose generation is
     not the slot's current one as ``unknown_series``. ``used`` is False for a free slot.
     ``table_id`` and ``row`` locate the series' buckets and ``group`` is its (endpoint,
-    metric) index. ``last_ts`` is the placed time of its newest sample (-inf: none) and
-    ``lead`` its producer clock lead in seconds (NaN: none yet). ``active`` is False once its
-    instance is gone, ``ready`` True while it is ready. The rows of a table keep the order in
-    which their series were created, also after ``collect`` compacts the table, so sums over
-    rows add in the same order as in a store that never drops a series.
+    metric) index. ``instance_of`` is the number of its instance in ``instances``. ``last_ts``
+    is the placed time of its newest sample (-inf: none) and ``lead`` its producer clock lead
+    in seconds (NaN: none yet). ``active`` is False once its instance is gone, ``ready`` True
+    while it is ready. The rows of a table keep the order in which their series were created,
+    also after ``collect`` compacts the table, so sums over rows add in the same order as in a
+    store that never drops a series.
     """
 
     table_id: npt.NDArray[np.int32]
     row: npt.NDArray[np.int64]
     group: npt.NDArray[np.int32]
     endpoint: npt.NDArray[np.int32]
+    instance_of: IntArray
     nonnegative: npt.NDArray[np.bool_]
     stale_after_s: FloatArray
     # Clock time at which each series was created.
@@ -124,6 +127,7 @@ class SeriesStore:
         self._key_of: dict[int, tuple[str, str, str]] = {}
         # (endpoint, instance) to the slots of the instance's series.
         self.instance_series: dict[tuple[int, str], list[int]] = {}
+        self.instances = InstanceClocks(n_endpoints)
         # Slots handed out so far (the length of the per-series arrays in use), and the free
         # ones among them, reused newest first.
         self.size = 0
@@ -145,6 +149,7 @@ class SeriesStore:
             self.row = np.zeros(capacity, dtype=np.int64)
             self.group = np.zeros(capacity, dtype=np.int32)
             self.endpoint = np.zeros(capacity, dtype=np.int32)
+            self.instance_of = np.zeros(capacity, dtype=np.int64)
             self.nonnegative = np.zeros(capacity, dtype=np.bool_)
             self.stale_after_s = np.full(capacity, np.inf)
             self.created_s = np.full(capacity, -np.inf)
@@ -160,6 +165,7 @@ class SeriesStore:
             self.row = _grown(self.row, size, capacity, 0)
             self.group = _grown(self.group, size, capacity, 0)
             self.endpoint = _grown(self.endpoint, size, capacity, 0)
+            self.instance_of = _grown(self.instance_of, size, capacity, 0)
             self.nonnegative = _grown(self.nonnegative, size, capacity, False)
             self.stale_after_s = _grown(self.stale_after_s, size, capacity, np.inf)
             self.created_s = _grown(self.created_s, size, capacity, -np.inf)
@@ -176,11 +182,13 @@ class SeriesStore:
         self.endpoint_series = np.append(self.endpoint_series, 0)
         self.last_active = np.append(self.last_active, -np.inf)
         self.watch = np.append(self.watch, False)
+        self.instances.add_endpoint_slot()
 
     def forget_endpoint(self, endpoint: int) -> None:
         """Drop every series of ``endpoint``, so its names are unknown again."""
         size = self.size
         self.drop(np.flatnonzero(self.used[:size] & (self.endpoint[:size] == endpoint)))
+        self.instances.forget_endpoint(endpoint)
         self.watch[endpoint] = False
 
     def public_id(self, slot: int) -> int:
@@ -211,9 +219,9 @@ class SeriesStore:
         ``MIN_DROP`` of them, or a quarter of its rows, can be dropped. So after each call fewer
         than ``max(MIN_DROP, rows / 4)`` rows of a table hold droppable series.
 
-        TODO: series of instances that stop reporting without a ``gone`` event are kept,
-        because evaluations count them as stale (missing data that blocks scale-down) for as
-        long as they are stored.
+        Series of an instance that stopped reporting without a ``gone`` event are not dropped
+        here. The engine drops them at once when the instance times out (see
+        ``EndpointSpec.instance_timeout_s``).
         """
         size = self.size
         candidates = self.used[:size] & ~self.active[:size]
@@ -264,6 +272,7 @@ class SeriesStore:
             siblings.remove(slot)
             if not siblings:
                 del self.instance_series[instance_key]
+                self.instances.release(int(self.instance_of[slot]))
             self.endpoint_series[endpoint] -= 1
 
         self.used[slots] = False
@@ -299,8 +308,13 @@ class SeriesStore:
         stale_after_s: float,
         ready: bool,
         created_s: float,
+        watched: bool = True,
     ) -> int:
-        """Intern ``key`` and return its new public series id."""
+        """Intern ``key`` and return its new public series id.
+
+        ``watched`` makes its instance one that can time out (see ``InstanceClocks``); pass
+        False for an instance that is launched and not ready.
+        """
         if self._free:
             sid = self._free.pop()
         else:
@@ -319,6 +333,10 @@ class SeriesStore:
         self.row[sid] = row
         self.group[sid] = group
         self.endpoint[sid] = endpoint
+        number = self.instances.number(endpoint, key[2])
+        self.instance_of[sid] = number
+        if watched:
+            self.instances.watched[number] = True
         self.nonnegative[sid] = nonnegative
         self.stale_after_s[sid] = stale_after_s
         self.created_s[sid] = created_s
@@ -362,6 +380,7 @@ class SeriesStore:
                 self.row,
                 self.group,
                 self.endpoint,
+                self.instance_of,
                 self.nonnegative,
                 self.stale_after_s,
                 self.created_s,

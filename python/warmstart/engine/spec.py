@@ -12,6 +12,14 @@ from warmstart.engine.behavior import Behavior
 from warmstart.engine.errors import EngineConfigError
 from warmstart.engine.policy.base import Policy
 
+# The default instance timeout in multiples of the longest ``stale_after_s``. Six stale periods
+# (60 s at the default 10 s) are meant to outlast garbage-collection pauses and short network
+# outages. A live instance that still times out loses little, because it keeps its capacity and
+# reports again with its next sample. A crashed instance then holds scale-down for a fifth of
+# the default 300 s scale-down stabilization window, instead of until a ``gone`` event that may
+# never come.
+DEFAULT_TIMEOUT_STALE_PERIODS = 6
+
 
 class MetricKind(enum.Enum):
     """``COUNT`` values (requests, tokens, queue length) must be non-negative; ``GAUGE`` values
@@ -55,6 +63,16 @@ class EndpointSpec:
     of its window buckets. ``initial_capacity`` is the capacity assumed before any decision or
     instance event (``min_capacity`` when None). ``time_to_ready_s`` seeds the expected seconds
     from launch to ready until the engine measures it from instance events.
+
+    ``instance_timeout_s`` is how long, in seconds, an instance may go without a sample on any
+    of its series and without an instance event before it times out: its series are dropped,
+    so they stop counting as stale, and while it is ready it no longer counts as missing data.
+    It still counts toward capacity until its ``gone`` event, because only instance events
+    change capacity. Launched instances that are not ready yet never time out, because loading
+    a model can take minutes without a sample. None (the default) means
+    ``DEFAULT_TIMEOUT_STALE_PERIODS`` times the longest ``stale_after_s`` of the endpoint's
+    metrics, 60 s with the default 10 s, and ``math.inf`` turns the timeout off. See
+    ``effective_instance_timeout_s``.
     """
 
     name: str
@@ -67,6 +85,7 @@ class EndpointSpec:
     bucket_s: float = 1.0
     initial_capacity: int | None = None
     time_to_ready_s: float | None = None
+    instance_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -106,6 +125,12 @@ class EndpointSpec:
                 f"endpoint {self.name!r}: time_to_ready_s must be finite non-negative seconds, "
                 f"got {self.time_to_ready_s!r}"
             )
+        timeout = self.instance_timeout_s
+        if timeout is not None and not timeout > 0:
+            raise EngineConfigError(
+                f"endpoint {self.name!r}: instance_timeout_s must be positive seconds, or inf "
+                f"to never time out silent instances, got {timeout!r}"
+            )
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise EngineConfigError(f"endpoint {self.name!r}: duplicate metric names in {names}")
@@ -135,6 +160,14 @@ class EndpointSpec:
     def longest_window_s(self) -> float:
         """Longest window any policy of this endpoint reads, in seconds."""
         return max(policy.longest_window_s for policy in self.policies)
+
+    @property
+    def effective_instance_timeout_s(self) -> float:
+        """Seconds of silence after which an instance times out (inf: never)."""
+        if self.instance_timeout_s is not None:
+            return float(self.instance_timeout_s)
+        longest_stale_s = max((m.stale_after_s for m in self.metrics), default=10.0)
+        return DEFAULT_TIMEOUT_STALE_PERIODS * longest_stale_s
 
     @property
     def start_capacity(self) -> int:

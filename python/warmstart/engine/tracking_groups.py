@@ -110,6 +110,7 @@ class TrackingGroups:
             row_endpoint,
             capacities,
             [runtime.instances.seen_event for runtime in endpoints],
+            [runtime.instances.silent_ready for runtime in endpoints],
             results,
         )
         current = np.array([capacity.current for capacity in capacities], dtype=np.int64)
@@ -162,6 +163,8 @@ class TrackingGroups:
                 stages.observed_s[index],
                 stages.cooldown_since_s[index],
             )
+            if runtime.timed_out:
+                decision = runtime.note_timeouts(decision)
             apply(runtime, decision)
             decisions[position] = decision
         return _all_decided(decisions)

@@ -232,6 +232,7 @@ async def get_endpoint(request: web.Request) -> web.Response:
                 "ready": state.ready,
                 "pending": state.pending,
                 "draining": state.draining,
+                "timed_out": state.timed_out,
                 "time_to_ready_s": state.time_to_ready_s,
                 "last_decision": None
                 if last is None

@@ -180,7 +180,7 @@ def endpoint_spec(name: str, document: Mapping[str, Any]) -> EndpointSpec:
 
 def _preset_spec(name: str, document: Mapping[str, Any], where: str) -> EndpointSpec:
     allowed = {"preset", "metric", "target", "min_capacity", "max_capacity"}
-    _only(document, where, allowed | {"aggregation", "time_to_ready_s"})
+    _only(document, where, allowed | {"aggregation", "time_to_ready_s", "instance_timeout_s"})
     chosen = document["preset"]
     if chosen not in PRESETS:
         raise ConfigError(f"{where}.preset: must be one of {', '.join(PRESETS)}, got {chosen!r}")
@@ -196,6 +196,7 @@ def _preset_spec(name: str, document: Mapping[str, Any], where: str) -> Endpoint
         max_capacity=_optional(document, f"{where}.max_capacity", int, "max_capacity") or 100,
         aggregation=aggregation,
         time_to_ready_s=_number(document, "time_to_ready_s", f"{where}.time_to_ready_s"),
+        instance_timeout_s=_instance_timeout(document, where),
     )
 
 
@@ -212,7 +213,8 @@ def _explicit_spec(name: str, document: Mapping[str, Any], where: str) -> Endpoi
     )
     policies = tuple(_policy(p, f"{where}.policies[{i}]") for i, p in enumerate(policies_raw))
     scalars = {k: v for k, v in document.items() if k not in ("metrics", "policies", "behavior")}
-    arguments = _converted(EndpointSpec, scalars, where)
+    arguments = _converted(EndpointSpec, scalars, where, skip={"instance_timeout_s"})
+    arguments["instance_timeout_s"] = _instance_timeout(document, where)
     behavior = (
         _behavior(document["behavior"], f"{where}.behavior")
         if "behavior" in document
@@ -364,6 +366,19 @@ def _number(table: Mapping[str, Any], key: str, where: str, *, required: bool = 
         raise ConfigError(f"{where}: must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ConfigError(f"{where}: must be finite, got {value!r}")
+    return float(value)
+
+
+def _instance_timeout(table: Mapping[str, Any], where: str) -> float | None:
+    """Read ``instance_timeout_s``, the one duration that may be ``inf`` (never time out)."""
+    value = table.get("instance_timeout_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(
+            f"{where}.instance_timeout_s: must be a number of seconds, or inf to never time out "
+            f"silent instances, got {value!r}"
+        )
     return float(value)
 
 
