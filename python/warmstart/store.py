@@ -29,10 +29,15 @@ MAX_CONNECTIONS = 1024
 # Transfers block a thread each while the Rust runtime moves the bytes. A dedicated pool keeps
 # them from starving asyncio's default executor; its threads are joined at interpreter exit.
 _TRANSFERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="warmstart-transfer")
+# Manifest fetches get their own pool, so that a tag resolves at once while blob downloads
+# (a mirror warming a many-layer image, say) hold every thread of the transfer pool.
+_MANIFEST_TRANSFERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="warmstart-manifest")
 
 
-async def _run_transfer(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run a blocking transfer on the pool; cancelling the awaitable cancels the transfer.
+async def _run_transfer(
+    function: Callable[..., T], /, *args: Any, _pool: ThreadPoolExecutor = _TRANSFERS, **kwargs: Any
+) -> T:
+    """Run a blocking transfer on ``_pool``; cancelling the awaitable cancels the transfer.
 
     The transfer stops within moments of the cancellation: its downloads are dropped, and
     partial blobs stay in ``ingest/`` for a resume.
@@ -40,7 +45,7 @@ async def _run_transfer(function: Callable[..., T], /, *args: Any, **kwargs: Any
     token = _native.CancelToken()
     call = functools.partial(function, *args, cancel=token, **kwargs)
     try:
-        return await asyncio.get_running_loop().run_in_executor(_TRANSFERS, call)
+        return await asyncio.get_running_loop().run_in_executor(_pool, call)
     except asyncio.CancelledError:
         token.cancel()
         raise
@@ -145,7 +150,9 @@ class LayerStore(_native.LayerStore):
         ``options`` are those of ``pull`` that configure the client (``insecure_registries``,
         ``ca_certificates``, ``stall_timeout_s``, ``max_attempts``).
         """
-        return await _run_transfer(self._pull_manifest, reference, **options)
+        return await _run_transfer(
+            self._pull_manifest, reference, _pool=_MANIFEST_TRANSFERS, **options
+        )
 
     async def pull_blob(self, reference: str, **options: Any) -> _native.BlobReport:
         """Fetch one blob of the reference's repository by ``digest=`` unless it is present.

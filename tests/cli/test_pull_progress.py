@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 from dataclasses import dataclass
 
-from warmstart.cli.pull import ProgressLine, parse_size
+import pytest
+
+from warmstart.cli.pull import ProgressLine, parse_size, parse_stall_timeout
 
 
 @dataclass
@@ -37,3 +40,17 @@ def test_parse_size_units() -> None:
     assert parse_size("512k") == 512 << 10
     assert parse_size("1GiB") == 1 << 30
     assert parse_size("1048576") == 1 << 20
+
+
+@pytest.mark.parametrize(
+    "text", ["-5", "abc", "nan", "inf", "99999999999999999999999", "20000000000G"]
+)
+def test_parse_size_rejects_with_value(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=f"invalid size '{text}'"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "1e300"])
+def test_parse_stall_timeout_rejects_with_value(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=f"invalid value '{text}'"):
+        parse_stall_timeout(text)

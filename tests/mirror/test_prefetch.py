@@ -84,6 +84,11 @@ def test_prefetch_endpoint_rejects_other_registry(store: LayerStore, registry: R
             assert status == 400
             status, _, _ = await get(server, "/_warmstart/prefetch", "POST", data=b"{")
             assert status == 400
+            # Nesting deeper than the JSON parser's recursion limit is malformed JSON too.
+            nested = b"[" * 100_000
+            status, _, content = await get(server, "/_warmstart/prefetch", "POST", data=nested)
+            assert status == 400
+            assert b"invalid JSON body" in content
 
     asyncio.run(body())
 

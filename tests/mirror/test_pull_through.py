@@ -11,6 +11,8 @@ import pytest
 
 from tests.mirror.conftest import Registry, make_image, push, tree_digests
 from tests.mirror.helpers import copy_from_mirror, get, running
+from tests.registry import faults
+from tests.registry.fake import FakeRegistry
 from warmstart import LayerStore, errors
 from warmstart.mirror import Mirror, Upstream
 from warmstart.mirror import app as mirror_app
@@ -118,6 +120,32 @@ def test_concurrent_requests_fetch_blob_once(
 
     asyncio.run(body())
     assert cache.upstream_blob_fetches == 1
+
+
+def test_tag_resolves_while_warm_up_holds_transfers(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    # A slow upstream: every blob response stops after its headers until released. Warming
+    # 40 layers then keeps more blob downloads running than the store's 32 transfer threads.
+    fake_registry.add_image("team/big", "v1", [os.urandom(1000 + i) for i in range(40)])
+    fake_registry.add_image("team/small", "v1", [os.urandom(1000)])
+    pause = fake_registry.add_fault(faults.Pause(timeout_s=20))
+    mirror = Mirror(store, upstreams=[Upstream(fake_registry.host, insecure=True)])
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+
+    async def body() -> None:
+        async with running(mirror) as server:
+            try:
+                status, _, _ = await get(server, "/v2/team/big/manifests/v1", headers=accept)
+                assert status == 200
+                assert await asyncio.to_thread(pause.paused.wait, 10)
+                small = get(server, "/v2/team/small/manifests/v1", headers=accept)
+                status, _, _ = await asyncio.wait_for(small, timeout=5)
+                assert status == 200
+            finally:
+                pause.release.set()
+
+    asyncio.run(body())
 
 
 def test_warm_fetches_all_blobs_and_tags_store(

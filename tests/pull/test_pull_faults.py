@@ -21,8 +21,8 @@ from tests.conftest import REPOSITORY
 from tests.pull.helpers import fetch, ingest_leftovers, pull
 from tests.registry import faults
 from tests.registry.fake import BasicAuth, BearerAuth, FakeRegistry
-from tests.registry.layout import Content
-from warmstart import LayerStore, PullProgress, errors
+from tests.registry.layout import OCI_EMPTY, OCI_LAYER_TAR, OCI_MANIFEST, Content, canonical_json
+from warmstart import LayerStore, PullProgress, PullReport, errors
 from warmstart.replay.image import chunked_requests
 
 CHUNK = 256 << 10
@@ -291,6 +291,34 @@ def test_content_length_disagreeing_with_descriptor(
     assert not store.has(layer_digest(image))
 
 
+@pytest.mark.parametrize("chunk_size", [16 << 20, 64 << 10], ids=["one-stream", "ranged"])
+def test_overstated_blob_size_leaves_no_partial(
+    store: LayerStore, fake_registry: FakeRegistry, chunk_size: int
+) -> None:
+    # The partial file is allocated at the descriptor's size, 20 MiB here for a 100 kB blob, and
+    # can never complete, so it must not stay in ingest/ for a resume.
+    claimed = 20 << 20
+    layer = fake_registry.add_blob("app", os.urandom(100_000))
+    config = fake_registry.add_blob("app", b"{}")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_EMPTY, "digest": config, "size": 2},
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": layer, "size": claimed}],
+    }
+    fake_registry.add_manifest("app", canonical_json(manifest), OCI_MANIFEST, "v1")
+
+    with pytest.raises(errors.SizeMismatchError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1", chunk_size=chunk_size)
+
+    assert caught.value.expected == claimed
+    assert caught.value.actual == 100_000
+    hex_digest = layer.split(":", 1)[1]
+    assert [
+        name for name in ingest_leftovers(store) if hex_digest in name and ".lock" not in name
+    ] == []
+
+
 def test_empty_body_is_retried_then_reported(
     store: LayerStore, fake_registry: FakeRegistry
 ) -> None:
@@ -522,6 +550,64 @@ def test_concurrent_pulls_download_each_blob_once(
     for layer in image.layers:
         assert len(fake_registry.blob_requests(layer.digest)) == 1, layer.digest
     assert store.verify().ok
+
+
+def test_many_pulls_of_one_image_in_one_process(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    # 32 pulls is as many as LayerStore runs at once. Each pull that finds a blob locked by
+    # another waits for it, so 31 pulls of 25 blobs wait 775 times at once while the writers
+    # still have to hash and commit.
+    pulls = 32
+    image = fake_registry.add_image(
+        "app", "v1", [os.urandom(20_000 + index) for index in range(24)], compress=False
+    )
+    fake_registry.add_fault(faults.Stall(seconds=0.5, after_bytes=1000))
+    reference = f"{fake_registry.host}/app:v1"
+
+    async def pull_all() -> list[PullReport]:
+        pulling = asyncio.gather(*(store.pull(reference) for _ in range(pulls)))
+        return await asyncio.wait_for(pulling, timeout=60)
+
+    reports = asyncio.run(pull_all())
+
+    assert len(reports) == pulls
+    assert {report.manifest_digest for report in reports} == {image.digest}
+    for layer in image.layers:
+        assert len(fake_registry.blob_requests(layer.digest)) == 1, layer.digest
+        assert store.read(layer.digest) == fake_registry.blob(layer.digest)
+    assert store.verify().ok
+
+
+def test_later_pull_uses_its_own_connections(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add_image("app", "v1", [os.urandom(1000)], compress=False)
+    pull(store, f"{fake_registry.host}/app:v1", connections=1)
+    image = big_image(fake_registry, size=8 * CHUNK, tag="v2")
+    # Every range of the layer stays open until released, so the open ones show how many
+    # connections the pull uses at once.
+    pause = fake_registry.add_fault(faults.Pause(layer_digest(image), timeout_s=20))
+
+    async def count_open_requests() -> int:
+        pulling = asyncio.ensure_future(
+            store.pull(f"{fake_registry.host}/app:v2", connections=4, chunk_size=CHUNK)
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                requests = fake_registry.blob_requests(layer_digest(image))
+                open_requests = sum(request.status is None for request in requests)
+                if open_requests >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            pause.release.set()
+        await asyncio.wait_for(pulling, timeout=60)
+        return open_requests
+
+    assert asyncio.run(count_open_requests()) == 4
+    assert store.read(layer_digest(image)) == fake_registry.blob(layer_digest(image))
 
 
 def test_blobs_start_config_then_largest(store: LayerStore, fake_registry: FakeRegistry) -> None:

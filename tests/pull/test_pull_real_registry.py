@@ -146,6 +146,19 @@ def test_missing_tag_names_the_repository(
     assert "MANIFEST_UNKNOWN" in str(caught.value)
 
 
+def test_invalid_tag_fails_before_download(
+    store: LayerStore, registry_repo: RegistryRepository
+) -> None:
+    image = registry_repo.push_generated("v1", [tar_layer({"a": os.urandom(100_000)})])
+
+    with pytest.raises(errors.InvalidTagError, match="bad tag"):
+        pull(store, f"{registry_repo.reference_prefix}:v1", tag="bad tag")
+
+    for layer in image.layers:
+        assert not store.has(layer.digest)
+    assert not store.has(image.config.digest)  # type: ignore[union-attr]
+
+
 def test_referrer_pull_leaves_subject_out(
     store: LayerStore, registry_repo: RegistryRepository, images: Path
 ) -> None:

@@ -12,6 +12,7 @@ from warmstart.engine import Behavior, EndpointSpec, MetricSpec, ScalingRules, T
 from warmstart.replay import CacheMode, FleetOptions, Workload, policy_spec, simulate
 from warmstart.replay.fleet import METRIC
 from warmstart.replay.policies import POLICIES
+from warmstart.replay.results import summarize
 
 IMMEDIATE = ScalingRules(0.0, ())
 IMMEDIATE_BEHAVIOR = Behavior(scale_up=IMMEDIATE, scale_down=IMMEDIATE, tolerance=0.0)
@@ -144,6 +145,24 @@ def test_unfinished_requests_count_over_objective() -> None:
 
     assert result.unfinished == 1
     assert np.isinf(result.latency_s[0])
+
+
+def test_percentiles_with_unfinished_requests() -> None:
+    # Three requests on one slot: two finish, the 100 s one is cut off by the drain limit.
+    profile = small_profile(image__layers=[0])
+    workload = Workload("long", np.zeros(3), 10.0, service_s=np.array([1.0, 2.0, 100.0]))
+    options = FleetOptions(warmup_s=0.0, drain_limit_s=20.0)
+
+    result = simulate(workload, profile, reactive_spec(), CacheMode.COLD, options=options)
+    summary = summarize(result)
+
+    assert result.unfinished == 1
+    # The median is the slower finished request. p95 and p99 lie between it and the
+    # unfinished one, so they are infinite, never nan.
+    assert summary.latency_p50_s == np.sort(result.latency_s)[1]
+    assert np.isfinite(summary.latency_p50_s)
+    assert summary.latency_p95_s == np.inf
+    assert summary.latency_p99_s == np.inf
 
 
 @st.composite

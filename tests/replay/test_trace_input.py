@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import os
+import tarfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -184,7 +185,20 @@ def test_invalid_token_count_names_line(tmp_path: Path, value: str) -> None:
             load_trace(path)
 
 
-@pytest.mark.parametrize("value", ["374.7", "true", "null", '"12"', "1e300", "NaN"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "374.7",
+        "true",
+        "null",
+        '"12"',
+        "1e300",
+        "NaN",
+        # An integer too large for a float, and nesting too deep for the JSON parser.
+        pytest.param("1" + "0" * 400, id="400-digits"),
+        pytest.param("[" * 100_000 + "]" * 100_000, id="deep-nesting"),
+    ],
+)
 def test_invalid_mooncake_count_names_line(tmp_path: Path, value: str) -> None:
     good = '{"timestamp": 0, "input_length": 1, "output_length": 1}'
     bad = f'{{"timestamp": 5, "input_length": 1, "output_length": {value}}}'
@@ -204,6 +218,20 @@ def test_infinite_service_time_names_line(tmp_path: Path) -> None:
 def test_directory_is_not_a_trace(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match="is a directory"):
         load_trace(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_archive_is_not_a_trace(tmp_path: Path, mode: str) -> None:
+    # Trace collections ship as .tar.gz, and read as CSV they give a header of tar metadata.
+    member = write(tmp_path / "qps.csv", "timestamp,value\n0,1\n")
+    archive = tmp_path / "qps.tar"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(member, arcname="qps.csv")
+
+    with pytest.raises(WorkloadError, match=r"qps.tar: this is a tar archive"):
+        load_trace(archive)
+    with pytest.raises(WorkloadError, match=r"qps.tar: this is a tar archive"):
+        load_trace(archive, "time-value")
 
 
 def test_gzip_trace_is_read(tmp_path: Path) -> None:

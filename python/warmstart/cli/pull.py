@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# Sizes and seconds below this fit the native layer's unsigned 64-bit byte counts and durations.
+NATIVE_LIMIT = 2.0**64
 
 
 def parse_size(text: str) -> int:
@@ -45,9 +47,9 @@ def parse_size(text: str) -> int:
         value = float(number) * UNITS[unit]
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0 or value >= NATIVE_LIMIT:
         raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}; use a byte count such as 16M, 512k or 1048576"
+            f"invalid size {text!r}; use a byte count below 2**64 such as 16M, 512k or 1048576"
         )
     return int(value)
 
@@ -83,8 +85,13 @@ def parse_seconds(text: str, positive: bool = False) -> float:
 
 
 def parse_stall_timeout(text: str) -> float:
-    """Parse a stall timeout in seconds: a finite number above 0."""
-    return parse_seconds(text, positive=True)
+    """Parse a stall timeout in seconds: a finite number above 0 and below 2**64."""
+    value = parse_seconds(text, positive=True)
+    if value >= NATIVE_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; use a finite number of seconds, above 0 and below 2**64"
+        )
+    return value
 
 
 def parse_reference(text: str) -> str:

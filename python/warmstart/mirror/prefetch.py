@@ -113,7 +113,8 @@ async def prefetch_from_request(mirror: Mirror, body: bytes) -> dict[str, Any]:
     """
     try:
         request = json.loads(body)
-    except ValueError as error:
+    # json.loads raises RecursionError for nesting deeper than the interpreter's stack.
+    except (ValueError, RecursionError) as error:
         raise PrefetchRequestError(f"invalid JSON body: {error}") from None
     references = request.get("references") if isinstance(request, dict) else None
     if not isinstance(references, list) or not all(isinstance(r, str) for r in references):

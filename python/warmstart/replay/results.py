@@ -126,18 +126,36 @@ class Summary:
     unfinished: int
 
 
+def _percentiles(values: FloatArray, quantiles: list[float]) -> list[float]:
+    """Return linearly interpolated percentiles in which ``inf`` values sort last.
+
+    ``np.percentile`` interpolates next to an ``inf`` to nan (``inf * 0`` or ``inf - inf``).
+    Here a percentile that lands exactly on a value is that value, and one interpolated
+    towards an ``inf`` is ``inf``.
+    """
+    if values.size == 0:
+        return [0.0] * len(quantiles)
+    if np.all(np.isfinite(values)):
+        return [float(v) for v in np.percentile(values, quantiles)]
+    ordered = np.sort(values)
+    position = np.asarray(quantiles) / 100.0 * (ordered.size - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, ordered.size - 1)
+    weight = position - below
+    low, high = ordered[below], ordered[above]
+    reaches_inf = np.isinf(low) | (np.isinf(high) & (weight > 0))
+    with np.errstate(invalid="ignore"):
+        interpolated = np.where(weight > 0, low + (high - low) * weight, low)
+    return [float(v) for v in np.where(reaches_inf, np.inf, interpolated)]
+
+
 def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
 def summarize(result: RunResult) -> Summary:
     """Return the report row of ``result``. Percentiles count unfinished requests as ``inf``."""
-    latency = result.latency_s
-    p50, p95, p99 = (
-        (float(v) for v in np.percentile(latency, [50, 95, 99]))
-        if latency.size
-        else (0.0, 0.0, 0.0)
-    )
+    p50, p95, p99 = _percentiles(result.latency_s, [50, 95, 99])
     detects = [s.detect_s for s in result.scale_outs if s.detect_s is not None]
     capacity = [s.time_to_capacity_s for s in result.scale_outs if s.time_to_capacity_s is not None]
     return Summary(
@@ -149,7 +167,7 @@ def summarize(result: RunResult) -> Summary:
         latency_p50_s=p50,
         latency_p95_s=p95,
         latency_p99_s=p99,
-        ttft_p99_s=float(np.percentile(result.ttft_s, 99)) if result.ttft_s.size else 0.0,
+        ttft_p99_s=_percentiles(result.ttft_s, [99])[0],
         detect_median_s=_median(detects),
         capacity_median_s=_median(capacity),
         capacity_max_s=max(capacity) if capacity else None,

@@ -69,6 +69,11 @@ TRACE_FORMATS = (
     "requests",
 )
 
+# A POSIX (ustar) tar header is one 512-byte block with "ustar" at byte 257.
+TAR_BLOCK = 512
+TAR_MAGIC_OFFSET = 257
+TAR_MAGIC = b"ustar"
+
 # A larger count is a unit or column mistake, since no model has a context of 10^9 tokens.
 MAX_TOKENS = 1_000_000_000
 
@@ -220,13 +225,26 @@ def _open_text(path: TraceFile) -> Iterator[TextIO]:
         text: TextIO
         if magic == b"\x1f\x8b":
             inflated = stack.enter_context(gzip.GzipFile(fileobj=binary, mode="rb"))
+            _reject_tar(path, inflated)
             text = io.TextIOWrapper(inflated, encoding="utf-8-sig", newline="")
         else:
+            _reject_tar(path, binary)
             utf16 = magic in (b"\xff\xfe", b"\xfe\xff")
             encoding = "utf-16" if utf16 else "utf-8-sig"
             text = io.TextIOWrapper(binary, encoding=encoding, newline="")
         with text:
             yield text
+
+
+def _reject_tar(path: TraceFile, stream: BinaryIO | gzip.GzipFile) -> None:
+    """Raise ``WorkloadError`` when ``stream`` starts with a POSIX tar header, else rewind it."""
+    header = stream.read(TAR_BLOCK)
+    stream.seek(0)
+    if header[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
+        raise WorkloadError(
+            f"{path}: this is a tar archive, not a trace; extract the trace file from it "
+            "(tar -xf) and pass that file"
+        )
 
 
 @contextlib.contextmanager
@@ -426,7 +444,10 @@ def _json_number(record: dict[str, object], key: str, *, whole: bool) -> float:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key} {value!r} is not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{key} {value!r} is not a finite number >= 0") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{key} {value!r} is not a finite number >= 0")
     if whole and (number != math.floor(number) or number > MAX_TOKENS):
@@ -452,7 +473,8 @@ def _load_mooncake(path: TraceFile, until_s: float | None) -> Workload:
                         _json_number(record, "output_length", whole=True),
                     )
                 )
-            except (ValueError, KeyError, TypeError) as error:
+            # json.loads raises RecursionError for nesting deeper than the interpreter's stack.
+            except (ValueError, KeyError, TypeError, RecursionError) as error:
                 raise WorkloadError(
                     f"{path}:{line_number}: expected a JSON object with timestamp (ms), "
                     f"input_length and output_length: {error}"

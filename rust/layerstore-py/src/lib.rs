@@ -47,7 +47,7 @@ fn non_negative(value: i64, name: &str) -> PyResult<u64> {
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         PyValueError::new_err(format!(
-            "{name} must be a finite number of seconds >= 0, got {value}"
+            "{name} must be a finite number of seconds from 0 to below 2**64, got {value}"
         ))
     })
 }

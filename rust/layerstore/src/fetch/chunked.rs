@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
@@ -38,6 +38,10 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Bytes hashed per read of the partial file: small enough that the bytes a read copies are
 /// still in the CPU cache when the hasher reads them.
 const HASH_BUFFER: usize = 256 << 10;
+
+/// First and longest pause between two tries to take a blob's lock that another writer holds.
+const LOCK_POLL_FIRST: Duration = Duration::from_millis(5);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Connections per host of a pull by default. Object stores behind registries cap each
 /// connection's throughput, so the aggregate grows with the count: at 50 MB/s per connection,
@@ -197,14 +201,20 @@ impl Fetcher {
         &self.client
     }
 
-    /// Returns the connection limit of a host. The first pull to reach a host sets its size.
+    /// Returns the connection slots of a host. Pulls that run at once share one set, sized by
+    /// the first of them to reach the host. A pull that finds the set idle, with no download
+    /// holding it, and of another size replaces it, so its own `connections` applies.
     fn connections(&self, host: &str, connections: usize) -> Arc<Connections> {
         let mut hosts = self.hosts.lock().expect("not poisoned");
-        Arc::clone(
-            hosts
-                .entry(host.to_owned())
-                .or_insert_with(|| Arc::new(Connections::new(connections))),
-        )
+        let slots = hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Connections::new(connections)));
+        // Other references belong to the downloads of running pulls, and to the acquires and
+        // slots cloned from them. So under this lock a count of 1 means no pull uses the set.
+        if slots.size() != connections.max(1) && Arc::strong_count(slots) == 1 {
+            *slots = Arc::new(Connections::new(connections));
+        }
+        Arc::clone(slots)
     }
 
     /// Fetches every job into the store; a digest listed twice is fetched once. The first
@@ -302,11 +312,7 @@ impl Fetcher {
         progress: Arc<Progress>,
     ) -> Result<BlobReport, PullError> {
         let started = Instant::now();
-        let store = self.store.clone();
-        let (digest, size) = (job.digest.clone(), job.size);
-        let opened = tokio::task::spawn_blocking(move || store.open_partial(&digest, size))
-            .await
-            .expect("open_partial does not panic")?;
+        let opened = self.wait_for_partial(&job.digest, job.size).await?;
         match opened {
             PartialStart::Exists(_) => Ok(reused_report(job, started, &progress)),
             PartialStart::Open(partial) => {
@@ -314,6 +320,32 @@ impl Fetcher {
                     self.new_download(job, partial, priority, &options, &progress)?;
                 finish_blob(download, guard, None, started).await
             }
+        }
+    }
+
+    /// Opens a blob's partial file once no other writer holds the blob's lock.
+    ///
+    /// The wait polls the lock instead of blocking in `flock`. A blocking wait would hold a
+    /// thread of tokio's blocking pool (512 threads by default) until the other writer commits.
+    /// Enough concurrent pulls of one image in a process would then take every thread, and the
+    /// writer they wait for could no longer hash or commit its blobs, which need that pool.
+    async fn wait_for_partial(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<PartialStart, PullError> {
+        let mut delay = LOCK_POLL_FIRST;
+        loop {
+            let store = self.store.clone();
+            let digest = digest.clone();
+            let opened = tokio::task::spawn_blocking(move || store.try_open_partial(&digest, size))
+                .await
+                .expect("try_open_partial does not panic")?;
+            if let Some(opened) = opened {
+                return Ok(opened);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LOCK_POLL_MAX);
         }
     }
 
@@ -405,7 +437,14 @@ async fn finish_blob(
     // Aborted when this future is dropped (a cancelled pull), so the task does not keep the
     // partial blob and its lock alive.
     let mut hashing = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(&download))));
-    download_all(&download, first_permit).await?;
+    if let Err(error) = download_all(&download, first_permit).await {
+        if matches!(error, PullError::Store(StoreError::SizeMismatch { .. })) {
+            // The server's blob has another size than the descriptor. The partial file, whose
+            // blocks are allocated at the descriptor's size, can never complete.
+            download.partial.discard();
+        }
+        return Err(error);
+    }
     let computed = (&mut hashing.0).await.expect("hashing does not panic")?;
     drop(hashing);
 

@@ -33,6 +33,8 @@ pub(crate) struct Priority {
 /// The connection slots of one host.
 #[derive(Debug)]
 pub(crate) struct Connections {
+    /// The number of slots, held or free.
+    size: usize,
     state: Mutex<Slots>,
 }
 
@@ -74,12 +76,17 @@ impl Ord for Waiter {
 impl Connections {
     pub(crate) fn new(slots: usize) -> Connections {
         Connections {
+            size: slots.max(1),
             state: Mutex::new(Slots {
                 free: slots.max(1),
                 waiting: BinaryHeap::new(),
                 arrivals: 0,
             }),
         }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
     }
 
     /// Asks for a slot. The request takes its place in the order now, when this is called,

@@ -89,6 +89,9 @@ impl Puller {
         progress: &Arc<Progress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
+        // Checked before any download, since the tag is written only after all of them.
+        let tag = options.tag.clone().unwrap_or_else(|| reference.to_string());
+        crate::store::index::validate_tag(&tag)?;
         let client = self.fetcher.client();
         let mut fetched = client
             .fetch_manifest(reference, &reference.manifest_reference())
@@ -129,7 +132,6 @@ impl Puller {
             .fetch_all(jobs, &options.fetch, progress)
             .await?;
 
-        let tag = options.tag.clone().unwrap_or_else(|| reference.to_string());
         self.commit_and_tag(&tag, &fetched, index.as_ref()).await?;
 
         let bytes_fetched = blobs.iter().map(|b| b.fetched_bytes).sum();
