@@ -100,6 +100,21 @@ def test_pull_again_keeps_other_platforms(
     assert store.resolve_platform(reference, "linux/amd64").digest == manifests["linux/amd64"]
 
 
+def test_platform_names_ignore_case_and_kernel_spelling(
+    store: LayerStore, registry_repo: RegistryRepository, images: Path
+) -> None:
+    reference, _, manifests = push_b1(registry_repo, images)
+
+    arm = pull(store, reference, platform="Linux/AArch64")
+    amd = pull(store, reference, platform="LINUX/x86_64")
+
+    assert arm.manifest_digest == manifests["linux/arm64"]
+    assert amd.manifest_digest == manifests["linux/amd64"]
+    assert store.resolve_platform(reference, "linux/ARM64").digest == manifests["linux/arm64"]
+    with pytest.raises(errors.PlatformNotInStoreError, match="linux/arm/v7"):
+        store.resolve_platform(reference, "linux/arm/7")
+
+
 def test_pull_by_platform_digest_tags_manifest(
     store: LayerStore, registry_repo: RegistryRepository, images: Path
 ) -> None:

@@ -16,7 +16,10 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Parses `os/arch` or `os/arch/variant`.
+    /// Parses `os/arch` or `os/arch/variant`, in the OCI names that index entries use: case
+    /// is ignored, the kernel's architecture names map to OCI ones (`x86_64` to `amd64`,
+    /// `aarch64` to `arm64`, `i386` and `i686` to `386`), and a variant of digits gets its `v`
+    /// (`7` to `v7`). So `Linux/x86_64` is `linux/amd64`.
     pub fn parse(text: &str) -> Result<Platform, PullError> {
         let parts: Vec<&str> = text.split('/').collect();
         let invalid = || PullError::InvalidReference {
@@ -28,10 +31,24 @@ impl Platform {
         if !(2..=3).contains(&parts.len()) || parts.iter().any(|part| part.is_empty()) {
             return Err(invalid());
         }
+        let architecture = match parts[1].to_ascii_lowercase().as_str() {
+            "x86_64" | "x86-64" => "amd64".to_owned(),
+            "aarch64" => "arm64".to_owned(),
+            "i386" | "i686" => "386".to_owned(),
+            other => other.to_owned(),
+        };
+        let variant = parts.get(2).map(|variant| {
+            let variant = variant.to_ascii_lowercase();
+            if variant.bytes().all(|byte| byte.is_ascii_digit()) {
+                format!("v{variant}")
+            } else {
+                variant
+            }
+        });
         Ok(Platform {
-            os: parts[0].to_owned(),
-            architecture: parts[1].to_owned(),
-            variant: parts.get(2).map(|variant| (*variant).to_owned()),
+            os: parts[0].to_ascii_lowercase(),
+            architecture,
+            variant,
         })
     }
 
@@ -183,6 +200,21 @@ mod tests {
             error.contains("available: linux/arm64/v8, linux/amd64"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn parse_normalizes_names() {
+        for (text, expected) in [
+            ("Linux/AMD64", "linux/amd64"),
+            ("linux/x86_64", "linux/amd64"),
+            ("linux/aarch64/8", "linux/arm64/v8"),
+            ("linux/ARM/V7", "linux/arm/v7"),
+            ("linux/i686", "linux/386"),
+            ("windows/amd64", "windows/amd64"),
+        ] {
+            let platform = Platform::parse(text).unwrap();
+            assert_eq!(platform.to_string(), expected, "{text}");
+        }
     }
 
     #[test]
