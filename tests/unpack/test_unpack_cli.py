@@ -87,3 +87,12 @@ def test_cli_unpack_to_file_hints(
     assert "the path must be a directory or not exist" in error
     assert "os error" not in error
     assert target.read_bytes() == b"not a directory"
+
+
+def test_cli_pull_flatten_needs_unpack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_root = tmp_path / "store"
+    status = main(["pull", "localhost:1/app:v1", "--flatten", "--store", str(store_root)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("warmstart pull: error: --flatten applies only with --unpack DIR")
+    assert not store_root.exists()

@@ -15,7 +15,13 @@ from warmstart import BlobReport, PullProgress, PullReport, _native
 from warmstart.cli import unpack
 from warmstart.cli.output import format_bytes, format_pulled, print_json
 from warmstart.cli.store import open_store, parse_tag
-from warmstart.cli.usage import check_with, parse_input_file, parse_path, parse_platform
+from warmstart.cli.usage import (
+    UsageError,
+    check_with,
+    parse_input_file,
+    parse_path,
+    parse_platform,
+)
 from warmstart.store import DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MIN_CHUNK_SIZE
 
 __all__ = [
@@ -277,6 +283,8 @@ def rate(count: int, seconds: float) -> str:
 
 
 def run_pull(arguments: argparse.Namespace) -> int:
+    if arguments.flatten and arguments.unpack is None:
+        raise UsageError("--flatten applies only with --unpack DIR; add --unpack DIR or drop it")
     store = open_store(arguments)
     reference: str = arguments.reference
     insecure = [reference.split("/", 1)[0]] if arguments.insecure else []
