@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def _exit_status(arguments: list[str]) -> int:
         pytest.param(["pull", "UPPER/case"], 'invalid reference "UPPER/case"', id="pull-reference"),
         pytest.param(
             ["pull", UNREACHABLE, "--platform", "linux"],
-            'invalid reference "linux": a platform is os/architecture',
+            'invalid platform "linux": a platform is os/architecture',
             id="pull-platform",
         ),
         pytest.param(
@@ -208,3 +209,22 @@ def test_failed_operation_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[
     status = _exit_status(["unpack", "nosuch:v1", "--to", str(target), "--store", str(store)])
     assert status == 1
     assert "is not in the store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "mirror"])
+def test_listen_address_in_use_exits_1(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        arguments = [command, "--listen", address]
+        if command == "mirror":
+            arguments += ["--store", str(tmp_path / "store")]
+        status = _exit_status(arguments)
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert f"cannot listen on {address}: address already in use" in error
+    assert "choose another --listen address" in error

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from warmstart.cli.usage import UsageError, parse_path
 from warmstart.engine import Engine
+from warmstart.mirror.server import listen_failed
 from warmstart.server import ServeConfig, load_config, make_app
 from warmstart.server.auth import read_token
 from warmstart.server.clock import WallClock
@@ -102,7 +103,10 @@ async def _serve(config: ServeConfig, host: str, port: int, token: bytes | None)
         loop.add_signal_handler(number, stop.set)
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            raise listen_failed(error, host, port) from None
         logger.info("listening on %s:%d (authentication %s)", host, port, "on" if token else "off")
         print(f"warmstart serve: listening on http://{host}:{port}", flush=True)
         await stop.wait()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from warmstart.mirror.app import Mirror
 
-__all__ = ["RunningMirror", "serve"]
+__all__ = ["RunningMirror", "listen_failed", "serve"]
 
 logger = logging.getLogger("warmstart.mirror")
 
@@ -32,12 +33,25 @@ class RunningMirror:
         logger.info("mirror on %s stopped", self.url)
 
 
+def listen_failed(error: OSError, host: str, port: int) -> OSError:
+    """Return ``error`` of binding ``host:port`` with a message that says what to do."""
+    reason = os.strerror(error.errno).lower() if error.errno else str(error)
+    return OSError(
+        f"cannot listen on {host}:{port}: {reason}; choose another --listen address or stop "
+        "the process that uses this one"
+    )
+
+
 async def serve(mirror: Mirror, host: str = "127.0.0.1", port: int = 5000) -> RunningMirror:
     """Start serving ``mirror`` on ``host:port`` (port 0 picks a free one) and return at once."""
     runner = web.AppRunner(mirror.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise listen_failed(error, host, port) from None
     bound_port = port
     for address in runner.addresses:
         if isinstance(address, tuple):
