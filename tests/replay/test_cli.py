@@ -94,3 +94,12 @@ def test_replay_rejects_unknown_policy(capsys: pytest.CaptureFixture[str]) -> No
 
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_replay_one_run_footer(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["replay", *SHORT, "--policy", "hpa", "--cache", "cold"])
+
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "1 run in " in output
+    assert "p50, p95, p99: request latency, queueing plus service" in output

@@ -204,9 +204,11 @@ def run_replay(arguments: argparse.Namespace) -> int:
         f"<= {profile.service.objective_ttft_s:g} s"
     )
     print_table(TABLE_HEADERS, table_rows([summarize(r) for r in results]))
+    runs = f"{len(results)} run" if len(results) == 1 else f"{len(results)} runs"
     print(
-        f"{len(results)} runs in {elapsed:.1f} s. detect: median seconds from need to decision; "
-        "to capacity: median / max seconds from decision to ready."
+        f"{runs} in {elapsed:.1f} s. p50, p95, p99: request latency, queueing plus service; "
+        "detect: median seconds from need to decision; to capacity: median / max seconds from "
+        "decision to ready."
     )
     if arguments.report is not None:
         print(f"report: {page}")
