@@ -216,9 +216,9 @@ type Classified<'e> = (
 
 fn classify_pull(error: &PullError) -> Classified<'_> {
     match error {
-        PullError::InvalidReference { .. } | PullError::InvalidUrl { .. } => {
-            (Some("InvalidReferenceError"), None, None)
-        }
+        PullError::InvalidReference { .. }
+        | PullError::InvalidUrl { .. }
+        | PullError::InvalidPlatform { .. } => (Some("InvalidReferenceError"), None, None),
         PullError::Status {
             context, status, ..
         } => (Some("RegistryError"), Some(context), Some(*status)),

@@ -71,6 +71,9 @@ pub enum PullError {
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
+    #[error("invalid platform {platform:?}: {reason}")]
+    InvalidPlatform { platform: String, reason: String },
+
     #[error("{context} failed with HTTP {status}{}", envelope_suffix(.envelope))]
     Status {
         context: Box<RequestContext>,

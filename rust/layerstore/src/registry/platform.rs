@@ -22,8 +22,8 @@ impl Platform {
     /// (`7` to `v7`). So `Linux/x86_64` is `linux/amd64`.
     pub fn parse(text: &str) -> Result<Platform, PullError> {
         let parts: Vec<&str> = text.split('/').collect();
-        let invalid = || PullError::InvalidReference {
-            reference: text.to_owned(),
+        let invalid = || PullError::InvalidPlatform {
+            platform: text.to_owned(),
             reason:
                 "a platform is os/architecture or os/architecture/variant, for example linux/amd64"
                     .into(),
