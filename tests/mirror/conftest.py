@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,7 +141,7 @@ def make_image(layout: Path, tag: str, layer_sizes: list[int], seed: int = 0) ->
         "annotations": {"org.opencontainers.image.ref.name": tag},
     }
     index_path = layout / "index.json"
-    index = (
+    index: dict[str, Any] = (
         json.loads(index_path.read_text())
         if index_path.exists()
         else {
