@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from tests.unpack.layers import (
     tar_bytes,
     target_state,
 )
+from tests.unpack.test_unpack import HOSTILE
 from warmstart import LayerStore, PullReport, UnpackReport, errors
 
 MIB = 1 << 20
@@ -533,3 +537,185 @@ def test_flatten_cancel_mid_stream_then_rerun(
     _, unpacked = pull_and_unpack(store, reference, target, flatten=True)
     assert [layer.reused for layer in unpacked.layers] == [False]
     assert scan(target / "rootfs") == expected_entries(layer)
+
+
+def test_flatten_restart_after_wrong_bytes_read(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    # As in test_restart_after_wrong_bytes_read: the flatten reads past a flipped byte, then
+    # the download restarts from byte 0. Only a flatten that starts again from the committed
+    # blob gets the right tree; one that went on reading fails the diff_id.
+    base, upper = streaming_layer(), upper_layer(4096)
+    image = fake_registry.add_image("app", "v1", [base, upper], compress=False)
+    digest = image.layers[0].digest
+    flipped = fake_registry.add_fault(faults.WrongBytes(digest, times=1, offset=MIB // 2))
+    pause = fake_registry.add_fault(faults.Pause(digest, times=1, after_bytes=PAUSE_AT))
+    cut = fake_registry.add_fault(faults.TruncateBody(digest, times=1, after_bytes=PAUSE_AT))
+    target = tmp_path / "out"
+    big1 = target / ".partial-rootfs" / "a" / "big1"
+
+    async def run() -> None:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(
+            lambda: big1.is_file() and big1.stat().st_size >= MIB, "flatten past the flip", task
+        )
+        pause.release.set()
+        await task
+
+    asyncio.run(run())
+
+    assert flipped.fired == 1
+    assert cut.fired == 1
+    assert len(fake_registry.blob_requests(digest)) == 2
+    assert scan(target / "rootfs") == expected_entries(base, upper)
+    assert not (target / ".partial-rootfs").exists()
+
+
+def test_flatten_failed_pull_removes_staging(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    base, upper = streaming_layer(), upper_layer(8 * MIB)
+    image = fake_registry.add_image("app", "v1", [base, upper], compress=False)
+    pause = fake_registry.add_fault(
+        faults.Pause(image.layers[0].digest, times=1, after_bytes=PAUSE_AT)
+    )
+    fake_registry.add_fault(faults.WrongBytes(image.layers[1].digest))
+    target = tmp_path / "out"
+
+    async def run() -> None:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", task)
+        await task
+
+    # The staging directory is gone when the error is raised, not some time after.
+    with pytest.raises(errors.DigestMismatchError):
+        asyncio.run(run())
+    pause.release.set()
+
+    assert not (target / ".partial-rootfs").exists()
+    assert not (target / "rootfs").exists()
+
+
+@pytest.mark.parametrize(("members", "entry", "reason"), HOSTILE)
+def test_flatten_hostile_layer_rejected(
+    store: LayerStore,
+    fake_registry: FakeRegistry,
+    tmp_path: Path,
+    members: list[Member],
+    entry: str,
+    reason: str,
+) -> None:
+    fake_registry.add_image("app", "v1", [streaming_layer(), tar_bytes(members)], compress=False)
+    target = tmp_path / "out"
+
+    with pytest.raises(errors.UnsafeEntryError) as caught:
+        pull_and_unpack(store, f"{fake_registry.host}/app:v1", target, flatten=True)
+
+    assert caught.value.entry == entry
+    assert reason in caught.value.reason
+    assert not (target / "rootfs").exists()
+    assert not (target / ".partial-rootfs").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+
+
+def test_flatten_two_images_one_target(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    base, upper = streaming_layer(), upper_layer(4096)
+    first = fake_registry.add_image("app", "one", [base, upper], compress=False)
+    fake_registry.add_image("app", "two", [tar_bytes([Member("two", data=b"2")])])
+    pause = fake_registry.add_fault(
+        faults.Pause(first.layers[0].digest, times=1, after_bytes=PAUSE_AT)
+    )
+    target = tmp_path / "out"
+
+    async def run() -> BaseException | None:
+        first_pull = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:one", target, flatten=True)
+        )
+        await wait_until(lambda: rootfs_staged(target, "a/first"), "flatten of a/first", first_pull)
+        second_pull = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:two", target, flatten=True)
+        )
+        # The second pull waits for the target's lock while the first one is paused.
+        await asyncio.sleep(0.2)
+        pause.release.set()
+        await first_pull
+        try:
+            await second_pull
+        except errors.UnpackTargetError as error:
+            return error
+        return None
+
+    rejected = asyncio.run(run())
+
+    assert rejected is not None, "the second image was unpacked into the first one's target"
+    assert "holds image" in str(rejected)
+    assert json.loads((target / "image.json").read_text())["manifest"] == first.digest
+    assert scan(target / "rootfs") == expected_entries(base, upper)
+    assert not (target / ".partial-rootfs").exists()
+
+
+def test_flatten_applies_layers_before_last_arrives(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    lower = tar_bytes([Member("one", data=b"1")])
+    middle = tar_bytes([Member("two", data=b"2"), Member(".wh.one")])
+    last = streaming_layer()
+    image = fake_registry.add_image("app", "v1", [lower, middle, last], compress=False)
+    pause = fake_registry.add_fault(faults.Pause(image.layers[2].digest, times=1, after_bytes=0))
+    target = tmp_path / "out"
+
+    async def run() -> bool:
+        task = asyncio.create_task(
+            store.pull_and_unpack(f"{fake_registry.host}/app:v1", target, flatten=True)
+        )
+        await wait_until(pause.paused.is_set, "the pause of the last layer", task)
+        await wait_until(lambda: rootfs_staged(target, "two"), "flatten of the middle", task)
+        whiteout_applied = not rootfs_staged(target, "one")
+        pause.release.set()
+        await task
+        return whiteout_applied
+
+    assert asyncio.run(run())
+    assert scan(target / "rootfs") == expected_entries(lower, middle, last)
+
+
+WARMSTART_PULL = [sys.executable, "-m", "warmstart", "pull"]
+
+
+def test_flatten_sigkill_then_rerun(
+    store: LayerStore, fake_registry: FakeRegistry, tmp_path: Path
+) -> None:
+    base, upper = streaming_layer(), upper_layer(4096)
+    image = fake_registry.add_image("app", "v1", [base, upper])
+    pause = fake_registry.add_fault(
+        faults.Pause(image.layers[0].digest, times=1, after_bytes=PAUSE_AT)
+    )
+    reference = f"{fake_registry.host}/app:v1"
+    target = tmp_path / "out"
+    command = [*WARMSTART_PULL, reference, "--store", str(store.root), "--unpack", str(target)]
+    process = subprocess.Popen([*command, "--flatten"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not rootfs_staged(target, "a/first"):
+            assert process.poll() is None, "the pull ended before it could be killed"
+            assert time.monotonic() < deadline, "no layer was applied within 20 s"
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        pause.release.set()
+
+    assert not (target / "rootfs").exists()
+
+    _, unpacked = pull_and_unpack(store, reference, target, flatten=True)
+
+    assert [layer.reused for layer in unpacked.layers] == [False, False]
+    expected = store.unpack(image.digest, tmp_path / "reference", flatten=True)
+    assert scan(target / "rootfs") == scan(expected.result)
+    assert not (target / ".partial-rootfs").exists()
