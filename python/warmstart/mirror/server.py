@@ -34,7 +34,7 @@ class RunningMirror:
 
 
 def listen_failed(error: OSError, host: str, port: int) -> OSError:
-    """Return ``error`` of binding ``host:port`` with a message that says what to do."""
+    """Return ``error`` of binding ``host:port`` reworded to name the address and the fix."""
     reason = os.strerror(error.errno).lower() if error.errno else str(error)
     return OSError(
         f"cannot listen on {host}:{port}: {reason}; choose another --listen address or stop "

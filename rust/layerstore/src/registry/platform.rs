@@ -16,8 +16,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Parses `os/arch` or `os/arch/variant`, in the OCI names that index entries use: case
-    /// is ignored, the kernel's architecture names map to OCI ones (`x86_64` to `amd64`,
+    /// Parses `os/arch` or `os/arch/variant` into the OCI names that index entries use.
+    ///
+    /// Case is ignored. The kernel's architecture names map to OCI ones (`x86_64` to `amd64`,
     /// `aarch64` to `arm64`, `i386` and `i686` to `386`), and a variant of digits gets its `v`
     /// (`7` to `v7`). So `Linux/x86_64` is `linux/amd64`.
     pub fn parse(text: &str) -> Result<Platform, PullError> {
