@@ -759,6 +759,36 @@ def test_sha512_addressed_blob(store: LayerStore, fake_registry: FakeRegistry) -
     assert store.path(digest).parent.name == "sha512"
 
 
+def test_digest_listed_with_two_sizes_rejected(
+    store: LayerStore, fake_registry: FakeRegistry
+) -> None:
+    layer = os.urandom(100_000)
+    digest = fake_registry.add_blob("app", layer)
+    config = b"{}"
+    config_digest = fake_registry.add_blob("app", config)
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {"mediaType": OCI_LAYER_TAR, "digest": digest, "size": len(layer)},
+                {"mediaType": OCI_LAYER_TAR, "digest": digest, "size": len(layer) + 1},
+            ],
+        }
+    )
+    fake_registry.add_manifest("app", manifest, OCI_MANIFEST, "v1")
+    fake_registry.clear_requests()
+
+    with pytest.raises(errors.RegistryProtocolError) as caught:
+        pull(store, f"{fake_registry.host}/app:v1")
+
+    message = str(caught.value)
+    assert f"lists blob {digest} with two sizes, 100000 and 100001 bytes" in message
+    assert not store.has(digest)
+    assert [r for r in fake_registry.requests if "/blobs/" in r.path] == []
+
+
 def test_progress_callback_ends_with_finished_snapshot(
     store: LayerStore, fake_registry: FakeRegistry
 ) -> None:

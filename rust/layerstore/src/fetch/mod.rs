@@ -280,6 +280,23 @@ fn blob_jobs(
             }
         }
     }
+    // A digest names one content and so one size. A manifest that lists one digest with two
+    // sizes is invalid, and neither size can be trusted for the download.
+    for (index, (descriptor, _)) in descriptors.iter().enumerate() {
+        let other = descriptors[..index]
+            .iter()
+            .find(|(other, _)| other.digest == descriptor.digest && other.size != descriptor.size);
+        if let Some((other, _)) = other {
+            return Err(PullError::InvalidManifest {
+                what: digest.to_string(),
+                reason: format!(
+                    "it lists blob {} with two sizes, {} and {} bytes; fix the manifest at the \
+                     registry",
+                    descriptor.digest, other.size, descriptor.size
+                ),
+            });
+        }
+    }
     Ok(descriptors
         .into_iter()
         .filter(|(descriptor, _)| {
