@@ -218,12 +218,19 @@ struct Overlap {
     started: Option<Instant>,
     /// Tells the extraction threads to stop once this is dropped.
     cancel: CancelOnDrop,
-    /// Whether the layers go into one flattened root filesystem instead of a directory each.
-    flatten: bool,
-    /// The thread that applies the layers in flatten mode, once started.
-    flattening: Option<FlattenRun>,
-    /// Whether the flatten thread was started; it is started at most once.
-    flatten_started: bool,
+    /// The thread that applies the layers to one flattened root filesystem, in flatten mode.
+    flatten: Flatten,
+}
+
+/// The flatten thread's state. [`Overlap::dispatch_flatten`] starts it only from `NotStarted`,
+/// so it runs at most once.
+enum Flatten {
+    /// Overlay layout: one directory per layer, and no flatten thread.
+    Off,
+    NotStarted,
+    Running(FlattenRun),
+    /// Ended, or failed to start. The flatten after the pull covers what it did not do.
+    Ended,
 }
 
 /// The thread that applies the layers in order in flatten mode.
@@ -303,9 +310,11 @@ impl Overlap {
             rejected: None,
             started: None,
             cancel: CancelOnDrop(Arc::new(AtomicBool::new(false))),
-            flatten,
-            flattening: None,
-            flatten_started: false,
+            flatten: if flatten {
+                Flatten::NotStarted
+            } else {
+                Flatten::Off
+            },
         }
     }
 
@@ -337,7 +346,7 @@ impl Overlap {
                     self.end_publish(published);
                     self.start_publish();
                 }
-                outcome = join_flatten(&mut self.flattening) => self.end_flatten(outcome),
+                outcome = join_flatten(&mut self.flatten) => self.end_flatten(outcome),
             }
         };
         // Events sent just before the pull returned are still in the channel.
@@ -349,18 +358,19 @@ impl Overlap {
             self.queue.clear();
         }
         self.dispatch();
-        if let Some(run) = &mut self.flattening {
+        if let Flatten::Running(run) = &mut self.flatten {
             // Every source the pull reported has been sent.
             run.sources = None;
         }
-        while self.running > 0 || self.publishing.is_some() || self.flattening.is_some() {
+        let flattening = |flatten: &Flatten| matches!(flatten, Flatten::Running(_));
+        while self.running > 0 || self.publishing.is_some() || flattening(&self.flatten) {
             tokio::select! {
                 Some(finished) = self.finished.recv(), if self.running > 0 => {
                     self.finish(finished);
                     self.dispatch();
                 }
                 published = join_publish(&mut self.publishing) => self.end_publish(published),
-                outcome = join_flatten(&mut self.flattening) => self.end_flatten(outcome),
+                outcome = join_flatten(&mut self.flatten) => self.end_flatten(outcome),
             }
             self.start_publish();
         }
@@ -473,7 +483,7 @@ impl Overlap {
             self.queue.clear();
             return;
         }
-        if self.flatten {
+        if !matches!(self.flatten, Flatten::Off) {
             let image = Arc::clone(image);
             self.dispatch_flatten(image);
             return;
@@ -534,16 +544,15 @@ impl Overlap {
         }
     }
 
-    /// Starts the flatten thread once, and sends it every queued source.
+    /// Starts the flatten thread unless it has run, and sends it every queued source.
     fn dispatch_flatten(&mut self, image: Arc<Image>) {
-        if !self.flatten_started {
-            self.flatten_started = true;
+        if matches!(self.flatten, Flatten::NotStarted) {
             self.start_flatten(image);
         }
-        let Some(sources) = self
-            .flattening
-            .as_ref()
-            .and_then(|run| run.sources.as_ref())
+        let Flatten::Running(FlattenRun {
+            sources: Some(sources),
+            ..
+        }) = &self.flatten
         else {
             self.queue.clear();
             return;
@@ -575,19 +584,20 @@ impl Overlap {
         match spawned {
             Ok(_) => {
                 self.started.get_or_insert_with(Instant::now);
-                self.flattening = Some(FlattenRun {
+                self.flatten = Flatten::Running(FlattenRun {
                     sources: Some(sources),
                     done,
                 });
             }
             Err(error) => {
+                self.flatten = Flatten::Ended;
                 tracing::warn!(%error, "starting the flatten thread failed; flattening after the pull");
             }
         }
     }
 
     fn end_flatten(&mut self, outcome: FlattenOutcome) {
-        self.flattening = None;
+        self.flatten = Flatten::Ended;
         match outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
             Ok(reports) => self.published.extend(reports),
             Err(error @ UnpackError::DiffIdMismatch { .. }) => {
@@ -632,17 +642,18 @@ async fn join_publish(
     }
 }
 
-/// Waits for the flatten thread, if any; with none it never completes, as [`join_publish`].
-async fn join_flatten(flattening: &mut Option<FlattenRun>) -> FlattenOutcome {
-    match flattening {
-        Some(run) => match (&mut run.done).await {
+/// Waits for the running flatten thread. With none running it never completes, as
+/// [`join_publish`].
+async fn join_flatten(flatten: &mut Flatten) -> FlattenOutcome {
+    match flatten {
+        Flatten::Running(run) => match (&mut run.done).await {
             Ok(outcome) => outcome,
             Err(_) => Ok(Err(UnpackError::InvalidImage {
                 image: "being pulled".into(),
                 reason: "the flatten thread ended without a result".into(),
             })),
         },
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
