@@ -63,7 +63,7 @@ def timeout_notes(decisions: list[Decision]) -> list[tuple[float, str]]:
 def test_silent_instance_unblocks_scale_down(clock):
     engine = ready_engine(clock)
     run(engine, clock, 10, ["i0", "i1", "i2", "i3"])
-    # i3 stops reporting at 1009 s. Its stale series holds scale-down until the timeout.
+    # i3 stops reporting at 1009 s. Its stale series blocks scale-down until the timeout.
     held = run(engine, clock, int(TIMEOUT_S), ["i0", "i1", "i2"])
     after = run(engine, clock, 5, ["i0", "i1", "i2"])
 

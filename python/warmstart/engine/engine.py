@@ -605,10 +605,10 @@ class Engine:
     def _time_out_silent(self, now: float) -> None:
         """Time out the instances silent for longer than their endpoint's instance timeout.
 
-        The series of each are dropped at once, so they no longer count as stale. Dropping
-        them, instead of marking them inactive until ``collect`` can drop them, lets a sample
-        that arrives later under the same names start a new, active series, so an instance
-        that was only cut off comes back with its next sample. A timed-out instance keeps its
+        The series of each are dropped at once, so they no longer count as stale. They are
+        dropped rather than marked inactive until ``collect`` can drop them, so that a sample
+        arriving later under the same names starts a new, active series. An instance that was
+        only cut off then comes back with its next sample. A timed-out instance keeps its
         phase and so its place in the capacity, which only instance events change. While it
         is ready it is not counted as a ready instance without data (``silent_ready``).
         """

@@ -15,7 +15,7 @@ from warmstart.engine.policy.base import Policy
 # The default instance timeout in multiples of the longest ``stale_after_s``. Six stale periods
 # (60 s at the default 10 s) are meant to outlast garbage-collection pauses and short network
 # outages. A live instance that still times out loses little, because it keeps its capacity and
-# reports again with its next sample. A crashed instance then holds scale-down for a fifth of
+# reports again with its next sample. A crashed instance then blocks scale-down for a fifth of
 # the default 300 s scale-down stabilization window, instead of until a ``gone`` event that may
 # never come.
 DEFAULT_TIMEOUT_STALE_PERIODS = 6
